@@ -1,0 +1,88 @@
+"""Validation of run configs: every bad value is named before any work starts."""
+
+import numbers
+
+from dfl2l_jax.errors import ConfigError
+
+
+def _get(config, path):
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise ConfigError(f"config has no field {path!r}")
+    node = node[part]
+  return node
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+_POSITIVE_INTS = (
+    "zoo.num_models", "zoo.steps", "zoo.batch_size", "zoo.chunk_steps",
+    "fusion.embed_dim", "fusion.epochs", "fusion.inner_steps", "fusion.dro_steps",
+    "fusion.meta_batch_size", "fusion.chunk_steps",
+    "metatest.num_tasks", "metatest.steps", "metatest.batch_size",
+    "metatest.num_points", "metatest.query_points")
+_POSITIVE_REALS = (
+    "zoo.lr", "fusion.sigma", "fusion.inner_lr", "fusion.outer_lr", "fusion.dro_lr",
+    "fusion.embed_lr", "fusion.w_scale", "metatest.lr")
+_NON_NEGATIVE_REALS = ("fusion.gamma", "fusion.embed_init_std")
+_CHOICES = {"zoo.optimizer": ("sgd", "adam"), "fusion.optimizer": ("sgd", "adam")}
+
+
+def validate(config):
+  """Raises ConfigError naming the first field with a bad value."""
+  if not _is_int(config.seed) or config.seed < 0:
+    raise ConfigError(f"config.seed must be a non-negative int, got {config.seed!r}")
+  for path in _POSITIVE_INTS:
+    v = _get(config, path)
+    if not _is_int(v) or v <= 0:
+      raise ConfigError(f"config.{path} must be a positive int, got {v!r}")
+  for path in _POSITIVE_REALS:
+    v = _get(config, path)
+    if not _is_real(v) or not v > 0 or v != v or v == float("inf"):
+      raise ConfigError(f"config.{path} must be a positive finite number, got {v!r}")
+  for path in _NON_NEGATIVE_REALS:
+    v = _get(config, path)
+    if not _is_real(v) or not v >= 0 or v == float("inf"):
+      raise ConfigError(f"config.{path} must be a finite number >= 0, got {v!r}")
+  for path, choices in _CHOICES.items():
+    v = _get(config, path)
+    if v not in choices:
+      raise ConfigError(f"config.{path} must be one of {choices}, got {v!r}")
+  vf = config.zoo.val_fraction
+  if not _is_real(vf) or not 0 < vf < 1:
+    raise ConfigError(f"config.zoo.val_fraction must be in (0, 1), got {vf!r}")
+  n_q = num_validation(config)
+  if n_q < 1 or n_q >= config.zoo.num_models:
+    raise ConfigError(
+        f"config.zoo.val_fraction={vf} of {config.zoo.num_models} models leaves "
+        f"{config.zoo.num_models - n_q} meta-training and {n_q} meta-validation models; "
+        "both must be at least 1")
+  shots = tuple(config.shots)
+  if not shots or any(not _is_int(s) or s <= 0 for s in shots):
+    raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")
+  if config.metatest.query_points >= config.metatest.num_points:
+    raise ConfigError(
+        f"config.metatest.query_points ({config.metatest.query_points}) must be smaller "
+        f"than config.metatest.num_points ({config.metatest.num_points})")
+
+
+def validate_shots(config, benchmark):
+  """Shots must fit in the support points a test task has."""
+  for s in config.shots:
+    if s > benchmark.points_available:
+      raise ConfigError(
+          f"config.shots has {s}, but a {benchmark.name} test task has only "
+          f"{benchmark.points_available} support points available "
+          "(metatest.num_points - metatest.query_points)")
+
+
+def num_validation(config):
+  """|Q|: the meta-validation share of the zoo, rounded."""
+  return int(round(config.zoo.val_fraction * config.zoo.num_models))

@@ -1,0 +1,85 @@
+"""The vmapped ensemble trainer: N models of one architecture on N tasks at once.
+
+Every array carries a leading "model" axis (parameters, optimizer state, task
+descriptions, PRNG keys). One training step is the per-member step vmapped over
+that axis; a chunk of steps is a `lax.scan`; the whole chunk is one jitted
+program. Member m's batch at step t is drawn with `fold_in(member_key[m], t)`,
+so a member trains exactly as it would alone with the same step function
+(`train_member_sequential` does that, for tests and benchmarks).
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class EnsembleState(NamedTuple):
+  params: Any          # leading axis: model
+  opt_state: Any       # leading axis: model
+  step: jax.Array      # int32 scalar
+
+
+def make_member_step(loss_fn: Callable, optimizer: optax.GradientTransformation):
+  """One SGD-family step of one member: (params, opt_state, batch) -> (..., loss)."""
+
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def init_ensemble(params, optimizer) -> EnsembleState:
+  """Stacked params (leading model axis) -> an EnsembleState at step 0."""
+  return EnsembleState(params=params, opt_state=jax.vmap(optimizer.init)(params),
+                       step=jnp.zeros((), jnp.int32))
+
+
+def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
+  """Returns jitted `chunk(state, tasks, member_keys, length) -> (state, losses)`.
+
+  Args:
+    member_step: from `make_member_step`.
+    batch_fn: `(task, key) -> batch` for one member; `task` is one slice of
+      `tasks` along the model axis.
+
+  losses has shape (length, n_models).
+  """
+
+  def one_member(params, opt_state, task, key, step):
+    batch = batch_fn(task, jax.random.fold_in(key, step))
+    return member_step(params, opt_state, batch)
+
+  def chunk(state, tasks, member_keys, length):
+    def body(st, _):
+      params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None))(
+          st.params, st.opt_state, tasks, member_keys, st.step)
+      return EnsembleState(params, opt_state, st.step + 1), loss
+
+    return jax.lax.scan(body, state, None, length=length)
+
+  return jax.jit(chunk, static_argnames="length", donate_argnums=0)
+
+
+def make_member_trainer(member_step: Callable, batch_fn: Callable):
+  """Jitted `train(params, opt_state, task, key, step0, length)` for ONE member.
+
+  The same per-member step as the ensemble, scanned over steps: training the
+  members one after another with it is the sequential baseline.
+  """
+
+  def train(params, opt_state, task, key, step0, length):
+    def body(carry, t):
+      p, o = carry
+      batch = batch_fn(task, jax.random.fold_in(key, t))
+      p, o, loss = member_step(p, o, batch)
+      return (p, o), loss
+
+    (params, opt_state), losses = jax.lax.scan(
+        body, (params, opt_state), step0 + jnp.arange(length))
+    return params, opt_state, losses
+
+  return jax.jit(train, static_argnames="length")

@@ -1,0 +1,23 @@
+"""The registry of methods, by the names used in `config.methods` and results."""
+
+from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.methods import dfl2l
+from dfl2l_jax.methods import simple
+from dfl2l_jax.methods.base import Method, MethodContext  # noqa: F401
+
+METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE)}
+
+
+def resolve(names: str, setting: str):
+  """Methods named in a comma-separated string; '' gives the setting's defaults."""
+  if not names.strip():
+    return [m for m in METHODS.values() if setting in m.settings]
+  out = []
+  for name in (n.strip() for n in names.split(",")):
+    if name not in METHODS:
+      raise ConfigError(f"unknown method {name!r} in config.methods; available: "
+                        f"{', '.join(METHODS)}")
+    if name in (m.name for m in out):
+      raise ConfigError(f"method {name!r} is named twice in config.methods")
+    out.append(METHODS[name])
+  return out

@@ -1,0 +1,88 @@
+"""The method interface: a zoo and a config in, an initialisation out.
+
+A method is a `Method(name, settings, make_init)`. `make_init(ctx)` receives a
+`MethodContext` and returns theta_init, the parameter pytree of one target
+network, which the harness then meta-tests with Algorithm 3 exactly like every
+other method's. Methods that meta-train (dfl2l) keep their state under
+`ctx.workdir` through `ctx.checkpointer(...)`, so they resume after a kill.
+
+Adding a method is one module that builds a `Method` and registers it in
+`methods/__init__.py`.
+"""
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional, Tuple
+
+import jax
+import numpy as np
+
+from dfl2l_jax import checkpointing
+from dfl2l_jax.tasks import base as tasks_base
+
+
+@dataclasses.dataclass
+class MethodContext:
+  """What a method may use.
+
+  Attributes:
+    config: the full run config (a method reads its own sub-config).
+    benchmark: the benchmark (network, losses, zoo task descriptions).
+    zoo: pretrained parameter pytree with a leading model axis (all N models).
+    s_idx: indices into the zoo of the meta-training models S, in the order
+      they arrive in the online setting.
+    q_idx: indices of the meta-validation models Q.
+    key: a PRNG key for this method.
+    workdir: run directory (None: no checkpoints, e.g. in tests).
+    writer: metrics writer with `write_scalars(step, dict)`.
+    hooks: called as `hooks(phase, step)` after each checkpointed chunk.
+  """
+  config: Any
+  benchmark: tasks_base.Benchmark
+  zoo: Any
+  s_idx: np.ndarray
+  q_idx: np.ndarray
+  key: jax.Array
+  workdir: Optional[str] = None
+  writer: Any = None
+  hooks: Optional[Callable] = None
+
+  @property
+  def zoo_s(self):
+    return jax.tree.map(lambda x: x[self.s_idx], self.zoo)
+
+  @property
+  def zoo_q(self):
+    return jax.tree.map(lambda x: x[self.q_idx], self.zoo)
+
+  @property
+  def template(self):
+    return jax.tree.map(lambda x: x[0], self.zoo)
+
+  def checkpointer(self, name, spec):
+    """A Checkpointer in workdir/fusion/<name>, after checking its spec.
+
+    Returns None when the context has no workdir.
+    """
+    if self.workdir is None:
+      return None
+    directory = os.path.join(self.workdir, "fusion", name)
+    checkpointing.check_spec(directory, spec, f"{name} fusion state")
+    checkpointing.write_spec(directory, spec)
+    return checkpointing.Checkpointer(directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A named way of producing an initialisation from a zoo.
+
+  Attributes:
+    name: the name used in config.methods and results.json.
+    settings: the launchers that run it by default ("offline", "online").
+    make_init: `(MethodContext) -> theta_init`.
+    description: one line for the results table and docs.
+  """
+  name: str
+  settings: Tuple[str, ...]
+  make_init: Callable
+  description: str = ""

@@ -1,0 +1,102 @@
+"""DFL2L itself: offline (Algorithm 1) and online (Algorithm 2) DRO fusion.
+
+Both fit the fusion model with `fusion.py`'s loops, checkpointing every chunk
+under workdir/fusion/<method>, and return Eq. (10)'s theta_init =
+f_phi(mean embedding).
+"""
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from dfl2l_jax import bilevel
+from dfl2l_jax import fusion
+from dfl2l_jax import loops
+from dfl2l_jax.methods import base
+
+
+def hparams(fc) -> bilevel.FusionHParams:
+  """FusionHParams from `config.fusion`."""
+  return bilevel.FusionHParams(
+      sigma=fc.sigma, gamma=fc.gamma, inner_steps=fc.inner_steps, inner_lr=fc.inner_lr,
+      dro_steps=fc.dro_steps, dro_lr=fc.dro_lr, embed_lr=fc.embed_lr, use_dro=fc.use_dro,
+      keep_inner_update=fc.keep_inner_update,
+      learn_val_embeddings=fc.learn_val_embeddings)
+
+
+def make_optimizer(fc) -> optax.GradientTransformation:
+  if fc.optimizer == "sgd":
+    return optax.sgd(fc.outer_lr)
+  if fc.optimizer == "adam":
+    return optax.adam(fc.outer_lr)
+  raise ValueError(f"unknown fusion.optimizer {fc.optimizer!r}")
+
+
+def _initial_state(ctx, fc, optimizer):
+  return bilevel.init_state(
+      jax.random.fold_in(ctx.key, 0), ctx.template, len(ctx.s_idx), len(ctx.q_idx),
+      fc.embed_dim, optimizer, w_scale=fc.w_scale,
+      embed_init_std=fc.embed_init_std if fc.embed_init_std > 0 else None)
+
+
+def _spec(ctx, fc, setting):
+  return {"setting": setting, "fusion": fc.to_dict(), "seed": ctx.config.seed,
+          "n_s": len(ctx.s_idx), "n_q": len(ctx.q_idx)}
+
+
+def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
+                   name: str = "dfl2l"):
+  """Algorithm 1. Returns the final FusionState."""
+  fc = fc or ctx.config.fusion
+  optimizer = make_optimizer(fc)
+  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size)
+  zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
+  key = jax.random.fold_in(ctx.key, 1)
+  n_models = len(ctx.s_idx) + len(ctx.q_idx)
+  total = fc.epochs * n_models  # Algorithm 1: E_N epochs of N steps.
+  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "offline"))
+  try:
+    return loops.run_chunked(
+        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=total,
+        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
+        run_chunk=lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
+                  name: str = "dfl2l_online"):
+  """Algorithm 2: one pass over S in arrival order (`ctx.s_idx`)."""
+  fc = fc or ctx.config.fusion
+  optimizer = make_optimizer(fc)
+  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size)
+  zoo_q = ctx.zoo_q
+  key = jax.random.fold_in(ctx.key, 1)
+  arrivals = np.asarray(ctx.s_idx)
+  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "online"))
+
+  def run_chunk(st, start, length):
+    # Only the models arriving in [start, start + length) enter the compiled chunk.
+    arriving = jax.tree.map(lambda x: x[arrivals[start:start + length]], ctx.zoo)
+    return chunk(st, arriving, zoo_q, key)
+
+  try:
+    return loops.run_chunked(
+        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=len(arrivals),
+        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
+        run_chunk=run_chunk)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+DFL2L = base.Method(
+    "dfl2l", ("offline",), lambda ctx: bilevel.meta_init(offline_fusion(ctx)),
+    "DFL2L offline: bi-level DRO fusion, Algorithm 1")
+DFL2L_ONLINE = base.Method(
+    "dfl2l_online", ("online",), lambda ctx: bilevel.meta_init(online_fusion(ctx)),
+    "DFL2L online: one pass over arriving models, Algorithm 2")

@@ -1,0 +1,74 @@
+"""Metric logging and progress reporting for long loops."""
+
+import json
+import math
+import os
+import time
+
+import logging
+
+import numpy as np
+
+# The library logs to this logger and installs no handler; launch/ does.
+log = logging.getLogger("dfl2l_jax")
+
+
+def log_info(msg, *args):
+  log.info(msg, *args)
+
+
+class JsonlWriter:
+  """`write_scalars(step, dict)` appends one JSON line per call to `path`."""
+
+  def __init__(self, path):
+    self.path = path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def write_scalars(self, step, scalars):
+    row = {"step": int(step)}
+    for k, v in scalars.items():
+      v = float(np.asarray(v))
+      row[k] = v if math.isfinite(v) else str(v)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+class NullWriter:
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+
+def _fmt_seconds(s):
+  s = int(round(s))
+  if s < 60:
+    return f"{s}s"
+  if s < 3600:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+class Progress:
+  """Logs `name: done/total (pct), elapsed, ETA` as a loop advances.
+
+  The rate is measured from the first update after `start` (which includes
+  compilation), so the ETA becomes accurate after the second chunk.
+  """
+
+  def __init__(self, name, total, start=0, log=None):
+    self.name, self.total, self.start = name, total, start
+    self.log = log or log_info
+    self.t0 = time.perf_counter()
+    self.first = None  # (time, done) at the first update: excludes compile time.
+
+  def update(self, done, extra=""):
+    now = time.perf_counter()
+    msg = f"{self.name}: {done}/{self.total} ({100.0 * done / max(self.total, 1):.0f}%)"
+    msg += f", {_fmt_seconds(now - self.t0)} elapsed"
+    if self.first is None:
+      self.first = (now, done)
+    elif done > self.first[1]:
+      rate = (done - self.first[1]) / (now - self.first[0])
+      msg += f", ETA {_fmt_seconds((self.total - done) / rate)}"
+    if extra:
+      msg += f" | {extra}"
+    self.log(msg)

@@ -1,0 +1,59 @@
+"""results.json and results.md: the record of one run."""
+
+import os
+import platform
+import sys
+
+import jax
+
+from dfl2l_jax import checkpointing
+
+
+def versions():
+  import flax, optax, orbax.checkpoint, chex  # pylint: disable=g-import-not-at-top
+  import dfl2l_jax
+  return {"python": sys.version.split()[0], "jax": jax.__version__,
+          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax-checkpoint": orbax.checkpoint.__version__, "chex": chex.__version__,
+          "dfl2l_jax": dfl2l_jax.__version__, "backend": jax.default_backend(),
+          "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
+          "processor": platform.processor()}
+
+
+def row(method, shots, mean, ci95, per_task):
+  return {"method": method, "shots": int(shots), "mean": float(mean), "ci95": float(ci95),
+          "n_tasks": len(per_task), "per_task": [float(v) for v in per_task]}
+
+
+def to_markdown(results):
+  unit = " (%)" if results["metric"] == "accuracy" else ""
+  lines = [f"# {results['benchmark']}: {results['metric']}{unit}, seed {results['seed']}", "",
+           "| method | shots | mean | 95% CI | tasks |", "|---|---|---|---|---|"]
+  for r in results["rows"]:
+    lines.append(f"| {r['method']} | {r['shots']} | {r['mean']:.4f} | {r['ci95']:.4f} | "
+                 f"{r['n_tasks']} |")
+  q = results.get("zoo_quality")
+  if q:
+    lines += ["", f"Zoo quality ({q['metric']} of each model on its own task): "
+              f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
+  lines += ["", f"Wall time: {results['wall_seconds']:.1f} s on "
+            f"{results['versions']['backend']} ({results['versions']['device']})."]
+  return "\n".join(lines) + "\n"
+
+
+def write(workdir, results):
+  """Writes results.json and results.md atomically (md first, json last)."""
+  md = os.path.join(workdir, "results.md")
+  with open(md + ".tmp", "w") as f:
+    f.write(to_markdown(results))
+  os.replace(md + ".tmp", md)
+  checkpointing.write_json_atomic(os.path.join(workdir, "results.json"), results)
+
+
+def clear(workdir):
+  """Removes the results of an earlier run before a new one starts."""
+  for name in ("results.json", "results.md"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
