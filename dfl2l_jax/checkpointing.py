@@ -14,6 +14,7 @@ configuration is rejected instead of silently reused.
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -75,7 +76,10 @@ def _check_like(restored, template, where):
 
 
 def save_tree(directory, tree):
-  """Saves one pytree (a final result such as a meta-initialisation)."""
+  """Saves one pytree (a final result such as a meta-initialisation), replacing
+  whatever `directory` held."""
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
   with Checkpointer(directory, max_to_keep=1) as ckpt:
     ckpt.save(0, tree)
 

@@ -96,8 +96,12 @@ def zoo_quality(zoo, benchmark):
 
 
 def split(config):
-  """S and Q indices. Q is a random |Q| = round(val_fraction * N) subset; S, in
-  random order, is also the arrival order of the online setting."""
+  """Returns (s_idx, q_idx), indices into the zoo.
+
+  Q is a random subset of |Q| = round(val_fraction * N) models (sorted); S holds
+  the rest in random order, which is also the arrival order of the online
+  setting.
+  """
   perm = np.random.default_rng([config.seed, 2]).permutation(config.zoo.num_models)
   n_q = config_lib.num_validation(config)
-  return np.sort(perm[:n_q]), perm[n_q:]
+  return perm[n_q:], np.sort(perm[:n_q])

@@ -1,0 +1,168 @@
+"""End-to-end tests of the sinusoid pipeline on the smoke config (seconds each)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfl2l_jax import pipeline
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.errors import CheckpointError, ConfigError, Dfl2lError, ZooError
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = "dfl2l,dfl2l_online,va,finetune"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  results = pipeline.run(helpers.smoke_config(methods=ALL), workdir, "offline")
+  return workdir, results
+
+
+def _per_task(results):
+  return {(r["method"], r["shots"]): r["per_task"] for r in results["rows"]}
+
+
+def test_results_json_has_the_promised_schema(finished_run):
+  workdir, _ = finished_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert res["benchmark"] == "sinusoid" and res["metric"] == "mse" and res["seed"] == 0
+  assert isinstance(res["config"], dict) and res["wall_seconds"] > 0
+  assert {"jax", "flax", "optax"} <= set(res["versions"])
+  got = {(r["method"], r["shots"]) for r in res["rows"]}
+  assert got == {(m, s) for m in ALL.split(",") for s in (5, 10)}
+  for r in res["rows"]:
+    assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task"}
+    assert r["n_tasks"] == len(r["per_task"]) == 8
+    assert r["mean"] == pytest.approx(np.mean(r["per_task"]))
+    assert r["ci95"] > 0
+  assert os.path.exists(os.path.join(workdir, "results.md"))
+  for m in ALL.split(","):
+    assert os.path.isdir(os.path.join(workdir, "inits", m))
+  assert 0 < res["zoo_quality"]["mean"] < 10
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _interrupt_at(phase, step):
+  def hook(name, at):
+    if name == phase and at == step:
+      raise _Interrupt(f"{name}@{at}")
+  return hook
+
+
+@pytest.mark.parametrize("phase,step", [("zoo", 100), ("dfl2l", 10), ("dfl2l_online", 5)])
+def test_interrupted_run_resumes_to_identical_results(finished_run, tmp_path, phase, step):
+  _, reference = finished_run
+  workdir = str(tmp_path / "w")
+  config = helpers.smoke_config(methods=ALL)
+  with pytest.raises(_Interrupt):
+    pipeline.run(config, workdir, "offline", hooks=_interrupt_at(phase, step))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  resumed = pipeline.run(config, workdir, "offline")
+  assert _per_task(resumed) == _per_task(reference)
+
+
+def test_evaluate_reproduces_the_run(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  again = pipeline.evaluate(helpers.smoke_config(), workdir)
+  assert _per_task(again) == _per_task(finished_run[1])
+
+
+def test_zoo_of_another_architecture_is_rejected(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  with pytest.raises(CheckpointError, match=r"zoo.*model\.hidden|hidden"):
+    pipeline.run(helpers.smoke_config(model__hidden=(40, 40)), workdir, "offline")
+  with pytest.raises(CheckpointError, match="zoo.steps"):
+    pipeline.run(helpers.smoke_config(zoo__steps=150), workdir, "offline")
+
+
+def test_truncated_zoo_checkpoint_is_reported(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  zoo_dir = os.path.join(workdir, "zoo")
+  last = max(int(d) for d in os.listdir(zoo_dir) if d.isdigit())
+  for root, _, files in os.walk(os.path.join(zoo_dir, str(last))):
+    if os.path.basename(root) == "d":
+      for f in files:
+        with open(os.path.join(root, f), "r+b") as fh:
+          fh.truncate(10)
+  with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    pipeline.run(helpers.smoke_config(), workdir, "offline")
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_nan_in_a_zoo_model_is_named():
+  zoo = {"Dense_0": {"kernel": jnp.ones((5, 2, 3)), "bias": jnp.zeros((5, 3))}}
+  zoo["Dense_0"]["bias"] = zoo["Dense_0"]["bias"].at[3, 1].set(jnp.nan)
+  with pytest.raises(ZooError, match=r"zoo model 3 .*bias"):
+    zoo_lib.check_finite(zoo)
+  zoo_lib.check_finite({"w": jnp.ones((2, 2))})
+
+
+def test_diverging_zoo_training_is_reported(tmp_path):
+  with pytest.raises(Dfl2lError, match="zoo"):
+    pipeline.run(helpers.smoke_config(zoo__lr=1e9, zoo__optimizer="sgd"),
+                 str(tmp_path / "w"), "offline")
+  assert not os.path.exists(str(tmp_path / "w" / "results.json"))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("zoo__lr", -1.0, "zoo.lr"),
+    ("fusion__outer_lr", 0.0, "fusion.outer_lr"),
+    ("fusion__inner_steps", 0, "fusion.inner_steps"),
+    ("fusion__epochs", -2, "fusion.epochs"),
+    ("metatest__steps", 0, "metatest.steps"),
+    ("fusion__sigma", float("nan"), "fusion.sigma"),
+    ("zoo__val_fraction", 1.0, "val_fraction"),
+    ("shots", (5, 500), "shots"),
+    ("shots", (), "shots"),
+    ("methods", "dfl2l,nope", "unknown method 'nope'"),
+    ("zoo__optimizer", "rmsprop", "zoo.optimizer"),
+])
+def test_bad_config_values_are_rejected_before_any_work(tmp_path, field, value, match):
+  workdir = str(tmp_path / "w")
+  with pytest.raises(ConfigError, match=match):
+    pipeline.run(helpers.smoke_config(**{field: value}), workdir, "offline")
+  assert not os.path.exists(os.path.join(workdir, "zoo"))
+
+
+def _launch(module, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_launcher_rejects_unknown_keys_and_bad_values(tmp_path):
+  workdir = str(tmp_path / "w")
+  cfg = "--config=configs/sinusoid.py:smoke"
+  out = _launch("launch.offline", cfg, f"--workdir={workdir}", "--config.fusion.gama=0.5")
+  assert out.returncode != 0 and "gama" in out.stderr
+  out = _launch("launch.offline", cfg, f"--workdir={workdir}", "--config.metatest.lr=-0.1")
+  assert out.returncode == 1 and "error: config.metatest.lr" in out.stderr
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_launcher_runs_end_to_end(tmp_path):
+  workdir = str(tmp_path / "w")
+  out = _launch("launch.online", "--config=configs/sinusoid.py:smoke", f"--workdir={workdir}",
+                "--config.seed=3", "--config.fusion.gamma=0.5")
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert res["seed"] == 3 and res["config"]["fusion"]["gamma"] == 0.5
+  assert {r["method"] for r in res["rows"]} == {"dfl2l_online", "finetune"}
+  assert "ETA" in out.stderr
