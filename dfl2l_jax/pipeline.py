@@ -130,8 +130,14 @@ def evaluate(config, workdir):
   t0 = time.perf_counter()
   benchmark = prepare(config, workdir)
   inits_dir = os.path.join(workdir, "inits")
-  if not os.path.isdir(os.path.join(workdir, "zoo")):
+  zoo_dir = os.path.join(workdir, "zoo")
+  if not os.path.isdir(zoo_dir):
     raise CheckpointError(f"{workdir} holds no zoo: run launch.offline or launch.online first")
+  with checkpointing.Checkpointer(zoo_dir) as ckpt:
+    if ckpt.latest_step() != config.zoo.steps:
+      raise CheckpointError(
+          f"the zoo in {zoo_dir} is unfinished (step {ckpt.latest_step()} of "
+          f"{config.zoo.steps}): finish it with launch.pretrain or launch.offline first")
   names = sorted(os.listdir(inits_dir)) if os.path.isdir(inits_dir) else []
   if config.methods.strip():
     wanted = [m.name for m in methods_lib.resolve(config.methods, "offline")]
@@ -142,7 +148,7 @@ def evaluate(config, workdir):
   if not names:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
   results_lib.clear(workdir)
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores; never retrains a finished zoo.
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo.
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))

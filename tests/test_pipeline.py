@@ -166,3 +166,20 @@ def test_launcher_runs_end_to_end(tmp_path):
   assert res["seed"] == 3 and res["config"]["fusion"]["gamma"] == 0.5
   assert {r["method"] for r in res["rows"]} == {"dfl2l_online", "finetune"}
   assert "ETA" in out.stderr
+
+
+def test_pretrain_then_evaluate_without_inits_fails_cleanly(tmp_path):
+  workdir = str(tmp_path / "w")
+  out = _launch("launch.pretrain", "--config=configs/sinusoid.py:smoke", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, "zoo", "200"))
+  out = _launch("launch.evaluate", "--config=configs/sinusoid.py:smoke", f"--workdir={workdir}")
+  assert out.returncode == 1 and "no saved initialisations" in out.stderr
+
+
+def test_evaluate_refuses_an_unfinished_zoo(tmp_path):
+  workdir = str(tmp_path / "w")
+  with pytest.raises(_Interrupt):
+    pipeline.run(helpers.smoke_config(), workdir, "offline", hooks=_interrupt_at("zoo", 50))
+  with pytest.raises(CheckpointError, match="unfinished"):
+    pipeline.evaluate(helpers.smoke_config(), workdir)

@@ -1,0 +1,77 @@
+r"""Aggregates results.json of several seeds into one markdown table.
+
+  python scripts/aggregate_seeds.py --out results/sinusoid_table.md \
+      workdirs/sinusoid/seed1 workdirs/sinusoid/seed2 ...
+
+For each (method, shots): the mean over seeds of the per-seed task means, with
+a 95% interval over seeds (1.96 * std / sqrt(n_seeds)), and the pooled median
+over all tasks of all seeds. Also prints the zoo quality and wall times.
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+
+import numpy as np
+
+
+def load(workdirs):
+  runs = []
+  for w in workdirs:
+    path = os.path.join(w, "results.json")
+    if not os.path.exists(path):
+      raise SystemExit(f"error: {path} does not exist (run not finished?)")
+    with open(path) as f:
+      runs.append(json.load(f))
+  benchmarks = {r["benchmark"] for r in runs}
+  if len(benchmarks) != 1:
+    raise SystemExit(f"error: runs of several benchmarks: {sorted(benchmarks)}")
+  return runs
+
+
+def table(runs):
+  by_key = collections.defaultdict(list)
+  pooled = collections.defaultdict(list)
+  order = []
+  for r in runs:
+    for row in r["rows"]:
+      key = (row["method"], row["shots"])
+      if key not in by_key:
+        order.append(key)
+      by_key[key].append(row["mean"])
+      pooled[key].extend(row["per_task"])
+  n = len(runs)
+  metric = runs[0]["metric"]
+  lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) | "
+           "median over all tasks | seeds |", "|---|---|---|---|---|---|"]
+  for key in sorted(order, key=lambda k: (k[1], order.index(k))):
+    v = np.asarray(by_key[key])
+    ci = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | "
+                 f"{np.median(pooled[key]):.3f} | {len(v)} |")
+  q = [r["zoo_quality"]["mean"] for r in runs]
+  walls = [r["wall_seconds"] for r in runs]
+  seeds = [r["seed"] for r in runs]
+  lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
+            f"mean over models): {', '.join(f'{x:.4f}' for x in q)}.",
+            f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} "
+            f"({runs[0]['versions']['backend']}, {runs[0]['versions'].get('processor') or runs[0]['versions']['machine']})."]
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--out", default=None, help="write the table here too")
+  args = parser.parse_args()
+  text = table(load(args.workdirs))
+  print(text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()

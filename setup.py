@@ -1,0 +1,40 @@
+"""dfl2l_jax: Data-Free Learning to Learn (Wang et al., UAI 2022) in JAX/Flax."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "dfl2l_jax", "__init__.py")) as f:
+  version = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+setup(
+    name="dfl2l_jax",
+    version=version,
+    description="Meta-learning an initialisation from a zoo of pretrained models, "
+                "without their data, by Wasserstein DRO model fusion (DFL2L).",
+    long_description=open(os.path.join(here, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dfl2l_jax", "dfl2l_jax.*", "launch", "configs"]),
+    # Floors are the versions this project was developed and tested with.
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "chex>=0.1.92",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.1",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "plots": ["matplotlib>=3.8"],
+        # The image benchmarks read their data through tensorflow-datasets
+        # (array_record files; TensorFlow itself is not needed).
+        "data": ["tensorflow-datasets>=4.9.10"],
+        # GPU: pip install -U "jax[cuda12]" (see BUILD.md). TPU: "jax[tpu]".
+    },
+)
