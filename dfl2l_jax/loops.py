@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from dfl2l_jax import metrics as metrics_lib
-from dfl2l_jax.errors import Dfl2lError
+from dfl2l_jax.errors import CheckpointError, Dfl2lError
 
 
 class DivergenceError(Dfl2lError, FloatingPointError):
@@ -49,12 +49,12 @@ def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
   if checkpointer is not None and checkpointer.latest_step() is not None:
     start = int(checkpointer.latest_step())
     if start > total_steps:
-      raise DivergenceError(
+      raise CheckpointError(
           f"{name}: checkpoint at step {start} in {checkpointer.directory} is past the "
           f"phase's {total_steps} steps: it belongs to another configuration")
     state = jax.device_put(checkpointer.restore(start, state))
     if int(state.step) != start:
-      raise DivergenceError(
+      raise CheckpointError(
           f"{name}: checkpoint {start} holds step {int(state.step)}; it is inconsistent")
     metrics_lib.log.info("%s: resumed from step %d (%s)", name, start,
                              checkpointer.directory)

@@ -10,15 +10,27 @@ from dfl2l_jax import checkpointing
 
 
 def versions():
-  import flax, optax, orbax.checkpoint, chex  # pylint: disable=g-import-not-at-top
+  import chex, flax, jaxlib, optax, orbax.checkpoint  # pylint: disable=g-import-not-at-top
   import dfl2l_jax
   return {"python": sys.version.split()[0], "jax": jax.__version__,
-          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "jaxlib": jaxlib.__version__,
           "flax": flax.__version__, "optax": optax.__version__,
           "orbax-checkpoint": orbax.checkpoint.__version__, "chex": chex.__version__,
           "dfl2l_jax": dfl2l_jax.__version__, "backend": jax.default_backend(),
           "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
-          "processor": platform.processor()}
+          "processor": cpu_model(), "cpu_count": os.cpu_count()}
+
+
+def cpu_model():
+  """The CPU's model name (Linux), else what `platform` knows."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def row(method, shots, mean, ci95, per_task):
