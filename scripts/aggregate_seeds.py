@@ -31,6 +31,24 @@ def load(workdirs):
   return runs
 
 
+def paired(runs, baseline):
+  """Per-task differences (method - baseline) pooled over seeds: mean and 95% CI."""
+  diffs = collections.defaultdict(list)
+  for r in runs:
+    rows = {(row["method"], row["shots"]): np.asarray(row["per_task"]) for row in r["rows"]}
+    for (method, shots), v in rows.items():
+      if method != baseline and (baseline, shots) in rows:
+        diffs[(method, shots)].extend(v - rows[(baseline, shots)])
+  lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | 95% CI | "
+           "tasks where method is lower |", "|---|---|---|---|---|"]
+  for (method, shots), d in sorted(diffs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    d = np.asarray(d)
+    ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | "
+                 f"{(d < 0).mean() * 100:.0f}% of {d.size} |")
+  return "\n".join(lines) + "\n"
+
+
 def table(runs):
   by_key = collections.defaultdict(list)
   pooled = collections.defaultdict(list)
@@ -65,8 +83,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--out", default=None, help="write the table here too")
+  parser.add_argument("--baseline", default="va",
+                      help="also tabulate paired per-task differences against this method")
   args = parser.parse_args()
-  text = table(load(args.workdirs))
+  runs = load(args.workdirs)
+  text = table(runs)
+  if args.baseline:
+    text += "\nPaired against " + args.baseline + " (same tasks, same seeds):\n\n"
+    text += paired(runs, args.baseline)
   print(text)
   if args.out:
     with open(args.out, "w") as f:

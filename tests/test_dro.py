@@ -102,3 +102,15 @@ def test_compiles_once_for_many_calls():
 
   for i in range(3):
     f(phi, e + i, theta).block_until_ready()
+
+
+def test_one_step_from_e_does_not_depend_on_gamma():
+  # The transport cost's gradient 2 gamma (e' - e) vanishes at the start e' = e,
+  # so with K = 1 (the paper's setting) e* = e - lr * grad log P(theta | f(e)).
+  phi, e, theta = _setup()
+  ll_grad = jax.grad(lambda x: dro.dro_objective(x, e, phi, theta, 1.0, 0.0))(e)
+  for gamma in (0.0, 0.5, 100.0):
+    e_star = dro.dro_perturb(phi, e, theta, sigma=1.0, gamma=gamma, steps=1, lr=0.1)
+    np.testing.assert_allclose(e_star, e - 0.1 * ll_grad, rtol=1e-6, atol=1e-7)
+  two = [dro.dro_perturb(phi, e, theta, sigma=1.0, gamma=g, steps=2, lr=0.1) for g in (0.5, 5.0)]
+  assert not np.allclose(two[0], two[1])
