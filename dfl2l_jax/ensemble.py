@@ -5,7 +5,7 @@ descriptions, PRNG keys). One training step is the per-member step vmapped over
 that axis; a chunk of steps is a `lax.scan`; the whole chunk is one jitted
 program. Member m's batch at step t is drawn with `fold_in(member_key[m], t)`,
 so a member trains exactly as it would alone with the same step function
-(`train_member_sequential` does that, for tests and benchmarks).
+(`make_member_trainer` does that, for tests and benchmarks).
 """
 
 from typing import Any, Callable, NamedTuple

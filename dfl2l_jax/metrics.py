@@ -13,6 +13,15 @@ import numpy as np
 log = logging.getLogger("dfl2l_jax")
 
 
+def install_stderr_handler(level=logging.INFO):
+  """Shows the library's progress lines on stderr (for scripts and launchers)."""
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  log.setLevel(level)
+  log.addHandler(handler)
+  log.propagate = False
+
+
 def log_info(msg, *args):
   log.info(msg, *args)
 
@@ -25,7 +34,7 @@ class JsonlWriter:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def write_scalars(self, step, scalars):
-    row = {"step": int(step)}
+    row = {"step": int(step), "time": round(time.time(), 3)}
     for k, v in scalars.items():
       v = float(np.asarray(v))
       row[k] = v if math.isfinite(v) else str(v)

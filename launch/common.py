@@ -1,6 +1,5 @@
 """Shared plumbing of the absl entry points: flags, logging, clean failures."""
 
-import logging as py_logging
 import sys
 
 from absl import app
@@ -8,6 +7,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dfl2l_jax import metrics
 from dfl2l_jax.errors import Dfl2lError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -27,12 +27,7 @@ def main_wrapper(fn):
       raise app.UsageError("--workdir is required")
     # Our progress at INFO; other libraries' (orbax's many lines) at WARNING.
     logging.set_verbosity(logging.WARNING)
-    handler = py_logging.StreamHandler(sys.stderr)
-    handler.setFormatter(py_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    lib_log = py_logging.getLogger("dfl2l_jax")
-    lib_log.setLevel(py_logging.INFO)
-    lib_log.addHandler(handler)
-    lib_log.propagate = False
+    metrics.install_stderr_handler()
     try:
       fn(CONFIG.value, WORKDIR.value)
     except Dfl2lError as e:

@@ -5,7 +5,6 @@ under workdir/fusion/<method>, and return Eq. (10)'s theta_init =
 f_phi(mean embedding).
 """
 
-import dataclasses
 
 import jax
 import ml_collections
