@@ -92,7 +92,7 @@ def make_ensemble_run(s, steps):
     return ensemble.init_ensemble(jax.tree.map(jnp.copy, s["params"]), s["optimizer"])
 
   def run(state):
-    state, losses = chunk(state, s["tasks"], s["keys"], length=steps)
+    state, losses = chunk(state, s["tasks"], s["keys"], s["benchmark"].data, length=steps)
     return state.params, losses
 
   return fresh_state, run
@@ -110,7 +110,7 @@ def make_sequential_run(s, steps, n):
     return inputs
 
   def run(state):
-    return [train(p, o, t, k, 0, length=steps) for p, o, t, k in state]
+    return [train(p, o, t, k, s["benchmark"].data, 0, length=steps) for p, o, t, k in state]
 
   return fresh_state, run
 

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfl2l_jax.tasks import base as tasks_base
+
 
 def adapt(params, support, loss_fn, steps, lr):
   """S steps of SGD with rate alpha on one task's support set (lines 5-8)."""
@@ -31,34 +33,51 @@ def adapt(params, support, loss_fn, steps, lr):
   return params
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "steps", "batch_size"))
-def _meta_test(theta_init, episodes, lr, *, loss_fn, metric_fn, steps, batch_size):
+@functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
+                                             "batch_size"))
+def _meta_test(theta_init, episodes, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
+               batch_size):
   def one_task(ep):
-    adapted = adapt(theta_init, {"x": ep["support_x"], "y": ep["support_y"]},
-                    loss_fn, steps, lr)
-    return metric_fn(adapted, {"x": ep["query_x"], "y": ep["query_y"]})
+    support, query = gather_fn(ep, data)
+    adapted = adapt(theta_init, support, loss_fn, steps, lr)
+    return metric_fn(adapted, query, support)
 
   return jax.lax.map(one_task, episodes, batch_size=batch_size)
 
 
-def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size):
+def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
+              gather_fn=None, data=None):
   """Algorithm 3 for all tasks of `episodes`; returns the per-task metric (numpy).
 
   Args:
     theta_init: the initialisation (a parameter pytree of one network).
-    episodes: dict with support_x, support_y, query_x, query_y, leading axis M.
+    episodes: dict of arrays with leading axis M (tasks). Only the keys that
+      `gather_fn` reads are sent to the device.
     loss_fn: `(params, batch) -> scalar` adaptation loss.
-    metric_fn: `(params, batch) -> scalar` reported metric on the query set.
+    metric_fn: `(params, query, support) -> scalar` reported metric.
     steps: S, adaptation steps.
     lr: alpha, adaptation learning rate.
     batch_size: tasks vmapped together inside `lax.map`.
+    gather_fn: `(episode, data) -> (support, query)`; default: the episode
+      holds support_x, support_y, query_x, query_y.
+    data: arrays shared by all episodes (e.g. the test images).
   """
-  keys = ("support_x", "support_y", "query_x", "query_y")
-  eps = {k: jnp.asarray(episodes[k]) for k in keys}
-  per_task = _meta_test(theta_init, eps, jnp.float32(lr), loss_fn=loss_fn,
-                        metric_fn=metric_fn, steps=int(steps),
-                        batch_size=int(min(batch_size, eps["support_x"].shape[0])))
+  if gather_fn is None:
+    gather_fn = tasks_base.gather_arrays
+  eps = {k: jnp.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  n_tasks = jax.tree.leaves(eps)[0].shape[0]
+  per_task = _meta_test(theta_init, eps, data, jnp.float32(lr), loss_fn=loss_fn,
+                        metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps),
+                        batch_size=int(min(batch_size, n_tasks)))
   return np.asarray(jax.device_get(per_task), np.float64)
+
+
+def _device_keys(episodes):
+  """Keys of numeric arrays with a leading task axis (drops plot-only extras)."""
+  n = len(next(iter(episodes.values())))
+  return [k for k, v in episodes.items()
+          if isinstance(v, np.ndarray) and v.dtype != object and len(v) == n
+          and not k.startswith("_")]
 
 
 def mean_ci95(values):

@@ -39,24 +39,25 @@ def init_ensemble(params, optimizer) -> EnsembleState:
 
 
 def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
-  """Returns jitted `chunk(state, tasks, member_keys, length) -> (state, losses)`.
+  """Returns jitted `chunk(state, tasks, member_keys, data, length) -> (state, losses)`.
 
   Args:
     member_step: from `make_member_step`.
-    batch_fn: `(task, key) -> batch` for one member; `task` is one slice of
-      `tasks` along the model axis.
+    batch_fn: `(task, key, data) -> batch` for one member; `task` is one slice
+      of `tasks` along the model axis; `data` is shared by all members (for
+      example the image array the tasks index into; None for the sinusoid).
 
   losses has shape (length, n_models).
   """
 
-  def one_member(params, opt_state, task, key, step):
-    batch = batch_fn(task, jax.random.fold_in(key, step))
+  def one_member(params, opt_state, task, key, step, data):
+    batch = batch_fn(task, jax.random.fold_in(key, step), data)
     return member_step(params, opt_state, batch)
 
-  def chunk(state, tasks, member_keys, length):
+  def chunk(state, tasks, member_keys, data, length):
     def body(st, _):
-      params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None))(
-          st.params, st.opt_state, tasks, member_keys, st.step)
+      params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None, None))(
+          st.params, st.opt_state, tasks, member_keys, st.step, data)
       return EnsembleState(params, opt_state, st.step + 1), loss
 
     return jax.lax.scan(body, state, None, length=length)
@@ -65,16 +66,16 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
 
 
 def make_member_trainer(member_step: Callable, batch_fn: Callable):
-  """Jitted `train(params, opt_state, task, key, step0, length)` for ONE member.
+  """Jitted `train(params, opt_state, task, key, data, step0, length)` for ONE member.
 
   The same per-member step as the ensemble, scanned over steps: training the
   members one after another with it is the sequential baseline.
   """
 
-  def train(params, opt_state, task, key, step0, length):
+  def train(params, opt_state, task, key, data, step0, length):
     def body(carry, t):
       p, o = carry
-      batch = batch_fn(task, jax.random.fold_in(key, t))
+      batch = batch_fn(task, jax.random.fold_in(key, t), data)
       p, o, loss = member_step(p, o, batch)
       return (p, o), loss
 

@@ -64,7 +64,8 @@ def _meta_test_rows(config, benchmark, name, theta_init, episodes):
   for shots, eps in episodes.items():
     per_task = adaptation.meta_test(
         theta_init, eps, loss_fn=benchmark.loss_fn, metric_fn=benchmark.metric_fn,
-        steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size)
+        steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
+        gather_fn=benchmark.gather_episode, data=benchmark.data)
     if not np.all(np.isfinite(per_task)):
       log.warning("%s at %d shots: %d of %d tasks have a non-finite metric", name,
                       shots, int((~np.isfinite(per_task)).sum()), per_task.size)

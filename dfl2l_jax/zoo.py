@@ -63,7 +63,8 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None):
     state = loops.run_chunked(
         name="zoo", state=state, total_steps=zc.steps, chunk_steps=zc.chunk_steps,
         checkpointer=ckpt, writer=writer, hooks=hooks,
-        run_chunk=lambda st, start, length: chunk(st, tasks, keys, length=length),
+        run_chunk=lambda st, start, length: chunk(st, tasks, keys, benchmark.data,
+                                                 length=length),
         summarize=lambda losses: {"loss_mean": losses[-1].mean(),
                                   "loss_max": losses[-1].max()})
   finally:
@@ -89,7 +90,8 @@ def check_finite(zoo):
 def zoo_quality(zoo, benchmark):
   """Each zoo model's metric on its own task's held-out data: mean, min, max."""
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
-  values = np.asarray(jax.jit(jax.vmap(benchmark.zoo_eval_fn))(zoo, tasks), np.float64)
+  evaluate = jax.jit(jax.vmap(benchmark.zoo_eval_fn, in_axes=(0, 0, None)))
+  values = np.asarray(evaluate(zoo, tasks, benchmark.data), np.float64)
   return {"metric": benchmark.metric, "mean": float(values.mean()),
           "min": float(values.min()), "max": float(values.max()),
           "per_model": [float(v) for v in values]}

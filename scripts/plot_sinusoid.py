@@ -199,7 +199,7 @@ def curves_and_mse(adapted, episodes, x_grid, benchmark):
 
   def one_task(params, qx, qy):
     curve = benchmark.apply(params, x_grid)[:, 0]
-    return curve, benchmark.metric_fn(params, {"x": qx, "y": qy})
+    return curve, benchmark.metric_fn(params, {"x": qx, "y": qy}, None)
 
   curves, mse = jax.jit(jax.vmap(one_task))(adapted, jnp.asarray(episodes["query_x"]),
                                             jnp.asarray(episodes["query_y"]))

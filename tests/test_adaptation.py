@@ -37,7 +37,7 @@ def test_meta_test_equals_a_loop_over_tasks(batch_size):
   for m in range(got.shape[0]):
     adapted = adaptation.adapt(params, {"x": eps["support_x"][m], "y": eps["support_y"][m]},
                                bench.loss_fn, 3, 0.01)
-    want = bench.metric_fn(adapted, {"x": eps["query_x"][m], "y": eps["query_y"][m]})
+    want = bench.metric_fn(adapted, {"x": eps["query_x"][m], "y": eps["query_y"][m]}, None)
     assert got[m] == pytest.approx(float(want), rel=1e-4)
 
 

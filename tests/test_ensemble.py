@@ -24,12 +24,12 @@ def test_vmapped_ensemble_equals_training_members_one_by_one():
   keys = zoo_lib.member_keys(config)
   task_arrays = jax.tree.map(jnp.asarray, bench.zoo_tasks)
   chunk = ensemble.make_ensemble_chunk(step, bench.batch_fn)
-  state, losses = chunk(ensemble.init_ensemble(jax.tree.map(jnp.copy, params), opt), task_arrays, keys, length=15)
+  state, losses = chunk(ensemble.init_ensemble(jax.tree.map(jnp.copy, params), opt), task_arrays, keys, None, length=15)
   train = ensemble.make_member_trainer(step, bench.batch_fn)
   for m in range(4):
     p = jax.tree.map(lambda x: x[m], params)
     p, _, l = train(p, opt.init(p), jax.tree.map(lambda x: x[m], task_arrays), keys[m],
-                    0, length=15)
+                    None, 0, length=15)
     np.testing.assert_allclose(l, losses[:, m], rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(state.params)):
       np.testing.assert_allclose(a, b[m], rtol=1e-5, atol=1e-6)
@@ -40,9 +40,9 @@ def test_training_reduces_each_members_loss():
   chunk = ensemble.make_ensemble_chunk(step, bench.batch_fn)
   state = ensemble.init_ensemble(zoo_lib.initial_params(config, bench), opt)
   tasks_ = jax.tree.map(jnp.asarray, bench.zoo_tasks)
-  before = jax.vmap(bench.zoo_eval_fn)(state.params, tasks_)
-  state, _ = chunk(state, tasks_, zoo_lib.member_keys(config), length=300)
-  after = jax.vmap(bench.zoo_eval_fn)(state.params, tasks_)
+  before = jax.vmap(bench.zoo_eval_fn, in_axes=(0, 0, None))(state.params, tasks_, None)
+  state, _ = chunk(state, tasks_, zoo_lib.member_keys(config), None, length=300)
+  after = jax.vmap(bench.zoo_eval_fn, in_axes=(0, 0, None))(state.params, tasks_, None)
   assert np.all(np.asarray(after) < np.asarray(before)), (before, after)
   assert int(state.step) == 300
 
@@ -66,7 +66,7 @@ def test_ensemble_chunk_compiles_once():
   state = ensemble.init_ensemble(zoo_lib.initial_params(config, bench), opt)
   tasks_ = jax.tree.map(jnp.asarray, bench.zoo_tasks)
   for _ in range(3):
-    state, _ = chunk(state, tasks_, zoo_lib.member_keys(config), length=2)
+    state, _ = chunk(state, tasks_, zoo_lib.member_keys(config), None, length=2)
 
 
 def test_split_sizes_follow_val_fraction_and_are_disjoint():

@@ -18,18 +18,28 @@ class Benchmark:
     example_input: one input batch, for `model.init`.
     zoo_tasks: pytree with a leading model axis describing each zoo model's
       task: what `batch_fn` and `zoo_eval_fn` read.
-    batch_fn: `(task, key) -> {"x", "y"}`, one training batch of one zoo task.
+    batch_fn: `(task, key, data) -> {"x", "y"}`, one training batch of one zoo
+      task.
     loss_fn: `(params, batch) -> scalar` training loss, used for the zoo and
       for adaptation at meta-test (Algorithm 3 line 7).
-    metric_fn: `(params, batch) -> scalar` the reported metric on a batch.
-    zoo_eval_fn: `(params, task) -> scalar` a zoo model's metric on held-out
-      data of its own task (the zoo's quality).
+    metric_fn: `(params, query, support) -> scalar` the reported metric on a
+      query batch after adaptation on `support` (networks with BatchNorm take
+      their normalisation statistics from the support set; see docs/method.md).
+    zoo_eval_fn: `(params, task, data) -> scalar` a zoo model's metric on
+      held-out data of its own task (the zoo's quality).
     make_episodes: `(shots) -> dict` of meta-test episodes with a leading task
-      axis: support_x, support_y, query_x, query_y (plus anything for plots).
+      axis, in whatever form `gather_episode` reads (arrays of examples, or
+      indices into `data`), plus anything for plots.
     points_available: the largest number of support examples a test task has
       (per class for classification).
     spec: JSON-able description of the architecture and task distribution;
       stored beside the zoo so a mismatching workdir is detected.
+    data: arrays shared by all tasks (for example images that tasks and
+      episodes index into), passed to batch_fn, zoo_eval_fn and
+      gather_episode; None when there are none.
+    gather_episode: `(episode, data) -> (support, query)`, each {"x", "y"}, for
+      one episode (one slice of make_episodes' output). The default reads
+      support_x, support_y, query_x, query_y.
   """
   name: str
   metric: str
@@ -43,6 +53,12 @@ class Benchmark:
   make_episodes: Callable
   points_available: int
   spec: dict
+  data: Any = None
+  gather_episode: Callable = None
+
+  def __post_init__(self):
+    if self.gather_episode is None:
+      object.__setattr__(self, "gather_episode", gather_arrays)
 
   def init_params(self, key):
     return self.model.init(key, self.example_input)["params"]
@@ -53,3 +69,10 @@ class Benchmark:
   @property
   def lower_is_better(self):
     return self.metric == "mse"
+
+
+def gather_arrays(episode, data):
+  """Episodes that carry their examples: support_x/_y and query_x/_y."""
+  del data
+  return ({"x": episode["support_x"], "y": episode["support_y"]},
+          {"x": episode["query_x"], "y": episode["query_y"]})

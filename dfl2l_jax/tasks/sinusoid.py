@@ -76,7 +76,8 @@ def make_benchmark(config) -> base.Benchmark:
   def apply(params, x):
     return net.apply({"params": params}, x)
 
-  def batch_fn(task, key):
+  def batch_fn(task, key, data):
+    del data  # Fresh points of the task's function; no stored data.
     x = jax.random.uniform(key, (batch_size, 1), minval=DOMAIN[0], maxval=DOMAIN[1])
     return {"x": x, "y": sinusoid(task, x)}
 
@@ -85,14 +86,16 @@ def make_benchmark(config) -> base.Benchmark:
 
   eval_x = jnp.linspace(*DOMAIN, 1000, dtype=jnp.float32)[:, None]
 
-  def zoo_eval_fn(params, task):
+  def zoo_eval_fn(params, task, data):
+    del data
     return mse(apply(params, eval_x), sinusoid(task, eval_x))
 
   mt = config.metatest
   return base.Benchmark(
       name="sinusoid", metric="mse", model=net,
       example_input=np.zeros((1, 1), np.float32), zoo_tasks=zoo_tasks,
-      batch_fn=batch_fn, loss_fn=loss_fn, metric_fn=loss_fn, zoo_eval_fn=zoo_eval_fn,
+      batch_fn=batch_fn, loss_fn=loss_fn, metric_fn=lambda p, query, support: loss_fn(p, query),
+      zoo_eval_fn=zoo_eval_fn,
       make_episodes=functools.partial(make_test_episodes, config.seed, mt.num_tasks,
                                       num_points=mt.num_points,
                                       query_points=mt.query_points),
