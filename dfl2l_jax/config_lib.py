@@ -26,8 +26,15 @@ _POSITIVE_INTS = (
     "zoo.num_models", "zoo.steps", "zoo.batch_size", "zoo.chunk_steps",
     "fusion.embed_dim", "fusion.epochs", "fusion.inner_steps", "fusion.dro_steps",
     "fusion.meta_batch_size", "fusion.chunk_steps",
-    "metatest.num_tasks", "metatest.steps", "metatest.batch_size",
-    "metatest.num_points", "metatest.query_points")
+    "metatest.num_tasks", "metatest.steps", "metatest.batch_size")
+# Fields only some benchmarks have.
+_BENCHMARK_POSITIVE_INTS = {
+    "sinusoid": ("metatest.num_points", "metatest.query_points"),
+    "cifar_fs": ("metatest.query_per_class", "zoo.ways", "zoo.bn_reference",
+                 "model.filters"),
+    "mini_imagenet": ("metatest.query_per_class", "zoo.ways", "zoo.bn_reference",
+                      "model.filters"),
+}
 _POSITIVE_REALS = (
     "zoo.lr", "fusion.sigma", "fusion.inner_lr", "fusion.outer_lr", "fusion.dro_lr",
     "fusion.embed_lr", "fusion.w_scale", "metatest.lr")
@@ -37,9 +44,12 @@ _CHOICES = {"zoo.optimizer": ("sgd", "adam"), "fusion.optimizer": ("sgd", "adam"
 
 def validate(config):
   """Raises ConfigError naming the first field with a bad value."""
+  if config.benchmark not in _BENCHMARK_POSITIVE_INTS:
+    raise ConfigError(f"unknown benchmark {config.benchmark!r}; available: "
+                      f"{', '.join(_BENCHMARK_POSITIVE_INTS)}")
   if not _is_int(config.seed) or config.seed < 0:
     raise ConfigError(f"config.seed must be a non-negative int, got {config.seed!r}")
-  for path in _POSITIVE_INTS:
+  for path in _POSITIVE_INTS + _BENCHMARK_POSITIVE_INTS[config.benchmark]:
     v = _get(config, path)
     if not _is_int(v) or v <= 0:
       raise ConfigError(f"config.{path} must be a positive int, got {v!r}")
@@ -67,7 +77,7 @@ def validate(config):
   shots = tuple(config.shots)
   if not shots or any(not _is_int(s) or s <= 0 for s in shots):
     raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")
-  if config.metatest.query_points >= config.metatest.num_points:
+  if config.benchmark == "sinusoid" and config.metatest.query_points >= config.metatest.num_points:
     raise ConfigError(
         f"config.metatest.query_points ({config.metatest.query_points}) must be smaller "
         f"than config.metatest.num_points ({config.metatest.num_points})")
@@ -79,8 +89,9 @@ def validate_shots(config, benchmark):
     if s > benchmark.points_available:
       raise ConfigError(
           f"config.shots has {s}, but a {benchmark.name} test task has only "
-          f"{benchmark.points_available} support points available "
-          "(metatest.num_points - metatest.query_points)")
+          f"{benchmark.points_available} support examples available"
+          + (" per class" if benchmark.metric == "accuracy" else "")
+          + " (the rest are held out for its query set)")
 
 
 def num_validation(config):

@@ -41,3 +41,35 @@ def smoke_config(**overrides):
         node = node[p]
       node[parts[-1]] = value
   return c
+
+
+def synthetic_image_loader(n_train_classes=8, n_test_classes=6, per_class=20, size=16,
+                           seed=0):
+  """A `loader(split)` for tasks.fewshot: class-dependent colour patterns + noise."""
+  def loader(split):
+    n = {"train": n_train_classes, "test": n_test_classes, "val": 3}[split]
+    offset = {"train": 0, "test": 100, "val": 200}[split]
+    rng = np.random.default_rng([seed, offset])
+    protos = rng.uniform(40, 215, size=(n, 1, size, size, 3))
+    noise = rng.normal(0, 25, size=(n, per_class, size, size, 3))
+    images = np.clip(protos + noise, 0, 255).astype(np.uint8).reshape(-1, size, size, 3)
+    labels = np.repeat(np.arange(n, dtype=np.int32), per_class)
+    names = [f"{split}_class_{i}" for i in range(n)]
+    return images, labels, names
+  return loader
+
+
+def fewshot_config(**overrides):
+  from configs import fewshot_base  # pylint: disable=g-import-not-at-top
+  c = fewshot_base.make("mini_imagenet", 3, "smoke")
+  with c.unlocked():
+    c.shots = (2, 4)
+    c.metatest.query_per_class = 5
+    c.zoo.bn_reference = 4
+    for key, value in overrides.items():
+      node = c
+      parts = key.split("__")
+      for p in parts[:-1]:
+        node = node[p]
+      node[parts[-1]] = value
+  return c

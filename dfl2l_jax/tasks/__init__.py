@@ -11,4 +11,8 @@ def get_benchmark(config):
   if name == "sinusoid":
     from dfl2l_jax.tasks import sinusoid
     return sinusoid.make_benchmark(config)
-  raise ConfigError(f"unknown benchmark {name!r}; available: 'sinusoid'")
+  if name in ("cifar_fs", "mini_imagenet"):
+    from dfl2l_jax.tasks import fewshot
+    return fewshot.make_benchmark(config)
+  raise ConfigError(f"unknown benchmark {name!r}; available: sinusoid, cifar_fs, "
+                    "mini_imagenet")

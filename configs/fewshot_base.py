@@ -1,0 +1,88 @@
+"""Shared builder of the image configs (cifarfs_*way.py, miniimagenet_*way.py).
+
+Variants, comma-separated after the config path:
+  smoke  a handful of models and tasks, about a minute on a CPU on real data;
+  proxy  CIFAR-FS configs only: Mini-ImageNet resized to 32x32 stands in for
+         CIFAR-100 (results are labelled "cifar_fs_protocol_on_mini_imagenet32").
+"""
+
+import ml_collections
+
+
+def make(protocol, ways, arg=None):
+  variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
+  unknown = variants - {"smoke", "proxy"}
+  if unknown:
+    raise ValueError(f"unknown config variants {sorted(unknown)} (known: smoke, proxy)")
+  if "proxy" in variants and protocol != "cifar_fs":
+    raise ValueError("the proxy variant exists for the CIFAR-FS configs only")
+
+  c = ml_collections.ConfigDict()
+  c.benchmark = protocol
+  c.seed = 0
+  c.methods = ""
+  c.shots = (10, 20)                    # [paper] support images per class
+
+  c.data = ml_collections.ConfigDict()
+  if protocol == "cifar_fs":
+    c.data.dataset = "mini_imagenet32" if "proxy" in variants else "cifar_fs"
+  else:
+    c.data.dataset = "mini_imagenet"
+  c.data.manual_dir = ""                # folder with the downloaded archives
+  c.data.data_dir = ""                  # where tfds keeps prepared data ("" = default)
+  c.data.strict = True                  # check the standard class and image counts
+
+  c.model = ml_collections.ConfigDict()
+  c.model.filters = 16                  # [paper] Conv4 with 16 filters
+
+  c.zoo = ml_collections.ConfigDict()
+  c.zoo.num_models = 100                # [paper]
+  c.zoo.ways = ways                     # [paper] R = 5 or 10
+  c.zoo.val_fraction = 0.2              # [paper]
+  c.zoo.shared_init = True
+  c.zoo.optimizer = "adam"
+  c.zoo.lr = 1e-3
+  c.zoo.steps = 1000
+  c.zoo.batch_size = 64
+  c.zoo.chunk_steps = 100
+  c.zoo.bn_reference = 20               # train images per class giving BN statistics at eval
+
+  c.fusion = ml_collections.ConfigDict()
+  c.fusion.embed_dim = 50               # [paper]
+  c.fusion.epochs = 3
+  c.fusion.optimizer = "sgd"            # [paper]
+  c.fusion.outer_lr = 0.03              # [paper]
+  c.fusion.inner_lr = 0.03              # [paper]
+  c.fusion.inner_steps = 1              # [paper] K = 1
+  c.fusion.dro_steps = 1                # [paper] K = 1
+  c.fusion.dro_lr = 0.03
+  c.fusion.embed_lr = 0.03
+  c.fusion.sigma = 1.0
+  c.fusion.gamma = 1.0
+  c.fusion.use_dro = True
+  c.fusion.meta_batch_size = 1
+  c.fusion.keep_inner_update = False
+  c.fusion.learn_val_embeddings = True
+  c.fusion.w_scale = 0.1
+  c.fusion.embed_init_std = 0.1
+  c.fusion.chunk_steps = 100
+
+  c.metatest = ml_collections.ConfigDict()
+  c.metatest.num_tasks = 600            # [paper]
+  c.metatest.query_per_class = 15
+  c.metatest.steps = 100                # S of Algorithm 3
+  c.metatest.lr = 0.1                   # alpha of Algorithm 3
+  c.metatest.batch_size = 50            # tasks vmapped together
+
+  if "smoke" in variants:
+    c.zoo.num_models = 6
+    c.zoo.steps = 60
+    c.zoo.chunk_steps = 20
+    c.zoo.batch_size = 32
+    c.fusion.epochs = 2
+    c.fusion.chunk_steps = 4
+    c.metatest.num_tasks = 10
+    c.metatest.steps = 10
+    c.metatest.batch_size = 5
+  c.lock()
+  return c

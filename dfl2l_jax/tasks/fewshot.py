@@ -1,0 +1,196 @@
+"""Few-shot image classification: CIFAR-FS and Mini-ImageNet (paper Sections 5.3-5.4).
+
+Zoo (paper 5.3): model m solves an R-way task over R classes drawn from the
+meta-training classes; each of its classes' images is split 60/20/20 into that
+model's train / validation / test images. Meta-test: tasks of R classes drawn
+from the meta-test classes, `shots` support and `query_per_class` query images
+per class. The network is Conv4 (models.Conv4).
+
+Images stay uint8 in device memory (`Benchmark.data`); tasks and episodes hold
+indices into them, and batches are gathered and normalised inside the compiled
+programs.
+
+BatchNorm: a training batch is normalised by its own statistics; a zoo model is
+evaluated on its test images with the statistics of (up to) `bn_reference`
+training images per class; a meta-test query set is evaluated with the
+statistics of the task's support set. Query images never share statistics,
+within or across tasks.
+
+Randomness: zoo task m from `default_rng([seed, 3, m])`, test task t from
+`default_rng([seed, 1, t])`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dfl2l_jax import models
+from dfl2l_jax.errors import ConfigError, DataError
+from dfl2l_jax.tasks import base
+
+# Ways the images of a class are split for each zoo model (paper 5.3).
+TRAIN_FRACTION, VAL_FRACTION = 0.6, 0.2
+
+PROTOCOLS = {"cifar_fs": ("cifar_fs", "mini_imagenet32"),
+             "mini_imagenet": ("mini_imagenet",)}
+
+
+def benchmark_name(protocol, dataset):
+  """The name results carry: a stand-in dataset is never reported as the real one."""
+  if dataset == "mini_imagenet32" and protocol == "cifar_fs":
+    return "cifar_fs_protocol_on_mini_imagenet32"
+  return protocol
+
+
+def class_table(labels, n_classes):
+  """(n_classes, per_class) image indices, from labels sorted by class."""
+  counts = np.bincount(labels, minlength=n_classes)
+  if counts.min() != counts.max():
+    raise DataError(f"classes have unequal image counts ({counts.min()}..{counts.max()})")
+  order = np.argsort(labels, kind="stable")
+  return order.reshape(n_classes, counts[0]).astype(np.int32)
+
+
+def split_sizes(per_class):
+  n_train = int(round(TRAIN_FRACTION * per_class))
+  n_val = int(round(VAL_FRACTION * per_class))
+  return n_train, n_val, per_class - n_train - n_val
+
+
+def sample_zoo_tasks(seed, num_models, ways, table):
+  """Per model: R meta-training classes and a 60/20/20 split of their images."""
+  n_classes, per_class = table.shape
+  if ways > n_classes:
+    raise ConfigError(f"zoo tasks need {ways} classes but the meta-training split has "
+                      f"{n_classes}")
+  n_train, n_val, n_test = split_sizes(per_class)
+  train, test, classes = [], [], []
+  for m in range(num_models):
+    rng = np.random.default_rng([seed, 3, m])
+    cls = rng.choice(n_classes, ways, replace=False)
+    perms = np.stack([table[c][rng.permutation(per_class)] for c in cls])
+    train.append(perms[:, :n_train])
+    test.append(perms[:, n_train + n_val:])
+    classes.append(cls)
+  return {"train_idx": np.stack(train), "test_idx": np.stack(test),
+          "classes": np.stack(classes).astype(np.int32)}
+
+
+def sample_episodes(seed, num_tasks, ways, shots, query, table):
+  """Meta-test episodes as indices into the meta-test images.
+
+  Task t permutes each of its classes' images once; its support set is the
+  first `shots` and its query set the last `query`, so the query set is the
+  same at every shot count and never overlaps the support set.
+  """
+  n_classes, per_class = table.shape
+  if ways > n_classes:
+    raise ConfigError(f"test tasks need {ways} classes; the meta-test split has {n_classes}")
+  if shots + query > per_class:
+    raise ConfigError(f"{shots} shots + {query} queries per class exceed the {per_class} "
+                      "images a meta-test class has")
+  s_idx, q_idx, classes = [], [], []
+  for t in range(num_tasks):
+    rng = np.random.default_rng([seed, 1, t])
+    cls = rng.choice(n_classes, ways, replace=False)
+    perms = np.stack([table[c][rng.permutation(per_class)] for c in cls])
+    s_idx.append(perms[:, :shots].reshape(-1))
+    q_idx.append(perms[:, per_class - query:].reshape(-1))
+    classes.append(cls)
+  labels = lambda k: np.repeat(np.arange(ways, dtype=np.int32), k)
+  return {"support_idx": np.stack(s_idx).astype(np.int32),
+          "support_y": np.tile(labels(shots), (num_tasks, 1)),
+          "query_idx": np.stack(q_idx).astype(np.int32),
+          "query_y": np.tile(labels(query), (num_tasks, 1)),
+          "classes": np.stack(classes).astype(np.int32)}
+
+
+def normalise(images, mean, std):
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits, labels):
+  return 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_benchmark(config, loader=None) -> base.Benchmark:
+  """Builds the benchmark; `loader(split)` -> (images, labels, class_names).
+
+  `loader` defaults to the tfds datasets of `dfl2l_jax.data` configured by
+  `config.data`; tests pass their own.
+  """
+  protocol, dc = config.benchmark, config.data
+  if dc.dataset not in PROTOCOLS[protocol]:
+    raise ConfigError(f"config.data.dataset={dc.dataset!r} cannot serve the {protocol} "
+                      f"protocol; use one of {PROTOCOLS[protocol]}")
+  if loader is None:
+    from dfl2l_jax.data import load  # pylint: disable=g-import-not-at-top
+    loader = functools.partial(load.load_split, dc.dataset, data_dir=dc.data_dir or None,
+                               manual_dir=dc.manual_dir or None, strict=dc.strict)
+  train_images, train_labels, train_names = loader("train")
+  test_images, test_labels, test_names = loader("test")
+  if set(train_names) & set(test_names):
+    raise DataError("meta-training and meta-test classes overlap: "
+                    f"{sorted(set(train_names) & set(test_names))[:5]}")
+  train_table = class_table(np.asarray(train_labels), len(train_names))
+  test_table = class_table(np.asarray(test_labels), len(test_names))
+  ways = config.zoo.ways
+  zoo_tasks = sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table)
+  mean = train_images.reshape(-1, 3).mean(0) / 255.0
+  std = train_images.reshape(-1, 3).std(0) / 255.0
+  data = {"train_images": jnp.asarray(train_images), "test_images": jnp.asarray(test_images),
+          "mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32)}
+  net = models.Conv4(ways=ways, filters=config.model.filters)
+  batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
+  n_ref = min(config.zoo.bn_reference, n_train)
+
+  def batch_fn(task, key, data):
+    k_cls, k_pos = jax.random.split(key)
+    cls = jax.random.randint(k_cls, (batch_size,), 0, ways)
+    pos = jax.random.randint(k_pos, (batch_size,), 0, n_train)
+    idx = task["train_idx"][cls, pos]
+    return {"x": normalise(data["train_images"][idx], data["mean"], data["std"]), "y": cls}
+
+  def loss_fn(params, batch):
+    return cross_entropy(models.apply_train_mode(net, params, batch["x"]), batch["y"])
+
+  def metric_fn(params, query, support):
+    return accuracy(models.apply_with_reference(net, params, query["x"], support["x"]),
+                    query["y"])
+
+  def zoo_eval_fn(params, task, data):
+    img = lambda idx: normalise(data["train_images"][idx.reshape(-1)], data["mean"],
+                                data["std"])
+    test_idx = task["test_idx"]
+    labels = jnp.repeat(jnp.arange(ways), test_idx.shape[1])
+    logits = models.apply_with_reference(net, params, img(test_idx),
+                                         img(task["train_idx"][:, :n_ref]))
+    return accuracy(logits, labels)
+
+  def gather_episode(ep, data):
+    img = lambda idx: normalise(data["test_images"][idx], data["mean"], data["std"])
+    return ({"x": img(ep["support_idx"]), "y": ep["support_y"]},
+            {"x": img(ep["query_idx"]), "y": ep["query_y"]})
+
+  mt = config.metatest
+  per_class = test_table.shape[1]
+  return base.Benchmark(
+      name=benchmark_name(protocol, dc.dataset), metric="accuracy", model=net,
+      example_input=np.zeros((1,) + train_images.shape[1:], np.float32),
+      zoo_tasks=zoo_tasks, batch_fn=batch_fn, loss_fn=loss_fn, metric_fn=metric_fn,
+      zoo_eval_fn=zoo_eval_fn,
+      make_episodes=lambda shots: sample_episodes(config.seed, mt.num_tasks, ways, shots,
+                                                  mt.query_per_class, test_table),
+      points_available=per_class - mt.query_per_class,
+      spec={"benchmark": protocol, "dataset": dc.dataset, "model": "Conv4",
+            "filters": config.model.filters, "ways": ways,
+            "image_shape": list(train_images.shape[1:]),
+            "train_classes": list(train_names), "test_classes": list(test_names)},
+      data=data, gather_episode=gather_episode)
