@@ -29,12 +29,16 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
     ],
+    package_data={"dfl2l_jax.data": ["*.json"]},
     extras_require={
-        "test": ["pytest>=8"],
+        # The data-layer tests build tiny tfds datasets, so tests need the data extra too.
+        "test": ["pytest>=8", "tensorflow-datasets>=4.9.10", "importlib_resources>=7.1",
+                 "pillow>=13.0"],
         "plots": ["matplotlib>=3.8"],
         # The image benchmarks read their data through tensorflow-datasets
         # (array_record files; TensorFlow itself is not needed).
-        "data": ["tensorflow-datasets>=4.9.10"],
+        "data": ["tensorflow-datasets>=4.9.10", "importlib_resources>=7.1",
+                 "pillow>=13.0"],
         # GPU: pip install -U "jax[cuda12]" (see BUILD.md). TPU: "jax[tpu]".
     },
 )
