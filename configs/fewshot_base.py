@@ -34,6 +34,7 @@ def make(protocol, ways, arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.filters = 16                  # [paper] Conv4 with 16 filters
+  c.model.conv_impl = "auto"            # xla | patches; auto: patches on CPU (faster there)
 
   c.zoo = ml_collections.ConfigDict()
   c.zoo.num_models = 100                # [paper]
@@ -46,6 +47,7 @@ def make(protocol, ways, arg=None):
   c.zoo.batch_size = 64
   c.zoo.chunk_steps = 100
   c.zoo.bn_reference = 20               # train images per class giving BN statistics at eval
+  c.zoo.member_loop = "auto"            # vmap | map over zoo members; auto: map on CPU
 
   c.fusion = ml_collections.ConfigDict()
   c.fusion.embed_dim = 50               # [paper]

@@ -38,7 +38,7 @@ def init_ensemble(params, optimizer) -> EnsembleState:
                        step=jnp.zeros((), jnp.int32))
 
 
-def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
+def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: str = "vmap"):
   """Returns jitted `chunk(state, tasks, member_keys, data, length) -> (state, losses)`.
 
   Args:
@@ -46,6 +46,9 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
     batch_fn: `(task, key, data) -> batch` for one member; `task` is one slice
       of `tasks` along the model axis; `data` is shared by all members (for
       example the image array the tasks index into; None for the sinusoid).
+    member_loop: "vmap" (all members at once) or "map" (`lax.map`, one member
+      after another inside the same compiled program: faster for CNNs on CPU,
+      where vmapped convolutions become grouped convolutions). Same results.
 
   losses has shape (length, n_models).
   """
@@ -56,12 +59,19 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable):
 
   def chunk(state, tasks, member_keys, data, length):
     def body(st, _):
-      params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None, None))(
-          st.params, st.opt_state, tasks, member_keys, st.step, data)
+      if member_loop == "map":
+        params, opt_state, loss = jax.lax.map(
+            lambda a: one_member(*a, st.step, data),
+            (st.params, st.opt_state, tasks, member_keys))
+      else:
+        params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None, None))(
+            st.params, st.opt_state, tasks, member_keys, st.step, data)
       return EnsembleState(params, opt_state, st.step + 1), loss
 
     return jax.lax.scan(body, state, None, length=length)
 
+  if member_loop not in ("vmap", "map"):
+    raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
 
 

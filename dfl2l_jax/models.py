@@ -3,6 +3,7 @@
 from typing import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -20,6 +21,29 @@ class MLP(nn.Module):
     return nn.Dense(self.out)(x)
 
 
+class PatchConv3x3(nn.Module):
+  """A 3x3 'SAME' convolution computed as nine shifted slices and one matmul.
+
+  The same parameters (kernel (3, 3, C_in, C_out), bias (C_out,)) and outputs
+  as `nn.Conv(features, (3, 3), padding="SAME")`. Under `vmap` over models it
+  stays a batched matmul, where XLA's CPU backend turns a vmapped convolution
+  into a slow grouped convolution; on CPU it is several times faster
+  (benchmarks/ensemble_levers.py). On GPU/TPU keep XLA's convolution.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    c_in = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c_in, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    h, w = x.shape[-3], x.shape[-2]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate(
+        [padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    return cols @ kernel.reshape(9 * c_in, self.features) + bias
+
+
 class Conv4(nn.Module):
   """The four-block CNN of few-shot learning (Finn et al. 2017), paper Section 5.3.
 
@@ -35,11 +59,15 @@ class Conv4(nn.Module):
   """
   ways: int = 5
   filters: int = 16
+  conv_impl: str = "xla"   # "xla": nn.Conv; "patches": PatchConv3x3 (same parameters).
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    for _ in range(4):
-      x = nn.Conv(self.filters, (3, 3), padding="SAME")(x)
+    for i in range(4):
+      if self.conv_impl == "patches":
+        x = PatchConv3x3(self.filters, name=f"Conv_{i}")(x)
+      else:
+        x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"Conv_{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.0)(x)
       x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))

@@ -55,7 +55,8 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None):
     checkpointing.write_spec(directory, spec)
     ckpt = checkpointing.Checkpointer(directory)
   chunk = ensemble.make_ensemble_chunk(
-      ensemble.make_member_step(benchmark.loss_fn, optimizer), benchmark.batch_fn)
+      ensemble.make_member_step(benchmark.loss_fn, optimizer), benchmark.batch_fn,
+      benchmark.member_loop)
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
   keys = member_keys(config)
   state = ensemble.init_ensemble(initial_params(config, benchmark), optimizer)

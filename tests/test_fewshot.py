@@ -98,3 +98,31 @@ def test_meta_test_adapts_and_reports_accuracy_in_percent(bench):
   after = adaptation.meta_test(params, eps, steps=30, **kw)
   assert before.shape == (10,) and np.all((0 <= after) & (after <= 100 + 1e-3))
   assert after.mean() > before.mean() + 10
+
+
+def test_patch_convolution_equals_xla_convolution():
+  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  xla = models.Conv4(ways=4, conv_impl="xla")
+  patches = models.Conv4(ways=4, conv_impl="patches")
+  params = xla.init(jax.random.key(1), x)["params"]
+  assert (jax.tree.structure(params)
+          == jax.tree.structure(patches.init(jax.random.key(1), x)["params"]))
+  np.testing.assert_allclose(models.apply_train_mode(xla, params, x),
+                             models.apply_train_mode(patches, params, x), rtol=1e-4, atol=1e-4)
+
+
+def test_member_loops_give_the_same_zoo(bench):
+  # SGD, not Adam: a conv bias before BatchNorm has a zero gradient up to rounding,
+  # which Adam would blow up to +-lr in either direction.
+  config = helpers.fewshot_config()
+  opt = optax.sgd(0.1)
+  step = ensemble.make_member_step(bench.loss_fn, opt)
+  tasks = jax.tree.map(jnp.asarray, bench.zoo_tasks)
+  out = []
+  for loop in ("vmap", "map"):
+    chunk = ensemble.make_ensemble_chunk(step, bench.batch_fn, loop)
+    state = ensemble.init_ensemble(zoo_lib.initial_params(config, bench), opt)
+    state, _ = chunk(state, tasks, zoo_lib.member_keys(config), bench.data, length=3)
+    out.append(state.params)
+  for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -40,6 +40,8 @@ class Benchmark:
     gather_episode: `(episode, data) -> (support, query)`, each {"x", "y"}, for
       one episode (one slice of make_episodes' output). The default reads
       support_x, support_y, query_x, query_y.
+    member_loop: how the ensemble trainer runs the zoo's members, "vmap" or
+      "map" (see ensemble.make_ensemble_chunk).
   """
   name: str
   metric: str
@@ -55,6 +57,7 @@ class Benchmark:
   spec: dict
   data: Any = None
   gather_episode: Callable = None
+  member_loop: str = "vmap"
 
   def __post_init__(self):
     if self.gather_episode is None:

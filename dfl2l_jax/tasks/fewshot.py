@@ -108,6 +108,26 @@ def sample_episodes(seed, num_tasks, ways, shots, query, table):
           "classes": np.stack(classes).astype(np.int32)}
 
 
+def resolve_backend_choices(config):
+  """(conv_impl, member_loop): "auto" picks what is fastest on the default backend.
+
+  Measured (benchmarks/ensemble_levers.py): on CPU, convolutions as patches and
+  members one after another; on GPU/TPU, XLA's convolution, members vmapped.
+  """
+  on_cpu = jax.default_backend() == "cpu"
+  conv = config.model.conv_impl
+  loop = config.zoo.member_loop
+  if conv == "auto":
+    conv = "patches" if on_cpu else "xla"
+  if loop == "auto":
+    loop = "map" if on_cpu else "vmap"
+  if conv not in ("xla", "patches"):
+    raise ConfigError(f"config.model.conv_impl must be auto, xla or patches, got {conv!r}")
+  if loop not in ("vmap", "map"):
+    raise ConfigError(f"config.zoo.member_loop must be auto, vmap or map, got {loop!r}")
+  return conv, loop
+
+
 def normalise(images, mean, std):
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
@@ -147,7 +167,8 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
   std = train_images.reshape(-1, 3).std(0) / 255.0
   data = {"train_images": jnp.asarray(train_images), "test_images": jnp.asarray(test_images),
           "mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32)}
-  net = models.Conv4(ways=ways, filters=config.model.filters)
+  conv_impl, member_loop = resolve_backend_choices(config)
+  net = models.Conv4(ways=ways, filters=config.model.filters, conv_impl=conv_impl)
   batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
   n_ref = min(config.zoo.bn_reference, n_train)
 
@@ -193,4 +214,4 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
             "filters": config.model.filters, "ways": ways,
             "image_shape": list(train_images.shape[1:]),
             "train_classes": list(train_names), "test_classes": list(test_names)},
-      data=data, gather_episode=gather_episode)
+      data=data, gather_episode=gather_episode, member_loop=member_loop)
