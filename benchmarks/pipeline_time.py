@@ -15,7 +15,6 @@ per-phase seconds, whether the goal was met, CPU model, cores, date.
 
 import argparse
 import datetime
-import importlib.util
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
 
+from dfl2l_jax import config_lib  # noqa: E402
 from dfl2l_jax import metrics  # noqa: E402
 from dfl2l_jax import pipeline  # noqa: E402
 from dfl2l_jax import results as results_lib  # noqa: E402
@@ -52,13 +52,7 @@ def parse_args(argv=None):
 
 def load_config(spec, seed, methods):
   """`path[:variant]` -> the file's `get_config(variant)` with seed and methods set."""
-  path, _, variant = spec.partition(":")
-  if not os.path.exists(path) and not os.path.isabs(path):
-    path = os.path.join(REPO, path)
-  module_spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  config = config_lib.load_config_file(spec, REPO)
   config.seed = seed
   config.methods = methods
   return config

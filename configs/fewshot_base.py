@@ -8,6 +8,8 @@ Variants, comma-separated after the config path:
 
 import ml_collections
 
+from configs import common
+
 
 def make(protocol, ways, arg=None):
   variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
@@ -49,25 +51,7 @@ def make(protocol, ways, arg=None):
   c.zoo.bn_reference = 20               # train images per class giving BN statistics at eval
   c.zoo.member_loop = "auto"            # vmap | map over zoo members; auto: map on CPU
 
-  c.fusion = ml_collections.ConfigDict()
-  c.fusion.embed_dim = 50               # [paper]
-  c.fusion.epochs = 3
-  c.fusion.optimizer = "sgd"            # [paper]
-  c.fusion.outer_lr = 0.03              # [paper]
-  c.fusion.inner_lr = 0.03              # [paper]
-  c.fusion.inner_steps = 1              # [paper] K = 1
-  c.fusion.dro_steps = 1                # [paper] K = 1
-  c.fusion.dro_lr = 0.03
-  c.fusion.embed_lr = 0.03
-  c.fusion.sigma = 1.0
-  c.fusion.gamma = 1.0
-  c.fusion.use_dro = True
-  c.fusion.meta_batch_size = 1
-  c.fusion.keep_inner_update = False
-  c.fusion.learn_val_embeddings = True
-  c.fusion.w_scale = 0.1
-  c.fusion.embed_init_std = 0.1
-  c.fusion.chunk_steps = 100
+  c.fusion = common.fusion(embed_dim=50)
 
   c.metatest = ml_collections.ConfigDict()
   c.metatest.num_tasks = 600            # [paper]

@@ -14,6 +14,8 @@ in docs/method.md.
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -37,25 +39,7 @@ def get_config(arg=None):
   c.zoo.batch_size = 64
   c.zoo.chunk_steps = 500
 
-  c.fusion = ml_collections.ConfigDict()
-  c.fusion.embed_dim = 100              # [paper]
-  c.fusion.epochs = 3                   # [paper]
-  c.fusion.optimizer = "sgd"            # [paper]
-  c.fusion.outer_lr = 0.03              # [paper]
-  c.fusion.inner_lr = 0.03              # [paper] (one rate is given)
-  c.fusion.inner_steps = 1              # [paper] K = 1
-  c.fusion.dro_steps = 1                # [paper] K = 1
-  c.fusion.dro_lr = 0.03
-  c.fusion.embed_lr = 0.03
-  c.fusion.sigma = 1.0
-  c.fusion.gamma = 1.0
-  c.fusion.use_dro = True
-  c.fusion.meta_batch_size = 1          # [paper] one S and one Q model per step
-  c.fusion.keep_inner_update = False
-  c.fusion.learn_val_embeddings = True
-  c.fusion.w_scale = 0.1
-  c.fusion.embed_init_std = 0.1
-  c.fusion.chunk_steps = 100
+  c.fusion = common.fusion(embed_dim=100)
 
   c.metatest = ml_collections.ConfigDict()
   c.metatest.num_tasks = 100            # [paper]

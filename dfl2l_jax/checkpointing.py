@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dfl2l_jax import config_lib
 from dfl2l_jax.errors import CheckpointError
 
 
@@ -124,19 +125,8 @@ def check_spec(directory, spec, what):
     raise CheckpointError(f"{path} is unreadable ({e}); delete {directory} or use a new workdir")
   spec = json.loads(json.dumps(spec))  # tuples -> lists, as stored.
   if found != spec:
-    diffs = _diff(found, spec)
+    diffs = config_lib.dict_diff(found, spec)
     raise CheckpointError(
         f"{directory} holds a {what} made with another configuration "
         f"({'; '.join(diffs[:6])}). Use a new --workdir, or delete {directory}.")
   return True
-
-
-def _diff(found, wanted, prefix=""):
-  if isinstance(found, dict) and isinstance(wanted, dict):
-    out = []
-    for k in sorted(set(found) | set(wanted)):
-      out += _diff(found.get(k), wanted.get(k), f"{prefix}{k}.")
-    return out
-  if found != wanted:
-    return [f"{prefix.rstrip('.')}: saved {found!r}, now {wanted!r}"]
-  return []

@@ -1,6 +1,8 @@
-"""Validation of run configs: every bad value is named before any work starts."""
+"""Run configs: loading config files, and validation that names every bad value."""
 
+import importlib.util
 import numbers
+import os
 
 from dfl2l_jax.errors import ConfigError
 
@@ -97,3 +99,32 @@ def validate_shots(config, benchmark):
 def num_validation(config):
   """|Q|: the meta-validation share of the zoo, rounded."""
   return int(round(config.zoo.val_fraction * config.zoo.num_models))
+
+
+def load_config_file(spec, root=None):
+  """`path[:variant]` -> that config file's `get_config(variant)`.
+
+  A relative path that does not exist is looked up under `root` (e.g. the
+  repository), so scripts work from any directory.
+  """
+  path, _, variant = spec.partition(":")
+  if not os.path.exists(path) and not os.path.isabs(path) and root is not None:
+    path = os.path.join(root, path)
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_dfl2l_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
+def dict_diff(found, wanted, prefix=""):
+  """Fields where two nested dicts differ, as 'path: saved X, now Y'."""
+  if isinstance(found, dict) and isinstance(wanted, dict):
+    out = []
+    for k in sorted(set(found) | set(wanted)):
+      out += dict_diff(found.get(k), wanted.get(k), f"{prefix}{k}.")
+    return out
+  if found != wanted:
+    return [f"{prefix.rstrip('.')}: saved {found!r}, now {wanted!r}"]
+  return []

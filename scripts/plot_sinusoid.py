@@ -17,7 +17,6 @@ pip install -e .[plots]
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -101,11 +100,11 @@ def load_config(spec, workdir, seed):
   if os.path.exists(results):
     with open(results) as f:
       recorded = json.load(f)["config"]
-  config = config_from_file(spec or "configs/sinusoid.py")
+  config = config_lib.load_config_file(spec or "configs/sinusoid.py", REPO)
   if spec is None and recorded is not None:
     update_config(config, recorded)
   elif recorded is not None:
-    diffs = config_diff(recorded, json.loads(json.dumps(config.to_dict())))
+    diffs = config_lib.dict_diff(recorded, json.loads(json.dumps(config.to_dict())))
     diffs = [d for d in diffs if not d.startswith(("methods:", "seed:"))]
     if diffs:
       print(f"warning: {spec} differs from the config recorded in {results}: "
@@ -119,17 +118,6 @@ def load_config(spec, workdir, seed):
   return config
 
 
-def config_from_file(spec):
-  """`path[:variant]` -> that file's `get_config(variant)`."""
-  path, _, variant = spec.partition(":")
-  if not os.path.exists(path) and not os.path.isabs(path):
-    path = os.path.join(REPO, path)
-  module_spec = importlib.util.spec_from_file_location("_plot_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
-
-
 def update_config(config, values):
   """Sets the fields of `config` from a JSON dict (lists back to tuples)."""
   for key, value in values.items():
@@ -139,18 +127,6 @@ def update_config(config, values):
       update_config(config[key], value)
     else:
       config[key] = tuple(value) if isinstance(config[key], tuple) else value
-
-
-def config_diff(recorded, given, prefix=""):
-  """Fields where two config dicts differ, as 'path: recorded -> given'."""
-  if isinstance(recorded, dict) and isinstance(given, dict):
-    out = []
-    for k in sorted(set(recorded) | set(given)):
-      out += config_diff(recorded.get(k), given.get(k), f"{prefix}{k}.")
-    return out
-  if recorded != given:
-    return [f"{prefix.rstrip('.')}: {recorded!r} -> {given!r}"]
-  return []
 
 
 def available_methods(workdir, wanted):

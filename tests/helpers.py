@@ -32,15 +32,19 @@ def toy_zoo(n, key=1, spread=1.0, rank=2):
 
 def smoke_config(**overrides):
   """The sinusoid smoke config, unlocked for overrides like zoo__steps=10."""
-  c = sinusoid_config.get_config("smoke")
-  with c.unlocked():
+  return override(sinusoid_config.get_config("smoke"), **overrides)
+
+
+def override(config, **overrides):
+  """Sets fields given as section__field=value on an unlocked copy of the config."""
+  with config.unlocked():
     for key, value in overrides.items():
-      node = c
+      node = config
       parts = key.split("__")
       for p in parts[:-1]:
         node = node[p]
       node[parts[-1]] = value
-  return c
+  return config
 
 
 def synthetic_image_loader(n_train_classes=8, n_test_classes=6, per_class=20, size=16,
@@ -62,14 +66,5 @@ def synthetic_image_loader(n_train_classes=8, n_test_classes=6, per_class=20, si
 def fewshot_config(**overrides):
   from configs import fewshot_base  # pylint: disable=g-import-not-at-top
   c = fewshot_base.make("mini_imagenet", 3, "smoke")
-  with c.unlocked():
-    c.shots = (2, 4)
-    c.metatest.query_per_class = 5
-    c.zoo.bn_reference = 4
-    for key, value in overrides.items():
-      node = c
-      parts = key.split("__")
-      for p in parts[:-1]:
-        node = node[p]
-      node[parts[-1]] = value
-  return c
+  c = override(c, shots=(2, 4), metatest__query_per_class=5, zoo__bn_reference=4)
+  return override(c, **overrides)
