@@ -39,13 +39,15 @@ def paired(runs, baseline):
     for (method, shots), v in rows.items():
       if method != baseline and (baseline, shots) in rows:
         diffs[(method, shots)].extend(v - rows[(baseline, shots)])
+  better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
   lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | 95% CI | "
-           "tasks where method is lower |", "|---|---|---|---|---|"]
+           f"tasks where method is {better} (ties excluded) |", "|---|---|---|---|---|"]
   for (method, shots), d in sorted(diffs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     d = np.asarray(d)
     ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    wins = (d > 0) if better == "higher" else (d < 0)
     lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | "
-                 f"{(d < 0).mean() * 100:.0f}% of {d.size} |")
+                 f"{wins.sum()} of {(d != 0).sum()} |")
   return "\n".join(lines) + "\n"
 
 
@@ -70,10 +72,12 @@ def table(runs):
     lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | "
                  f"{np.median(pooled[key]):.3f} | {len(v)} |")
   q = [r["zoo_quality"]["mean"] for r in runs]
+  q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]
   seeds = [r["seed"] for r in runs]
   lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
-            f"mean over models): {', '.join(f'{x:.4f}' for x in q)}.",
+            f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
+            f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
             f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} "
             f"({runs[0]['versions']['backend']}, {runs[0]['versions'].get('processor') or runs[0]['versions']['machine']})."]
   return "\n".join(lines) + "\n"
