@@ -75,7 +75,7 @@ def batch_log_likelihood(phi, embeddings, thetas, sigma):
   return jax.vmap(fn)(embeddings, thetas)
 
 
-def _sum_log_likelihood(phi, embeddings, thetas, sigma):
+def sum_log_likelihood(phi, embeddings, thetas, sigma):
   return jnp.sum(batch_log_likelihood(phi, embeddings, thetas, sigma))
 
 
@@ -89,7 +89,7 @@ def inner_ascent(phi, emb, thetas, hp: FusionHParams):
     (phi*, updated embeddings, mean log-likelihood before the first step).
   """
   batch = emb.shape[0]
-  grad_fn = jax.value_and_grad(_sum_log_likelihood, argnums=(0, 1))
+  grad_fn = jax.value_and_grad(sum_log_likelihood, argnums=(0, 1))
 
   def body(carry, _):
     p, e = carry
@@ -132,7 +132,7 @@ def bilevel_step(state: FusionState, theta_s, s_idx, theta_q, q_idx,
 
   # Line 6: first-order outer step, gradient at (phi*, e*).
   batch_q = e_q.shape[0]
-  robust_ll, (g_phi, g_e) = jax.value_and_grad(_sum_log_likelihood, argnums=(0, 1))(
+  robust_ll, (g_phi, g_e) = jax.value_and_grad(sum_log_likelihood, argnums=(0, 1))(
       phi_star, e_star, theta_q, hp.sigma)
   neg_g = jax.tree.map(lambda g: -g / batch_q, g_phi)
   base = phi_star if hp.keep_inner_update else state.phi

@@ -18,6 +18,7 @@ resume.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from dfl2l_jax import bilevel
@@ -76,3 +77,34 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
     return jax.lax.scan(body, state, arriving)
 
   return jax.jit(chunk, donate_argnums=0)
+
+
+def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
+                   meta_batch_size: int):
+  """Returns jitted `chunk(state, zoo_s, zoo_q, key, length)`: the plain fit of Eq. (1).
+
+  No bi-level split and no DRO: each step draws models uniformly from the whole
+  zoo (S and Q together) and ascends their mean log-likelihood in phi (through
+  `optimizer`) and their embeddings (rate embed_lr). The ablation `dfl2l_mle`.
+  """
+
+  def chunk(state, zoo_s, zoo_q, key, length):
+    n_s = num_models(zoo_s)
+    zoo = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), zoo_s, zoo_q)
+    n = num_models(zoo)
+
+    def body(st, _):
+      idx = jax.random.randint(jax.random.fold_in(key, st.step), (meta_batch_size,), 0, n)
+      emb = jnp.concatenate([st.emb_s, st.emb_q])
+      ll, (g_phi, g_e) = jax.value_and_grad(bilevel.sum_log_likelihood, argnums=(0, 1))(
+          st.phi, emb[idx], _take(zoo, idx), hp.sigma)
+      neg = jax.tree.map(lambda g: -g / meta_batch_size, g_phi)
+      updates, opt_state = optimizer.update(neg, st.opt_state, st.phi)
+      emb = emb.at[idx].add(hp.embed_lr * g_e)
+      new = bilevel.FusionState(phi=optax.apply_updates(st.phi, updates), emb_s=emb[:n_s],
+                                emb_q=emb[n_s:], opt_state=opt_state, step=st.step + 1)
+      return new, {"train_loglik": ll / meta_batch_size}
+
+    return jax.lax.scan(body, state, None, length=length)
+
+  return jax.jit(chunk, static_argnames="length", donate_argnums=0)

@@ -85,3 +85,15 @@ def test_result_does_not_depend_on_chunking():
                            chunk_steps=5, run_chunk=run)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_mle_fit_increases_the_likelihood_of_every_split():
+  state, zoo_s, zoo_q, opt = _setup()
+  before_s = float(bilevel.batch_log_likelihood(state.phi, state.emb_s, zoo_s, 1.0).mean())
+  before_q = _val_loglik(state, zoo_q, 1.0)
+  chunk = fusion.make_mle_chunk(HP, opt, meta_batch_size=2)
+  state, metrics = chunk(state, zoo_s, zoo_q, jax.random.key(0), length=300)
+  after_s = float(bilevel.batch_log_likelihood(state.phi, state.emb_s, zoo_s, 1.0).mean())
+  assert after_s > before_s + 0.5 * abs(before_s)
+  assert _val_loglik(state, zoo_q, 1.0) > before_q + 0.5 * abs(before_q)
+  assert state.emb_s.shape == (N_S, D) and state.emb_q.shape == (N_Q, D)

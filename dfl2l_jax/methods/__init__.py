@@ -5,7 +5,8 @@ from dfl2l_jax.methods import dfl2l
 from dfl2l_jax.methods import simple
 from dfl2l_jax.methods.base import Method, MethodContext  # noqa: F401
 
-METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE)}
+METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE,
+                                dfl2l.DFL2L_NO_DRO, dfl2l.DFL2L_MLE)}
 
 
 def resolve(names: str, setting: str):

@@ -93,6 +93,39 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
       ckpt.close()
 
 
+def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
+               name: str = "dfl2l_mle"):
+  """Eq. (1) alone: the likelihood fit of all N models, no bi-level, no DRO."""
+  fc = fc or ctx.config.fusion
+  optimizer = make_optimizer(fc)
+  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size)
+  zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
+  key = jax.random.fold_in(ctx.key, 1)
+  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "mle"))
+  try:
+    return loops.run_chunked(
+        name=name, state=_initial_state(ctx, fc, optimizer),
+        total_steps=fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
+        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
+        run_chunk=lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _no_dro(ctx):
+  fc = ctx.config.fusion.copy_and_resolve_references()
+  with fc.unlocked():
+    fc.use_dro = False
+  return bilevel.meta_init(offline_fusion(ctx, fc, name="dfl2l_no_dro"))
+
+
+DFL2L_NO_DRO = base.Method(
+    "dfl2l_no_dro", ("ablation",), _no_dro,
+    "ablation: the bi-level objective of Eq. 3 without the DRO step")
+DFL2L_MLE = base.Method(
+    "dfl2l_mle", ("ablation",), lambda ctx: bilevel.meta_init(mle_fusion(ctx)),
+    "ablation: the plain likelihood fit of Eq. 1 (no bi-level, no DRO)")
 DFL2L = base.Method(
     "dfl2l", ("offline",), lambda ctx: bilevel.meta_init(offline_fusion(ctx)),
     "DFL2L offline: bi-level DRO fusion, Algorithm 1")
