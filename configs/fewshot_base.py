@@ -58,7 +58,7 @@ def make(protocol, ways, arg=None):
   c.metatest.query_per_class = 15
   c.metatest.steps = 100                # S of Algorithm 3
   c.metatest.lr = 0.1                   # alpha of Algorithm 3
-  c.metatest.batch_size = 50            # tasks vmapped together
+  c.metatest.batch_size = 10            # tasks vmapped together (memory: 84x84 activations)
 
   if "smoke" in variants:
     c.zoo.num_models = 6

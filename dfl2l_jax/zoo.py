@@ -91,7 +91,10 @@ def check_finite(zoo):
 def zoo_quality(zoo, benchmark):
   """Each zoo model's metric on its own task's held-out data: mean, min, max."""
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
-  evaluate = jax.jit(jax.vmap(benchmark.zoo_eval_fn, in_axes=(0, 0, None)))
+  # One model after another (lax.map): evaluating all models at once would hold every
+  # model's activations for its whole test set (tens of GB for 100 Conv4 models at 84x84).
+  evaluate = jax.jit(lambda z, t, d: jax.lax.map(
+      lambda a: benchmark.zoo_eval_fn(a[0], a[1], d), (z, t)))
   values = np.asarray(evaluate(zoo, tasks, benchmark.data), np.float64)
   return {"metric": benchmark.metric, "mean": float(values.mean()),
           "min": float(values.min()), "max": float(values.max()),
