@@ -46,25 +46,30 @@ def _spec(ctx, fc, setting):
           "n_s": len(ctx.s_idx), "n_q": len(ctx.q_idx)}
 
 
+def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk):
+  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>."""
+  ckpt = ctx.checkpointer(name, _spec(ctx, fc, setting))
+  try:
+    return loops.run_chunked(
+        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=total_steps,
+        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
+        run_chunk=run_chunk)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
 def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
                    name: str = "dfl2l"):
-  """Algorithm 1. Returns the final FusionState."""
+  """Algorithm 1: E_N epochs of N steps. Returns the final FusionState."""
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
   chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
-  n_models = len(ctx.s_idx) + len(ctx.q_idx)
-  total = fc.epochs * n_models  # Algorithm 1: E_N epochs of N steps.
-  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "offline"))
-  try:
-    return loops.run_chunked(
-        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=total,
-        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
-        run_chunk=lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  return _run(ctx, fc, name, "offline", optimizer,
+              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
+              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
 
 
 def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -76,21 +81,13 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   zoo_q = ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
-  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "online"))
 
   def run_chunk(st, start, length):
     # Only the models arriving in [start, start + length) enter the compiled chunk.
     arriving = jax.tree.map(lambda x: x[arrivals[start:start + length]], ctx.zoo)
     return chunk(st, arriving, zoo_q, key)
 
-  try:
-    return loops.run_chunked(
-        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=len(arrivals),
-        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
-        run_chunk=run_chunk)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk)
 
 
 def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -101,16 +98,9 @@ def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
-  ckpt = ctx.checkpointer(name, _spec(ctx, fc, "mle"))
-  try:
-    return loops.run_chunked(
-        name=name, state=_initial_state(ctx, fc, optimizer),
-        total_steps=fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
-        run_chunk=lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  return _run(ctx, fc, name, "mle", optimizer,
+              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
+              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
 
 
 def _no_dro(ctx):
