@@ -53,6 +53,11 @@ def make(protocol, ways, arg=None):
 
   c.fusion = common.fusion(embed_dim=50)
 
+  c.maml = common.maml(inner_steps=5, inner_lr=0.01, meta_steps=1000)
+  c.oml = common.oml()
+  c.merging = common.merging()
+  c.mesh = common.mesh()
+
   c.metatest = ml_collections.ConfigDict()
   c.metatest.num_tasks = 600            # [paper]
   c.metatest.query_per_class = 15
@@ -67,6 +72,11 @@ def make(protocol, ways, arg=None):
     c.zoo.batch_size = 32
     c.fusion.epochs = 2
     c.fusion.chunk_steps = 4
+    c.maml.meta_steps = 4
+    c.maml.meta_batch_size = 2
+    c.maml.inner_steps = 1
+    c.maml.chunk_steps = 2
+    c.oml.steps_per_arrival = 1
     c.metatest.num_tasks = 10
     c.metatest.steps = 10
     c.metatest.batch_size = 5

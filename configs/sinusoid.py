@@ -41,6 +41,11 @@ def get_config(arg=None):
 
   c.fusion = common.fusion(embed_dim=100)
 
+  c.maml = common.maml(inner_steps=1, inner_lr=0.01, meta_steps=2000)
+  c.oml = common.oml()
+  c.merging = common.merging()
+  c.mesh = common.mesh()
+
   c.metatest = ml_collections.ConfigDict()
   c.metatest.num_tasks = 100            # [paper]
   c.metatest.num_points = 120           # per task: support drawn from the first 20
@@ -55,6 +60,9 @@ def get_config(arg=None):
     c.zoo.chunk_steps = 50
     c.fusion.epochs = 2
     c.fusion.chunk_steps = 5
+    c.maml.meta_steps = 20
+    c.maml.chunk_steps = 10
+    c.oml.steps_per_arrival = 2
     c.metatest.num_tasks = 8
     c.metatest.steps = 20
     c.metatest.batch_size = 4

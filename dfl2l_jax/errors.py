@@ -25,3 +25,11 @@ class CheckpointError(Dfl2lError, IOError):
 
 class DataError(Dfl2lError, IOError):
   """Input data is missing or incomplete."""
+
+
+class NotApplicable(Dfl2lError):
+  """A method cannot run in this setting (e.g. task vectors without a common base).
+
+  The pipeline records the method's rows as "n/a" with this message as the reason
+  instead of failing the run.
+  """

@@ -28,14 +28,17 @@ from dfl2l_jax import metrics
 from dfl2l_jax import results as results_lib
 from dfl2l_jax import tasks
 from dfl2l_jax import zoo as zoo_lib
-from dfl2l_jax.errors import CheckpointError, ZooError
+from dfl2l_jax.errors import CheckpointError, NotApplicable, ZooError
 
 log = metrics.log
 
 
-def prepare(config, workdir=None):
-  """Validates the config and builds the benchmark."""
+def prepare(config, workdir=None, chosen=()):
+  """Validates the config (and the sections of the `chosen` methods) and builds the benchmark."""
   config_lib.validate(config)
+  for method in chosen:
+    if method.validate is not None:
+      method.validate(config)
   benchmark = tasks.get_benchmark(config)
   config_lib.validate_shots(config, benchmark)
   if workdir is not None:
@@ -99,8 +102,9 @@ def run(config, workdir, setting="offline", hooks=None):
     The results dict also written to workdir/results.json.
   """
   t0 = time.perf_counter()
-  benchmark = prepare(config, workdir)
+  config_lib.validate(config)
   chosen = methods_lib.resolve(config.methods, setting)
+  benchmark = prepare(config, workdir, chosen)
   results_lib.clear(workdir)
   writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
@@ -112,7 +116,12 @@ def run(config, workdir, setting="offline", hooks=None):
     ctx = methods_lib.MethodContext(
         config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
         key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks)
-    theta_init = method.make_init(ctx)
+    try:
+      theta_init = method.make_init(ctx)
+    except NotApplicable as e:
+      log.warning("%s is not applicable here: %s", method.name, e)
+      rows += [results_lib.na_row(method.name, shots, str(e)) for shots in config.shots]
+      continue
     try:
       zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
     except ZooError as e:

@@ -38,11 +38,20 @@ def row(method, shots, mean, ci95, per_task):
           "n_tasks": len(per_task), "per_task": [float(v) for v in per_task]}
 
 
+def na_row(method, shots, reason):
+  """The row of a method that cannot run in this setting: no numbers, a reason."""
+  return {"method": method, "shots": int(shots), "mean": None, "ci95": None, "n_tasks": 0,
+          "per_task": [], "na": reason}
+
+
 def to_markdown(results):
   unit = " (%)" if results["metric"] == "accuracy" else ""
   lines = [f"# {results['benchmark']}: {results['metric']}{unit}, seed {results['seed']}", "",
            "| method | shots | mean | 95% CI | tasks |", "|---|---|---|---|---|"]
   for r in results["rows"]:
+    if r.get("na"):
+      lines.append(f"| {r['method']} | {r['shots']} | n/a | n/a | {r['na']} |")
+      continue
     lines.append(f"| {r['method']} | {r['shots']} | {r['mean']:.4f} | {r['ci95']:.4f} | "
                  f"{r['n_tasks']} |")
   q = results.get("zoo_quality")

@@ -35,7 +35,8 @@ def paired(runs, baseline):
   """Per-task differences (method - baseline) pooled over seeds: mean and 95% CI."""
   diffs = collections.defaultdict(list)
   for r in runs:
-    rows = {(row["method"], row["shots"]): np.asarray(row["per_task"]) for row in r["rows"]}
+    rows = {(row["method"], row["shots"]): np.asarray(row["per_task"]) for row in r["rows"]
+            if not row.get("na")}
     for (method, shots), v in rows.items():
       if method != baseline and (baseline, shots) in rows:
         diffs[(method, shots)].extend(v - rows[(baseline, shots)])
@@ -54,12 +55,16 @@ def paired(runs, baseline):
 def table(runs):
   by_key = collections.defaultdict(list)
   pooled = collections.defaultdict(list)
+  na = {}
   order = []
   for r in runs:
     for row in r["rows"]:
       key = (row["method"], row["shots"])
-      if key not in by_key:
+      if key not in by_key and key not in na:
         order.append(key)
+      if row.get("na"):
+        na[key] = row["na"]
+        continue
       by_key[key].append(row["mean"])
       pooled[key].extend(row["per_task"])
   n = len(runs)
@@ -67,6 +72,9 @@ def table(runs):
   lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) | "
            "median over all tasks | seeds |", "|---|---|---|---|---|---|"]
   for key in sorted(order, key=lambda k: (k[1], order.index(k))):
+    if key not in by_key:
+      lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a | n/a | 0 |")
+      continue
     v = np.asarray(by_key[key])
     ci = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
     lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | "

@@ -7,7 +7,9 @@ other method's. Methods that meta-train (dfl2l) keep their state under
 `ctx.workdir` through `ctx.checkpointer(...)`, so they resume after a kill.
 
 Adding a method is one module that builds a `Method` and registers it in
-`methods/__init__.py`.
+`methods/__init__.py`. A method that cannot run in a setting raises
+`errors.NotApplicable(reason)` from `make_init`; its rows become "n/a" with the
+reason.
 """
 
 import dataclasses
@@ -81,8 +83,11 @@ class Method:
     settings: the launchers that run it by default ("offline", "online").
     make_init: `(MethodContext) -> theta_init`.
     description: one line for the results table and docs.
+    validate: optional `(config) -> None` that raises ConfigError naming a bad
+      value of the method's own config section; called before any training.
   """
   name: str
   settings: Tuple[str, ...]
   make_init: Callable
   description: str = ""
+  validate: Optional[Callable] = None
