@@ -128,3 +128,28 @@ def dict_diff(found, wanted, prefix=""):
   if found != wanted:
     return [f"{prefix.rstrip('.')}: saved {found!r}, now {wanted!r}"]
   return []
+
+
+def update_from_dict(config, values):
+  """Sets the fields of `config` from a JSON dict, e.g. a run's recorded config.
+
+  Lists become tuples where the config declares a tuple; keys the config does
+  not have (fields of an older version) are ignored.
+  """
+  for key, value in values.items():
+    if key not in config:
+      continue
+    if isinstance(value, dict):
+      update_from_dict(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(config[key], tuple) else value
+
+
+def recorded_config(workdir):
+  """The config recorded in <workdir>/results.json (a dict), or None."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["config"]

@@ -61,7 +61,7 @@ def method_key(config, name):
   return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def _meta_test_rows(config, benchmark, name, theta_init, episodes):
+def meta_test_rows(config, benchmark, name, theta_init, episodes):
   rows = []
   mt = config.metatest
   for shots, eps in episodes.items():
@@ -127,7 +127,7 @@ def run(config, workdir, setting="offline", hooks=None):
     except ZooError as e:
       raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
     checkpointing.save_tree(os.path.join(workdir, "inits", method.name), theta_init)
-    rows += _meta_test_rows(config, benchmark, method.name, theta_init, episodes)
+    rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
   return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx)
 
 
@@ -166,5 +166,5 @@ def evaluate(config, workdir):
   rows = []
   for name in names:
     theta_init = jax.device_put(checkpointing.load_tree(os.path.join(inits_dir, name), template))
-    rows += _meta_test_rows(config, benchmark, name, theta_init, episodes)
+    rows += meta_test_rows(config, benchmark, name, theta_init, episodes)
   return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx)

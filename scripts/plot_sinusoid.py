@@ -95,14 +95,11 @@ def load_config(spec, workdir, seed):
   recorded config (read over configs/sinusoid.py's defaults), or the defaults
   when the run has no results.json. `seed`, if given, overrides the seed.
   """
-  recorded = None
   results = os.path.join(workdir, "results.json")
-  if os.path.exists(results):
-    with open(results) as f:
-      recorded = json.load(f)["config"]
+  recorded = config_lib.recorded_config(workdir)
   config = config_lib.load_config_file(spec or "configs/sinusoid.py", REPO)
   if spec is None and recorded is not None:
-    update_config(config, recorded)
+    config_lib.update_from_dict(config, recorded)
   elif recorded is not None:
     diffs = config_lib.dict_diff(recorded, json.loads(json.dumps(config.to_dict())))
     diffs = [d for d in diffs if not d.startswith(("methods:", "seed:"))]
@@ -116,17 +113,6 @@ def load_config(spec, workdir, seed):
   if config.benchmark != "sinusoid":
     raise SystemExit(f"error: the config is for {config.benchmark!r}; this plots sinusoid runs")
   return config
-
-
-def update_config(config, values):
-  """Sets the fields of `config` from a JSON dict (lists back to tuples)."""
-  for key, value in values.items():
-    if key not in config:
-      continue
-    if isinstance(value, dict):
-      update_config(config[key], value)
-    else:
-      config[key] = tuple(value) if isinstance(config[key], tuple) else value
 
 
 def available_methods(workdir, wanted):
