@@ -60,11 +60,13 @@ def load_run_config(workdir):
   return config
 
 
-def cell_key(seed, gamma, k):
-  return f"seed={seed} gamma={gamma:g} K={k}"
+def cell_key(seed, gamma, k, dro_lr=None):
+  """A cell's name; the DRO step size is part of it only when --dro-lr sets one."""
+  lr = "" if dro_lr is None else f" dro_lr={dro_lr:g}"
+  return f"seed={seed} gamma={gamma:g} K={k}{lr}"
 
 
-def run_seed(workdir, gammas, ks, done, save):
+def run_seed(workdir, gammas, ks, dro_lr, done, save):
   """Fills `done` with every missing cell of one seed, saving after each."""
   config = load_run_config(workdir)
   benchmark = pipeline.prepare(config)
@@ -87,12 +89,14 @@ def run_seed(workdir, gammas, ks, done, save):
     save()
   for gamma in gammas:
     for k in ks:
-      key = cell_key(config.seed, gamma, k)
+      key = cell_key(config.seed, gamma, k, dro_lr)
       if key in done:
         continue
       fc = config.fusion.copy_and_resolve_references()
       with fc.unlocked():
         fc.gamma, fc.dro_steps = gamma, k
+        if dro_lr is not None:
+          fc.dro_lr = dro_lr
       try:
         theta = bilevel.meta_init(dfl2l.offline_fusion(context(), fc))
         done[key] = pipeline.meta_test_rows(config, benchmark, "dfl2l", theta, episodes)
@@ -103,7 +107,7 @@ def run_seed(workdir, gammas, ks, done, save):
   return config
 
 
-def summarise(done, seeds, gammas, ks, shots, metric):
+def summarise(done, seeds, gammas, ks, dro_lr, shots, metric):
   """Markdown table: per cell, mean over seeds and the paired difference to VA."""
   better = "lower" if metric == "mse" else "higher"
   lines = [f"| gamma | K | shots | {metric}: mean over seeds | 95% CI (seeds) | "
@@ -115,7 +119,7 @@ def summarise(done, seeds, gammas, ks, shots, metric):
       for k in ks:
         means, diffs, diverged = [], [], 0
         for seed in seeds:
-          rows = done.get(cell_key(seed, gamma, k))
+          rows = done.get(cell_key(seed, gamma, k, dro_lr))
           if rows == "diverged":
             diverged += 1
             continue
@@ -142,8 +146,8 @@ def summarise(done, seeds, gammas, ks, shots, metric):
                     for seed in seeds])
     va_lines.append(f"va at {s} shots: {v.mean():.3f} (mean over {v.size} seeds).")
   text = "\n".join(lines) + "\n\n" + " ".join(va_lines) + (
-      f"\nA negative paired difference means DFL2L is better than VA." if better == "lower" else
-      f"\nA positive paired difference means DFL2L is better than VA.") + "\n"
+      "\nA negative paired difference means DFL2L is better than VA." if better == "lower" else
+      "\nA positive paired difference means DFL2L is better than VA.") + "\n"
   return text, cells
 
 
@@ -180,6 +184,9 @@ def main():
   p.add_argument("workdirs", nargs="+", help="finished offline runs, one per seed")
   p.add_argument("--gammas", type=parse_floats, default=(0.1, 1.0, 10.0))
   p.add_argument("--ks", type=parse_ints, default=(1, 3, 10), help="DRO steps K")
+  p.add_argument("--dro-lr", type=float, default=None,
+                 help="DRO step size for every cell (default: the run's fusion.dro_lr); "
+                 "gradient descent on Eq. 8 is stable only for dro_lr < 1 / gamma")
   p.add_argument("--out", required=True, help="output prefix (.json, .md, .png)")
   args = p.parse_args()
   metrics.install_stderr_handler()
@@ -194,13 +201,15 @@ def main():
   seeds, config = [], None
   try:
     for w in args.workdirs:
-      config = run_seed(w, args.gammas, args.ks, done, save)
+      config = run_seed(w, args.gammas, args.ks, args.dro_lr, done, save)
       seeds.append(config.seed)
   except Dfl2lError as e:
     raise SystemExit(f"error: {e}")
   metric = "mse" if config.benchmark == "sinusoid" else "accuracy"
-  text, cells = summarise(done, seeds, args.gammas, args.ks, tuple(config.shots), metric)
-  header = (f"# DFL2L sensitivity to gamma and K ({config.benchmark})\n\n"
+  text, cells = summarise(done, seeds, args.gammas, args.ks, args.dro_lr, tuple(config.shots),
+                          metric)
+  lr = config.fusion.dro_lr if args.dro_lr is None else args.dro_lr
+  header = (f"# DFL2L sensitivity to gamma and K ({config.benchmark}, dro_lr {lr:g})\n\n"
             f"Workdirs: {', '.join(args.workdirs)}; device: {jax.devices()[0].device_kind}.\n\n")
   with open(args.out + ".md", "w") as f:
     f.write(header + text)
