@@ -28,17 +28,20 @@ def fusion(embed_dim):
   return f
 
 
-def maml(inner_steps, inner_lr, meta_steps):
+def maml(inner_steps, inner_lr, meta_steps, meta_batch_size, support_size, query_size):
   """MAML / first-order MAML (`maml`, `fomaml`): meta-trained on the zoo tasks' own data.
 
-  Owned by dfl2l_jax/methods/maml.py, which documents and validates every field.
+  Owned by dfl2l_jax/methods/maml.py, which documents and validates every field;
+  the benchmark configs give the paper's values (Finn et al. 2017) beside ours.
   """
   m = ml_collections.ConfigDict()
-  m.meta_steps = meta_steps
-  m.meta_batch_size = 10                # tasks per meta-step
-  m.inner_steps = inner_steps
-  m.inner_lr = inner_lr
-  m.outer_lr = 1e-3                     # Adam, as Finn et al. 2017
+  m.meta_steps = meta_steps             # outer steps (maml, fomaml)
+  m.meta_batch_size = meta_batch_size   # tasks per outer step
+  m.inner_steps = inner_steps           # K inner SGD steps
+  m.inner_lr = inner_lr                 # alpha
+  m.outer_lr = 1e-3                     # beta, Adam [Finn et al. 2017]
+  m.support_size = support_size         # examples per support batch (0: a whole zoo batch)
+  m.query_size = query_size             # examples per query batch (0: a whole zoo batch)
   m.chunk_steps = 100
   return m
 
@@ -46,29 +49,50 @@ def maml(inner_steps, inner_lr, meta_steps):
 def oml():
   """Online meta-learning (`oml`, follow-the-meta-leader, Finn et al. 2019).
 
-  Owned by dfl2l_jax/methods/maml.py; the inner loop settings come from `maml`.
+  Owned by dfl2l_jax/methods/maml.py; the inner loop, meta-batch and Adam settings
+  come from `maml`. Total meta-steps: |S| x steps_per_arrival.
   """
   o = ml_collections.ConfigDict()
   o.steps_per_arrival = 10              # meta-steps on the buffer after each arrival
+  o.first_order = False                 # FTML's objective is MAML's; second order is cheap here
   return o
 
 
 def merging():
   """Model merging baselines: task_arithmetic, ties (methods/merging.py), ota,
-  weight_matching (methods/alignment.py), mfgp (methods/mfgp.py)."""
+  weight_matching (methods/ot_fusion.py, methods/weight_matching.py), mfgp (methods/mfgp.py)."""
   m = ml_collections.ConfigDict()
-  m.ta_scales = (0.25, 0.5, 1.0, 2.0, 4.0)  # in units of 1/|S|; chosen on Q
-  m.ties_density = 0.2                  # fraction of each task vector's entries kept
-  m.ties_scales = (0.25, 0.5, 1.0, 2.0, 4.0)
+  m.ta_scales = (0.25, 0.5, 1.0, 2.0, 4.0)  # lambda = scale / |S|; chosen on Q
+  m.ties_density = 0.2                  # fraction of each task vector's entries kept (top-k)
+  m.ties_scales = (0.0625, 0.125, 0.25, 0.5, 1.0)  # lambda = scale (TIES' multiplier)
+  # How task_arithmetic and ties choose lambda on Q: "likelihood" (data-free, Eq. 2)
+  # or "zoo_data" (loss on the Q models' own training data; not data-free).
+  m.scale_criterion = "likelihood"
+  m.mfgp_descriptor_dim = 4             # PCA dimensions of the stand-in task descriptors
+  m.mfgp_fit_steps = 300                # Adam steps on the GP log marginal likelihood
+  m.mfgp_fit_lr = 0.05
+  # ota and weight_matching (methods/ot_fusion.py, methods/weight_matching.py):
   m.ot_reg = 0.0                        # 0: exact assignment; > 0: Sinkhorn entropy weight
+                                        # (relative to the mean ground cost)
   m.ot_iters = 200                      # Sinkhorn iterations
-  m.wm_iters = 20                       # weight-matching coordinate-descent sweeps
+  m.wm_iters = 20                       # weight-matching coordinate-descent sweeps (at most)
+  m.wm_init = "identity"                # weight matching starts from: identity | ota
+  m.align_reference = "closest_to_mean"  # model aligned to: closest_to_mean | first (S[0])
+  m.align_rounds = 1                    # > 1: realign every model to the last fused average
   return m
 
 
 def mesh():
-  """Devices (jax.sharding) and hosts (jax.distributed). See BUILD.md."""
+  """Devices (jax.sharding) and hosts (jax.distributed): dfl2l_jax/sharding.py, BUILD.md.
+
+  Zoo training and fusion split the model axis across the devices, the meta-test
+  the task axis. Results do not depend on the device count (up to float rounding).
+  """
   m = ml_collections.ConfigDict()
-  m.num_devices = 0                     # 0: every device; n: the first n devices
+  m.num_devices = 0                     # 0: every device (of every host); n: the first n
   m.distributed = False                 # call jax.distributed.initialize() first
+                                        # (or set DFL2L_DISTRIBUTED=1)
+  m.coordinator_address = ""            # "": auto-detected (TPU pod, SLURM, Open MPI)
+  m.num_processes = 0                   # 0: auto-detected
+  m.process_id = -1                     # -1: auto-detected
   return m

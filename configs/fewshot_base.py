@@ -36,7 +36,7 @@ def make(protocol, ways, arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.filters = 16                  # [paper] Conv4 with 16 filters
-  c.model.conv_impl = "auto"            # xla | patches; auto: patches on CPU (faster there)
+  c.model.conv_impl = "auto"            # xla | patches; auto: patches on CPU and GPU, xla on TPU
 
   c.zoo = ml_collections.ConfigDict()
   c.zoo.num_models = 100                # [paper]
@@ -53,7 +53,15 @@ def make(protocol, ways, arg=None):
 
   c.fusion = common.fusion(embed_dim=50)
 
-  c.maml = common.maml(inner_steps=5, inner_lr=0.01, meta_steps=1000)
+  # maml, fomaml, oml (baselines that use the zoo tasks' data; dfl2l_jax/methods/maml.py).
+  # [Finn17]: Finn et al. 2017 Mini-ImageNet: 5 inner steps, alpha = 0.01, 4 tasks per
+  # meta-batch, K x R support and 15 x R query images, Adam 1e-3, 60000 steps, 32 filters.
+  # Ours: a zoo batch (zoo.batch_size = 64 images, classes drawn at random) as support and
+  # another as query, 16 filters (the paper's Conv4), and 1000 meta-steps (CPU budget).
+  c.maml = common.maml(inner_steps=5, inner_lr=0.01,        # [Finn17]
+                       meta_steps=1000,                     # [Finn17] 60000
+                       meta_batch_size=4,                   # [Finn17]
+                       support_size=0, query_size=0)        # whole zoo batches
   c.oml = common.oml()
   c.merging = common.merging()
   c.mesh = common.mesh()

@@ -41,8 +41,18 @@ def get_config(arg=None):
 
   c.fusion = common.fusion(embed_dim=100)
 
-  c.maml = common.maml(inner_steps=1, inner_lr=0.01, meta_steps=2000)
+  # maml, fomaml, oml (baselines that use the zoo tasks' data; dfl2l_jax/methods/maml.py).
+  # [Finn17]: Finn et al. 2017, Section 5.1 and cbfinn/maml: one inner step with alpha = 0.01,
+  # K = 10 support and 10 query points, 25 tasks per meta-batch, Adam 1e-3, 70000 steps.
+  # Ours: the same except 10000 meta-steps (CPU budget), drawn from the N zoo tasks.
+  # oml: 100 meta-steps after each of the |S| = 80 arrivals (8000 in all).
+  c.maml = common.maml(inner_steps=1, inner_lr=0.01,        # [Finn17]
+                       meta_steps=10000,                    # [Finn17] 70000
+                       meta_batch_size=25,                  # [Finn17]
+                       support_size=10, query_size=10)      # [Finn17] K = 10
+  c.maml.chunk_steps = 1000
   c.oml = common.oml()
+  c.oml.steps_per_arrival = 100
   c.merging = common.merging()
   c.mesh = common.mesh()
 

@@ -9,6 +9,13 @@ compiled call: the per-task function is vmapped over `batch_size` tasks at a
 time by `lax.map`, which bounds memory for large networks or many tasks.
 Each task starts from the same theta_init and sees only its own support set,
 so nothing (batch statistics included) passes between tasks.
+
+Given a mesh (sharding.make_mesh, axis "tasks"), the task axis is split across
+its devices: the M tasks are padded (with copies of real tasks) to
+n_batches x global batch, the global batch a multiple of the device count, and
+laid out as (n_batches, global batch) with the second axis sharded; `lax.map`
+walks the batches and inside a batch each device adapts its own tasks. The
+padding tasks' results are dropped.
 """
 
 import functools
@@ -18,6 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.tasks import base as tasks_base
 
 
@@ -45,8 +55,22 @@ def _meta_test(theta_init, episodes, data, lr, *, loss_fn, metric_fn, gather_fn,
   return jax.lax.map(one_task, episodes, batch_size=batch_size)
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
+                                             "n_tasks"))
+def _meta_test_sharded(theta_init, batches, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
+                       n_tasks):
+  """batches: episodes laid out (n_batches, global batch, ...), axis 1 sharded."""
+  def one_task(ep):
+    support, query = gather_fn(ep, data)
+    adapted = adapt(theta_init, support, loss_fn, steps, lr)
+    return metric_fn(adapted, query, support)
+
+  per_task = jax.lax.map(jax.vmap(one_task), batches)
+  return per_task.reshape(-1)[:n_tasks]
+
+
 def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
-              gather_fn=None, data=None):
+              gather_fn=None, data=None, mesh=None):
   """Algorithm 3 for all tasks of `episodes`; returns the per-task metric (numpy).
 
   Args:
@@ -61,15 +85,46 @@ def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size
     gather_fn: `(episode, data) -> (support, query)`; default: the episode
       holds support_x, support_y, query_x, query_y.
     data: arrays shared by all episodes (e.g. the test images).
+    mesh: a 1-D mesh (sharding.make_mesh) whose devices split the tasks; the
+      batch is rounded up to a multiple of its device count. None: one device.
   """
   if gather_fn is None:
     gather_fn = tasks_base.gather_arrays
+  if mesh is not None:
+    return _meta_test_on_mesh(theta_init, episodes, loss_fn=loss_fn, metric_fn=metric_fn,
+                              steps=steps, lr=lr, batch_size=batch_size,
+                              gather_fn=gather_fn, data=data, mesh=mesh)
   eps = {k: jnp.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
   n_tasks = jax.tree.leaves(eps)[0].shape[0]
   per_task = _meta_test(theta_init, eps, data, jnp.float32(lr), loss_fn=loss_fn,
                         metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps),
                         batch_size=int(min(batch_size, n_tasks)))
   return np.asarray(jax.device_get(per_task), np.float64)
+
+
+def task_layout(n_tasks, batch_size, num_devices):
+  """(n_batches, global batch): the padded layout of n_tasks on num_devices devices."""
+  per_device = -(-min(batch_size, n_tasks) // num_devices)
+  global_batch = per_device * num_devices
+  return -(-n_tasks // global_batch), global_batch
+
+
+def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
+                       gather_fn, data, mesh):
+  eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  n_tasks = next(iter(eps.values())).shape[0]
+  n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
+  eps = sharding_lib.pad_rows(eps, n_batches * global_batch)
+  eps = {k: v.reshape((n_batches, global_batch) + v.shape[1:]) for k, v in eps.items()}
+  # Each process builds only its devices' tasks; theta_init and data are replicated.
+  sharding = NamedSharding(mesh, P(None, sharding_lib.axis_of(mesh)))
+  eps = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+         for k, v in eps.items()}
+  per_task = _meta_test_sharded(
+      sharding_lib.put_replicated(theta_init, mesh), eps,
+      sharding_lib.put_replicated(data, mesh), jnp.float32(lr), loss_fn=loss_fn,
+      metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps), n_tasks=n_tasks)
+  return np.asarray(sharding_lib.to_host(per_task), np.float64)
 
 
 def _device_keys(episodes):

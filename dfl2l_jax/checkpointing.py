@@ -7,6 +7,11 @@ complete, so a run killed during a save leaves no step that looks finished.
 A step that is present but unreadable (truncated or corrupted files) raises
 `CheckpointError` naming the folder.
 
+Several hosts: every process calls `save` and `restore` (orbax coordinates the
+writes of a sharded array's shards and needs all of them); the small JSON files
+are written by process 0 only. The workdir must be one shared file system
+(NFS, a gcsfuse mount) seen by every host at the same path.
+
 Beside the checkpoints, `write_spec`/`check_spec` keep a small JSON description
 of what produced them (architecture, config), so that a workdir made by another
 configuration is rejected instead of silently reused.
@@ -19,6 +24,7 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from dfl2l_jax import config_lib
 from dfl2l_jax.errors import CheckpointError
@@ -79,8 +85,10 @@ def _check_like(restored, template, where):
 def save_tree(directory, tree):
   """Saves one pytree (a final result such as a meta-initialisation), replacing
   whatever `directory` held."""
-  if os.path.exists(directory):
+  if os.path.exists(directory) and jax.process_index() == 0:
     shutil.rmtree(directory)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"save_tree:{directory}")
   with Checkpointer(directory, max_to_keep=1) as ckpt:
     ckpt.save(0, tree)
 
@@ -97,7 +105,9 @@ def load_tree(directory, template):
 
 
 def write_json_atomic(path, obj):
-  """Writes JSON to `path` through a temporary file and a rename."""
+  """Writes JSON to `path` through a temporary file and a rename (process 0 only)."""
+  if jax.process_index() != 0:
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, sort_keys=True)

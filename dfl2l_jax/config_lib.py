@@ -79,6 +79,9 @@ def validate(config):
   shots = tuple(config.shots)
   if not shots or any(not _is_int(s) or s <= 0 for s in shots):
     raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")
+  if "mesh" in config:
+    from dfl2l_jax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.check_mesh_config(config)
   if config.benchmark == "sinusoid" and config.metatest.query_points >= config.metatest.num_points:
     raise ConfigError(
         f"config.metatest.query_points ({config.metatest.query_points}) must be smaller "

@@ -6,6 +6,12 @@ that axis; a chunk of steps is a `lax.scan`; the whole chunk is one jitted
 program. Member m's batch at step t is drawn with `fold_in(member_key[m], t)`,
 so a member trains exactly as it would alone with the same step function
 (`make_member_trainer` does that, for tests and benchmarks).
+
+With a mesh (sharding.make_mesh) the model axis is split across devices:
+parameters, optimizer states, tasks and member keys are NamedSharding(mesh,
+P("models")), the shared data is replicated, and each device trains its own
+members. The number of members must then be a multiple of the device count
+(zoo.train_zoo pads it, see sharding.pad_rows).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -13,6 +19,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dfl2l_jax import sharding as sharding_lib
 
 
 class EnsembleState(NamedTuple):
@@ -38,7 +47,22 @@ def init_ensemble(params, optimizer) -> EnsembleState:
                        step=jnp.zeros((), jnp.int32))
 
 
-def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: str = "vmap"):
+def state_shardings(mesh):
+  """EnsembleState of shardings: members split across the mesh, the step replicated."""
+  members = sharding_lib.leading(mesh)
+  return EnsembleState(params=members, opt_state=members,
+                       step=sharding_lib.replicated(mesh))
+
+
+def put_state(state: EnsembleState, mesh) -> EnsembleState:
+  """Places an EnsembleState (model axis a multiple of the devices) on the mesh."""
+  return EnsembleState(params=sharding_lib.put_sharded(state.params, mesh),
+                       opt_state=sharding_lib.put_sharded(state.opt_state, mesh),
+                       step=sharding_lib.put_replicated(state.step, mesh))
+
+
+def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: str = "vmap",
+                        mesh=None):
   """Returns jitted `chunk(state, tasks, member_keys, data, length) -> (state, losses)`.
 
   Args:
@@ -49,6 +73,12 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
     member_loop: "vmap" (all members at once) or "map" (`lax.map`, one member
       after another inside the same compiled program: faster for CNNs on CPU,
       where vmapped convolutions become grouped convolutions). Same results.
+      On a mesh, "map" runs each device's own members one after another.
+    mesh: a 1-D mesh (sharding.make_mesh) to split the members across, or None
+      (no sharding constraints: one device). With a mesh, state, tasks and
+      member_keys must have a model axis that is a multiple of the device count
+      and live on the mesh (ensemble.put_state, sharding.put_sharded); the
+      output state and losses keep that layout.
 
   losses has shape (length, n_models).
   """
@@ -60,9 +90,9 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
   def chunk(state, tasks, member_keys, data, length):
     def body(st, _):
       if member_loop == "map":
-        params, opt_state, loss = jax.lax.map(
+        params, opt_state, loss = sharding_lib.sharded_map(
             lambda a: one_member(*a, st.step, data),
-            (st.params, st.opt_state, tasks, member_keys))
+            (st.params, st.opt_state, tasks, member_keys), mesh)
       else:
         params, opt_state, loss = jax.vmap(one_member, in_axes=(0, 0, 0, 0, None, None))(
             st.params, st.opt_state, tasks, member_keys, st.step, data)
@@ -72,7 +102,20 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
 
   if member_loop not in ("vmap", "map"):
     raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
-  return jax.jit(chunk, static_argnames="length", donate_argnums=0)
+  if mesh is None:
+    return jax.jit(chunk, static_argnames="length", donate_argnums=0)
+  members = sharding_lib.leading(mesh)
+  jitted = jax.jit(
+      chunk, static_argnums=4, donate_argnums=0,
+      in_shardings=(state_shardings(mesh), members, members,
+                    sharding_lib.replicated(mesh)),
+      out_shardings=(state_shardings(mesh),
+                     NamedSharding(mesh, P(None, sharding_lib.axis_of(mesh)))))
+
+  def sharded_chunk(state, tasks, member_keys, data, length):
+    return jitted(state, tasks, member_keys, data, length)  # in_shardings: no kwargs.
+
+  return sharded_chunk
 
 
 def make_member_trainer(member_step: Callable, batch_fn: Callable):

@@ -15,13 +15,24 @@ A chunk of steps is one `lax.scan` inside one jit; `loops.run_chunked` drives th
 chunks from Python (progress, metrics, checkpoints). The randomness of step t is
 `fold_in(key, t)`, so results do not depend on where chunks are cut or on a
 resume.
+
+Sharding: given a mesh (sharding.make_mesh, axis "models"), the zoo arrays and
+the embeddings emb_s / emb_q are split across devices along their model axis
+inside the compiled chunk, each padded to a multiple of the device count by
+copies of real rows (sharding.shard_rows). A step gathers its one (or
+meta_batch_size) S and Q rows from the sharded arrays; indices are drawn from
+the real models only, so padding rows never enter a likelihood, and the state
+returned holds exactly the real rows (its checkpoints do not depend on the
+device count).
 """
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from dfl2l_jax import bilevel
+from dfl2l_jax import sharding as sharding_lib
 
 
 def _take(tree, idx):
@@ -32,40 +43,61 @@ def num_models(tree):
   return jax.tree.leaves(tree)[0].shape[0]
 
 
+def _shard_state(state, mesh):
+  """emb_s and emb_q padded and split across the mesh; phi and the rest replicated."""
+  if mesh is None:
+    return state
+  return state._replace(emb_s=sharding_lib.shard_rows(state.emb_s, mesh),
+                        emb_q=sharding_lib.shard_rows(state.emb_q, mesh),
+                        phi=sharding_lib.constrain(state.phi, mesh, P()))
+
+
+def _unshard_state(state, n_s, n_q):
+  """Cuts the padding rows off the embeddings."""
+  return state._replace(emb_s=state.emb_s[:n_s], emb_q=state.emb_q[:n_q])
+
+
 def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
-                       meta_batch_size: int):
+                       meta_batch_size: int, mesh=None):
   """Returns jitted `chunk(state, zoo_s, zoo_q, key, length) -> (state, metrics)`.
 
   zoo_s / zoo_q are the S and Q parameter pytrees with a leading model axis;
-  metrics are stacked over the chunk's steps.
+  metrics are stacked over the chunk's steps. `mesh`: split the model axes
+  across its devices (see the module docstring); None: no constraints.
   """
 
   def chunk(state, zoo_s, zoo_q, key, length):
     n_s, n_q = num_models(zoo_s), num_models(zoo_q)
+    zoo_s = sharding_lib.shard_rows(zoo_s, mesh)
+    zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
 
     def body(st, _):
       k_s, k_q = jax.random.split(jax.random.fold_in(key, st.step))
+      # Real rows only: the padding of the sharded arrays is never drawn.
       s_idx = jax.random.randint(k_s, (meta_batch_size,), 0, n_s)
       q_idx = jax.random.randint(k_q, (meta_batch_size,), 0, n_q)
       return bilevel.bilevel_step(st, _take(zoo_s, s_idx), s_idx,
                                   _take(zoo_q, q_idx), q_idx, hp, optimizer)
 
-    return jax.lax.scan(body, state, None, length=length)
+    state, metrics = jax.lax.scan(body, _shard_state(state, mesh), None, length=length)
+    return _unshard_state(state, n_s, n_q), metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
 
 
 def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
-                      meta_batch_size: int):
+                      meta_batch_size: int, mesh=None):
   """Returns jitted `chunk(state, arriving, zoo_q, key) -> (state, metrics)`.
 
   `arriving` holds the meta-training models that arrive during this chunk, in
   arrival order (leading axis = number of steps). Step t uses arrival t, whose
-  embedding is row t of `state.emb_s`.
+  embedding is row t of `state.emb_s`. `mesh`: split zoo_q and the embeddings
+  across its devices (the arrivals are scanned over, one per step).
   """
 
   def chunk(state, arriving, zoo_q, key):
-    n_q = num_models(zoo_q)
+    n_s, n_q = state.emb_s.shape[0], num_models(zoo_q)
+    zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
 
     def body(st, theta_t):
       q_idx = jax.random.randint(jax.random.fold_in(key, st.step),
@@ -74,37 +106,46 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
       return bilevel.bilevel_step(st, theta_s, st.step[None], _take(zoo_q, q_idx),
                                   q_idx, hp, optimizer)
 
-    return jax.lax.scan(body, state, arriving)
+    state, metrics = jax.lax.scan(body, _shard_state(state, mesh), arriving)
+    return _unshard_state(state, n_s, n_q), metrics
 
   return jax.jit(chunk, donate_argnums=0)
 
 
 def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
-                   meta_batch_size: int):
+                   meta_batch_size: int, mesh=None):
   """Returns jitted `chunk(state, zoo_s, zoo_q, key, length)`: the plain fit of Eq. (1).
 
   No bi-level split and no DRO: each step draws models uniformly from the whole
   zoo (S and Q together) and ascends their mean log-likelihood in phi (through
   `optimizer`) and their embeddings (rate embed_lr). The ablation `dfl2l_mle`.
+  `mesh`: split the joined zoo and embeddings across its devices.
   """
 
   def chunk(state, zoo_s, zoo_q, key, length):
     n_s = num_models(zoo_s)
     zoo = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), zoo_s, zoo_q)
     n = num_models(zoo)
+    zoo = sharding_lib.shard_rows(zoo, mesh)
+    emb = sharding_lib.shard_rows(jnp.concatenate([state.emb_s, state.emb_q]), mesh)
+    phi = sharding_lib.constrain(state.phi, mesh, P())
 
-    def body(st, _):
-      idx = jax.random.randint(jax.random.fold_in(key, st.step), (meta_batch_size,), 0, n)
-      emb = jnp.concatenate([st.emb_s, st.emb_q])
+    def body(carry, _):
+      phi, emb, opt_state, step = carry
+      # Real rows only: the padding of the sharded arrays is never drawn.
+      idx = jax.random.randint(jax.random.fold_in(key, step), (meta_batch_size,), 0, n)
       ll, (g_phi, g_e) = jax.value_and_grad(bilevel.sum_log_likelihood, argnums=(0, 1))(
-          st.phi, emb[idx], _take(zoo, idx), hp.sigma)
+          phi, emb[idx], _take(zoo, idx), hp.sigma)
       neg = jax.tree.map(lambda g: -g / meta_batch_size, g_phi)
-      updates, opt_state = optimizer.update(neg, st.opt_state, st.phi)
+      updates, opt_state = optimizer.update(neg, opt_state, phi)
       emb = emb.at[idx].add(hp.embed_lr * g_e)
-      new = bilevel.FusionState(phi=optax.apply_updates(st.phi, updates), emb_s=emb[:n_s],
-                                emb_q=emb[n_s:], opt_state=opt_state, step=st.step + 1)
-      return new, {"train_loglik": ll / meta_batch_size}
+      return ((optax.apply_updates(phi, updates), emb, opt_state, step + 1),
+              {"train_loglik": ll / meta_batch_size})
 
-    return jax.lax.scan(body, state, None, length=length)
+    (phi, emb, opt_state, step), metrics = jax.lax.scan(
+        body, (phi, emb, state.opt_state, state.step), None, length=length)
+    new = bilevel.FusionState(phi=phi, emb_s=emb[:n_s], emb_q=emb[n_s:n],
+                              opt_state=opt_state, step=step)
+    return new, metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from dfl2l_jax import metrics as metrics_lib
+from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import CheckpointError, Dfl2lError
 
 
@@ -25,7 +26,8 @@ class DivergenceError(Dfl2lError, FloatingPointError):
 
 def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
                 run_chunk: Callable, checkpointer=None, writer=None,
-                hooks: Optional[Callable] = None, summarize: Optional[Callable] = None):
+                hooks: Optional[Callable] = None, summarize: Optional[Callable] = None,
+                to_saved: Optional[Callable] = None, from_saved: Optional[Callable] = None):
   """Runs `run_chunk(state, start, length) -> (state, stacked_metrics)` to the end.
 
   Args:
@@ -41,18 +43,25 @@ def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
       it to interrupt a run).
     summarize: maps the fetched stacked metrics (numpy) to a dict of scalars;
       default: the mean over the chunk of each metric.
+    to_saved: maps the state to what is checkpointed (default: the state); the
+      zoo trainer cuts off its sharding padding here, so checkpoints do not
+      depend on the device count.
+    from_saved: maps a restored checkpoint (numpy arrays shaped like
+      `to_saved(state)`) back to a state on the devices (default: device_put).
 
   Returns:
     The final state.
   """
   start = 0
+  to_saved = to_saved or (lambda st: st)
+  from_saved = from_saved or jax.device_put
   if checkpointer is not None and checkpointer.latest_step() is not None:
     start = int(checkpointer.latest_step())
     if start > total_steps:
       raise CheckpointError(
           f"{name}: checkpoint at step {start} in {checkpointer.directory} is past the "
           f"phase's {total_steps} steps: it belongs to another configuration")
-    state = jax.device_put(checkpointer.restore(start, state))
+    state = from_saved(checkpointer.restore(start, to_saved(state)))
     if int(state.step) != start:
       raise CheckpointError(
           f"{name}: checkpoint {start} holds step {int(state.step)}; it is inconsistent")
@@ -65,7 +74,7 @@ def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
     length = min(chunk_steps, total_steps - start)
     state, chunk_metrics = run_chunk(state, start, length)
     start += length
-    scalars = summarize(jax.device_get(chunk_metrics))
+    scalars = summarize(sharding_lib.to_host(chunk_metrics))
     bad = [k for k, v in scalars.items() if not math.isfinite(float(v))]
     if bad:
       raise DivergenceError(
@@ -73,7 +82,7 @@ def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
           f"{start}; lower the learning rates or check the inputs")
     writer.write_scalars(start, {f"{name}/{k}": v for k, v in scalars.items()})
     if checkpointer is not None:
-      checkpointer.save(start, state)
+      checkpointer.save(start, to_saved(state))
     progress.update(start, ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items()))
     if hooks is not None:
       hooks(name, start)

@@ -7,6 +7,7 @@ import time
 
 import logging
 
+import jax
 import numpy as np
 
 # The library logs to this logger and installs no handler; launch/ does.
@@ -14,7 +15,15 @@ log = logging.getLogger("dfl2l_jax")
 
 
 def install_stderr_handler(level=logging.INFO):
-  """Shows the library's progress lines on stderr (for scripts and launchers)."""
+  """Shows the library's progress lines on stderr (for scripts and launchers).
+
+  Only process 0 of a multi-host job logs; the others stay silent (call this
+  after `sharding.initialize_distributed`).
+  """
+  if jax.process_index() != 0:
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    return
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
   log.setLevel(level)
@@ -27,13 +36,18 @@ def log_info(msg, *args):
 
 
 class JsonlWriter:
-  """`write_scalars(step, dict)` appends one JSON line per call to `path`."""
+  """`write_scalars(step, dict)` appends one JSON line per call to `path`.
+
+  In a multi-host job only process 0 writes (the others' calls do nothing).
+  """
 
   def __init__(self, path):
     self.path = path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
   def write_scalars(self, step, scalars):
+    if jax.process_index() != 0:
+      return
     row = {"step": int(step), "time": round(time.time(), 3)}
     for k, v in scalars.items():
       v = float(np.asarray(v))

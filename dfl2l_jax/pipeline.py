@@ -26,6 +26,7 @@ from dfl2l_jax import config_lib
 from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import metrics
 from dfl2l_jax import results as results_lib
+from dfl2l_jax import sharding
 from dfl2l_jax import tasks
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.errors import CheckpointError, NotApplicable, ZooError
@@ -35,6 +36,7 @@ log = metrics.log
 
 def prepare(config, workdir=None, chosen=()):
   """Validates the config (and the sections of the `chosen` methods) and builds the benchmark."""
+  sharding.initialize_distributed(config)  # before anything touches the devices.
   config_lib.validate(config)
   for method in chosen:
     if method.validate is not None:
@@ -68,7 +70,8 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes):
     per_task = adaptation.meta_test(
         theta_init, eps, loss_fn=benchmark.loss_fn, metric_fn=benchmark.metric_fn,
         steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
-        gather_fn=benchmark.gather_episode, data=benchmark.data)
+        gather_fn=benchmark.gather_episode, data=benchmark.data,
+        mesh=sharding.make_mesh(config, sharding.TASKS))
     if not np.all(np.isfinite(per_task)):
       log.warning("%s at %d shots: %d of %d tasks have a non-finite metric", name,
                       shots, int((~np.isfinite(per_task)).sum()), per_task.size)
@@ -102,6 +105,7 @@ def run(config, workdir, setting="offline", hooks=None):
     The results dict also written to workdir/results.json.
   """
   t0 = time.perf_counter()
+  sharding.initialize_distributed(config)  # before anything touches the devices.
   config_lib.validate(config)
   chosen = methods_lib.resolve(config.methods, setting)
   benchmark = prepare(config, workdir, chosen)

@@ -64,7 +64,12 @@ def to_markdown(results):
 
 
 def write(workdir, results):
-  """Writes results.json and results.md atomically (md first, json last)."""
+  """Writes results.json and results.md atomically (md first, json last).
+
+  Only process 0 of a multi-host job writes.
+  """
+  if jax.process_index() != 0:
+    return
   md = os.path.join(workdir, "results.md")
   with open(md + ".tmp", "w") as f:
     f.write(to_markdown(results))
@@ -73,7 +78,9 @@ def write(workdir, results):
 
 
 def clear(workdir):
-  """Removes the results of an earlier run before a new one starts."""
+  """Removes the results of an earlier run before a new one starts (process 0)."""
+  if jax.process_index() != 0:
+    return
   for name in ("results.json", "results.md"):
     path = os.path.join(workdir, name)
     if os.path.exists(path):

@@ -11,6 +11,7 @@ from dfl2l_jax import checkpointing
 from dfl2l_jax import config_lib
 from dfl2l_jax import ensemble
 from dfl2l_jax import loops
+from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import ZooError
 
 
@@ -43,9 +44,22 @@ def member_keys(config):
                           config.zoo.num_models)
 
 
-def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None):
-  """Trains (or resumes, or loads) the zoo; returns params with a leading model axis."""
+def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=None):
+  """Trains (or resumes, or loads) the zoo; returns params with a leading model axis.
+
+  The N members are split across the devices of `mesh` (default: the mesh of
+  config.mesh, see sharding.py). When N is not a multiple of the device count
+  the model axis is padded with copies of real members (each trains on a copy
+  of a real member's task, with that member's key); the padding is cut off
+  before checkpoints, losses and the returned zoo, so they hold exactly the N
+  real models, equal to training without sharding. The returned zoo keeps the
+  model sharding when N is a multiple of the device count and is replicated
+  over the mesh otherwise (JAX rejects uneven shardings).
+  """
   zc = config.zoo
+  n = zc.num_models
+  mesh = mesh if mesh is not None else sharding_lib.make_mesh(config, sharding_lib.MODELS)
+  n_pad = sharding_lib.padded_size(n, sharding_lib.num_shards(mesh))
   optimizer = make_optimizer(zc)
   ckpt = None
   if workdir is not None:
@@ -56,30 +70,46 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None):
     ckpt = checkpointing.Checkpointer(directory)
   chunk = ensemble.make_ensemble_chunk(
       ensemble.make_member_step(benchmark.loss_fn, optimizer), benchmark.batch_fn,
-      benchmark.member_loop)
-  tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
-  keys = member_keys(config)
-  state = ensemble.init_ensemble(initial_params(config, benchmark), optimizer)
+      benchmark.member_loop, mesh=mesh)
+  # Each process places only its own devices' rows (sharding.put_sharded).
+  tasks = sharding_lib.put_sharded(sharding_lib.pad_rows(benchmark.zoo_tasks, n_pad), mesh)
+  keys = sharding_lib.put_sharded(sharding_lib.pad_rows(member_keys(config), n_pad), mesh)
+  data = sharding_lib.put_replicated(benchmark.data, mesh)
+
+  def padded_state(real):
+    """EnsembleState of the N real members -> padded and placed on the mesh."""
+    return ensemble.put_state(ensemble.EnsembleState(
+        params=sharding_lib.pad_rows(real.params, n_pad),
+        opt_state=sharding_lib.pad_rows(real.opt_state, n_pad), step=real.step), mesh)
+
+  def real_state(st):
+    """The padding cut off: what checkpoints hold, independent of the device count."""
+    return ensemble.EnsembleState(params=sharding_lib.unpad_rows(st.params, n),
+                                  opt_state=sharding_lib.unpad_rows(st.opt_state, n),
+                                  step=st.step)
+
+  state = padded_state(ensemble.init_ensemble(initial_params(config, benchmark), optimizer))
   try:
     state = loops.run_chunked(
         name="zoo", state=state, total_steps=zc.steps, chunk_steps=zc.chunk_steps,
         checkpointer=ckpt, writer=writer, hooks=hooks,
-        run_chunk=lambda st, start, length: chunk(st, tasks, keys, benchmark.data,
-                                                 length=length),
-        summarize=lambda losses: {"loss_mean": losses[-1].mean(),
-                                  "loss_max": losses[-1].max()})
+        run_chunk=lambda st, start, length: chunk(st, tasks, keys, data, length=length),
+        summarize=lambda losses: {"loss_mean": losses[-1, :n].mean(),
+                                  "loss_max": losses[-1, :n].max()},
+        to_saved=real_state, from_saved=padded_state)
   finally:
     if ckpt is not None:
       ckpt.close()
-  check_finite(state.params)
-  return state.params
+  params = real_state(state).params
+  check_finite(params)
+  return params
 
 
 def check_finite(zoo):
   """Raises ZooError naming the first model and parameter holding NaN or Inf."""
   flat, _ = jax.tree_util.tree_flatten_with_path(zoo)
   for path, leaf in flat:
-    leaf = np.asarray(leaf)
+    leaf = sharding_lib.to_host(leaf)
     bad = ~np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
     if bad.any():
       models = np.flatnonzero(bad)
@@ -95,7 +125,7 @@ def zoo_quality(zoo, benchmark):
   # model's activations for its whole test set (tens of GB for 100 Conv4 models at 84x84).
   evaluate = jax.jit(lambda z, t, d: jax.lax.map(
       lambda a: benchmark.zoo_eval_fn(a[0], a[1], d), (z, t)))
-  values = np.asarray(evaluate(zoo, tasks, benchmark.data), np.float64)
+  values = np.asarray(sharding_lib.to_host(evaluate(zoo, tasks, benchmark.data)), np.float64)
   return {"metric": benchmark.metric, "mean": float(values.mean()),
           "min": float(values.min()), "max": float(values.max()),
           "per_model": [float(v) for v in values]}

@@ -8,6 +8,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from dfl2l_jax import metrics
+from dfl2l_jax import sharding
 from dfl2l_jax.errors import Dfl2lError
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -27,8 +28,11 @@ def main_wrapper(fn):
       raise app.UsageError("--workdir is required")
     # Our progress at INFO; other libraries' (orbax's many lines) at WARNING.
     logging.set_verbosity(logging.WARNING)
-    metrics.install_stderr_handler()
     try:
+      # Several hosts: --config.mesh.distributed=True or DFL2L_DISTRIBUTED=1, before
+      # anything touches the devices. Then only process 0 logs.
+      sharding.initialize_distributed(CONFIG.value)
+      metrics.install_stderr_handler()
       fn(CONFIG.value, WORKDIR.value)
     except Dfl2lError as e:
       print(f"error: {e}", file=sys.stderr)

@@ -57,6 +57,9 @@ def _config(manual_dir, data_dir, **overrides):
     c.zoo.bn_reference = 3
     c.fusion.chunk_steps = 3
     c.methods = "dfl2l,dfl2l_online,va,finetune"
+    # One device: the sharded paths are tested in test_sharding.py and by the
+    # sinusoid pipeline tests; sharded Conv4 programs would double this test's time.
+    c.mesh.num_devices = 1
     for k, v in overrides.items():
       c[k] = v
   return c

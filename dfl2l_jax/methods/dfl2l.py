@@ -14,6 +14,8 @@ import optax
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
 from dfl2l_jax import loops
+from dfl2l_jax import sharding
+from dfl2l_jax import zoo_store
 from dfl2l_jax.methods import base
 
 
@@ -64,7 +66,8 @@ def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None
   """Algorithm 1: E_N epochs of N steps. Returns the final FusionState."""
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size)
+  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size,
+                                    mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
   return _run(ctx, fc, name, "offline", optimizer,
@@ -74,17 +77,24 @@ def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None
 
 def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
                   name: str = "dfl2l_online"):
-  """Algorithm 2: one pass over S in arrival order (`ctx.s_idx`)."""
+  """Algorithm 2: one pass over S in arrival order (`ctx.s_idx`).
+
+  `ctx.zoo` is an in-memory pytree (leading model axis) or a
+  `zoo_store.ZooStore` on disk (any object whose `[idx]` returns those models'
+  pytree). Only Q and the models arriving during the current chunk are
+  materialised, so a stored zoo is streamed: memory does not grow with |S|.
+  """
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size)
-  zoo_q = ctx.zoo_q
+  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size,
+                                   mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
+  zoo_q = jax.device_put(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)))
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
 
   def run_chunk(st, start, length):
     # Only the models arriving in [start, start + length) enter the compiled chunk.
-    arriving = jax.tree.map(lambda x: x[arrivals[start:start + length]], ctx.zoo)
+    arriving = zoo_store.take(ctx.zoo, arrivals[start:start + length])
     return chunk(st, arriving, zoo_q, key)
 
   return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk)
@@ -95,7 +105,8 @@ def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   """Eq. (1) alone: the likelihood fit of all N models, no bi-level, no DRO."""
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size)
+  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size,
+                                mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
   return _run(ctx, fc, name, "mle", optimizer,
