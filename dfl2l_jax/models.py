@@ -5,6 +5,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+CONV_IMPLS = ("xla", "patches")
+POOL_IMPLS = ("reshape", "window")
+
 
 class MLP(nn.Module):
   """Fully connected regressor: ReLU hidden layers, linear output.
@@ -26,9 +29,10 @@ class PatchConv3x3(nn.Module):
 
   The same parameters (kernel (3, 3, C_in, C_out), bias (C_out,)) and outputs
   as `nn.Conv(features, (3, 3), padding="SAME")`. Under `vmap` over models it
-  stays a batched matmul, where XLA's CPU backend turns a vmapped convolution
-  into a slow grouped convolution; on CPU it is several times faster
-  (benchmarks/ensemble_levers.py). On GPU/TPU keep XLA's convolution.
+  stays a batched matmul (models in the matmul's batch dimension), where XLA
+  turns a vmapped convolution into a grouped convolution: several times faster
+  on CPU, and on an H200 about 3x at 32x32 and 1.8x at 84x84 for the whole
+  Conv4 step (benchmarks/ensemble_vs_torch.py). TPU is not measured.
   """
   features: int
 
@@ -44,6 +48,27 @@ class PatchConv3x3(nn.Module):
     return cols @ kernel.reshape(9 * c_in, self.features) + bias
 
 
+def max_pool_2x2(x, impl: str = "reshape"):
+  """2x2 max-pool, stride 2, 'VALID' (odd trailing rows/columns dropped).
+
+  "reshape": a reshape and a max over the two window axes. Its gradient is an
+  elementwise mask that XLA fuses, where "window" (`nn.max_pool`, a
+  `reduce_window`) differentiates into a `select_and_scatter`: the whole
+  Conv4 step is about 1.5x faster on CPU and 1.2-1.3x on an H200 with
+  "reshape" (benchmarks/ensemble_vs_torch.py).
+  Same outputs; same gradients except where two window entries tie at the
+  maximum (reshape splits the gradient between them, window gives it to one).
+  In Conv4 the pool follows a ReLU, so ties are zeros whose ReLU gradient is 0.
+  """
+  if impl == "window":
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+  if impl != "reshape":
+    raise ValueError(f"pool impl must be one of {POOL_IMPLS}, got {impl!r}")
+  h, w, c = x.shape[-3] // 2, x.shape[-2] // 2, x.shape[-1]
+  x = x[..., :2 * h, :2 * w, :]
+  return x.reshape(x.shape[:-3] + (h, 2, w, 2, c)).max(axis=(-4, -2))
+
+
 class Conv4(nn.Module):
   """The four-block CNN of few-shot learning (Finn et al. 2017), paper Section 5.3.
 
@@ -56,21 +81,32 @@ class Conv4(nn.Module):
   through `apply_with_reference` (momentum 0 makes the stored "running"
   statistics exactly the reference batch's), so a network is fully described by
   its trainable parameters. See docs/method.md, "BatchNorm".
+
+  Implementation choices that leave the parameters and the function unchanged:
+  `conv_impl` ("xla": `nn.Conv`; "patches": `PatchConv3x3`) and `pool_impl`
+  (see `max_pool_2x2`). `bn=False` drops BatchNorm (then no BatchNorm_i
+  parameters): only for like-for-like speed comparisons with BatchNorm-free
+  yardsticks (benchmarks/ensemble_vs_torch.py).
   """
   ways: int = 5
   filters: int = 16
-  conv_impl: str = "xla"   # "xla": nn.Conv; "patches": PatchConv3x3 (same parameters).
+  conv_impl: str = "xla"
+  pool_impl: str = "reshape"
+  bn: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     for i in range(4):
       if self.conv_impl == "patches":
         x = PatchConv3x3(self.filters, name=f"Conv_{i}")(x)
-      else:
+      elif self.conv_impl == "xla":
         x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"Conv_{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.0)(x)
+      else:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+      if self.bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.0, name=f"BatchNorm_{i}")(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x, self.pool_impl)
     return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))
 
 

@@ -111,16 +111,19 @@ def sample_episodes(seed, num_tasks, ways, shots, query, table):
 def resolve_backend_choices(config):
   """(conv_impl, member_loop): "auto" picks what is fastest on the default backend.
 
-  Measured (benchmarks/ensemble_levers.py): on CPU, convolutions as patches and
-  members one after another; on GPU/TPU, XLA's convolution, members vmapped.
+  Measured side by side with the PyTorch yardsticks
+  (benchmarks/ensemble_vs_torch.py, results/performance.md): convolutions as
+  patches + one matmul on CPU and GPU (on a GPU the vmapped matmul beats XLA's
+  grouped convolution 2-3x), members one after another (`lax.map`) on CPU and
+  vmapped on GPU. TPU is not measured: XLA's convolution, members vmapped.
   """
-  on_cpu = jax.default_backend() == "cpu"
+  backend = jax.default_backend()
   conv = config.model.conv_impl
   loop = config.zoo.member_loop
   if conv == "auto":
-    conv = "patches" if on_cpu else "xla"
+    conv = "patches" if backend in ("cpu", "gpu", "cuda", "rocm") else "xla"
   if loop == "auto":
-    loop = "map" if on_cpu else "vmap"
+    loop = "map" if backend == "cpu" else "vmap"
   if conv not in ("xla", "patches"):
     raise ConfigError(f"config.model.conv_impl must be auto, xla or patches, got {conv!r}")
   if loop not in ("vmap", "map"):
