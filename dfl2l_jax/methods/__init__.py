@@ -2,11 +2,19 @@
 
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import dfl2l
+from dfl2l_jax.methods import maml
+from dfl2l_jax.methods import merging
+from dfl2l_jax.methods import mfgp
+from dfl2l_jax.methods import ot_fusion
 from dfl2l_jax.methods import simple
+from dfl2l_jax.methods import weight_matching
 from dfl2l_jax.methods.base import Method, MethodContext  # noqa: F401
 
 METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE,
-                                dfl2l.DFL2L_NO_DRO, dfl2l.DFL2L_MLE)}
+                                dfl2l.DFL2L_NO_DRO, dfl2l.DFL2L_MLE,
+                                merging.TASK_ARITHMETIC, merging.TIES, mfgp.MFGP,
+                                maml.MAML, maml.FOMAML, maml.OML,
+                                ot_fusion.OTA, weight_matching.WEIGHT_MATCHING)}
 
 
 def resolve(names: str, setting: str):

@@ -1,0 +1,193 @@
+"""Data-based meta-learning baselines: `maml`, `fomaml` (offline) and `oml` (online).
+
+Unlike DFL2L, these use the zoo tasks' own training data (`benchmark.batch_fn`
+on `benchmark.zoo_tasks`), never the zoo's parameters: the paper compares
+against them as methods that see data DFL2L does not. See `dfl2l_jax/maml.py`
+for the algorithms.
+
+- `maml`: MAML (Finn, Abbeel and Levine 2017), second-order meta-gradient.
+  Every meta-step draws `maml.meta_batch_size` tasks uniformly from all N zoo
+  tasks: S and Q are both meta-training tasks here (MAML has no use for a
+  split into meta-training and meta-validation models).
+- `fomaml`: the same with the first-order meta-gradient.
+- `oml`: follow the meta leader (Finn, Rajeswaran, Kakade and Levine 2019). The
+  tasks of S arrive one at a time in the order of `ctx.s_idx` (the order models
+  arrive in `dfl2l_online`); after each arrival, `oml.steps_per_arrival`
+  meta-steps on tasks drawn uniformly from those arrived so far.
+
+All three start from `benchmark.init_params(ctx.key)`, run through
+`loops.run_chunked` with a checkpoint after every chunk (state = params, Adam
+state, step), and return the meta-learned parameters as theta_init.
+
+Config: `config.maml` (all three) and `config.oml` (oml only):
+  maml.meta_steps       outer steps of maml/fomaml
+  maml.meta_batch_size  tasks per outer step
+  maml.inner_steps      SGD steps of the inner adaptation (K)
+  maml.inner_lr         inner SGD rate (alpha)
+  maml.outer_lr         outer Adam rate (beta)
+  maml.support_size     examples per support batch (0: a whole `batch_fn` batch,
+                        i.e. config.zoo.batch_size)
+  maml.query_size       examples per query batch (0: likewise)
+  maml.chunk_steps      outer steps per compiled chunk (and checkpoint)
+  oml.steps_per_arrival meta-steps after each arrival (total |S| x this)
+  oml.first_order       first-order meta-gradient for oml
+"""
+
+import functools
+import numbers
+
+import jax
+import numpy as np
+import optax
+
+from dfl2l_jax import loops
+from dfl2l_jax import maml as maml_lib
+from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.methods import base
+
+
+def _field(config, section, name):
+  if section not in config or name not in config[section]:
+    raise ConfigError(f"config has no field '{section}.{name}'")
+  return config[section][name]
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_positive_int(config, section, name):
+  v = _field(config, section, name)
+  if not _is_int(v) or v <= 0:
+    raise ConfigError(f"config.{section}.{name} must be a positive int, got {v!r}")
+
+
+def _check_positive_real(config, section, name):
+  v = _field(config, section, name)
+  if (not isinstance(v, numbers.Real) or isinstance(v, bool) or not np.isfinite(v)
+      or not v > 0):
+    raise ConfigError(f"config.{section}.{name} must be a positive finite number, got {v!r}")
+
+
+def validate_maml(config):
+  """Raises ConfigError naming the first bad value of `config.maml`."""
+  for name in ("meta_steps", "meta_batch_size", "inner_steps", "chunk_steps"):
+    _check_positive_int(config, "maml", name)
+  for name in ("inner_lr", "outer_lr"):
+    _check_positive_real(config, "maml", name)
+  batch = config.zoo.batch_size
+  for name in ("support_size", "query_size"):
+    v = _field(config, "maml", name)
+    if not _is_int(v) or v < 0:
+      raise ConfigError(f"config.maml.{name} must be an int >= 0 (0: the whole zoo "
+                        f"batch), got {v!r}")
+    if _is_int(batch) and v > batch:
+      raise ConfigError(f"config.maml.{name}={v} exceeds config.zoo.batch_size={batch}, "
+                        "the size of the batches it is cut from")
+
+
+def validate_oml(config):
+  """`oml` uses `config.maml` for everything but its schedule; checks both."""
+  validate_maml(config)
+  _check_positive_int(config, "oml", "steps_per_arrival")
+  v = _field(config, "oml", "first_order")
+  if not isinstance(v, bool):
+    raise ConfigError(f"config.oml.first_order must be true or false, got {v!r}")
+
+
+def hparams(mc, first_order, member_loop) -> maml_lib.MamlHParams:
+  return maml_lib.MamlHParams(
+      inner_steps=mc.inner_steps, inner_lr=mc.inner_lr, first_order=first_order,
+      meta_batch_size=mc.meta_batch_size, support_size=mc.support_size,
+      query_size=mc.query_size, member_loop=member_loop)
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk(batch_fn, loss_fn, outer_lr, hp, index_fn):
+  """The compiled chunk, shared by runs with the same benchmark and settings."""
+  return maml_lib.make_chunk(index_fn=index_fn, batch_fn=batch_fn, loss_fn=loss_fn,
+                             optimizer=optax.adam(outer_lr), hp=hp)
+
+
+def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks):
+  """Runs the meta-training loop, checkpointed under workdir/fusion/<name>."""
+  mc = ctx.config.maml
+  optimizer = optax.adam(mc.outer_lr)
+  state = maml_lib.init_state(ctx.benchmark.init_params(ctx.key), optimizer)
+  key = jax.random.fold_in(ctx.key, 1)
+  data = ctx.benchmark.data
+
+  def run_chunk(st, start, length):
+    return chunk(st, run_chunk_tasks(start, length), data, key, length=length)
+
+  ckpt = ctx.checkpointer(name, spec)
+  try:
+    return loops.run_chunked(
+        name=name, state=state, total_steps=total_steps, chunk_steps=mc.chunk_steps,
+        checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks, run_chunk=run_chunk)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _spec(ctx, name, num_tasks, first_order):
+  return {"method": name, "maml": ctx.config.maml.to_dict(), "seed": ctx.config.seed,
+          "num_tasks": int(num_tasks), "first_order": first_order,
+          "zoo_batch_size": ctx.config.zoo.batch_size, "benchmark": ctx.benchmark.spec}
+
+
+def offline_maml(ctx: base.MethodContext, first_order: bool = False, name: str = "maml"):
+  """MAML / FO-MAML on all N zoo tasks. Returns the final MamlState."""
+  mc = ctx.config.maml
+  tasks = ctx.benchmark.zoo_tasks
+  n = jax.tree.leaves(tasks)[0].shape[0]
+  hp = hparams(mc, first_order, ctx.benchmark.member_loop)
+  chunk = _chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
+                 maml_lib.UniformTasks(n, mc.meta_batch_size))
+  device_tasks = jax.device_put(tasks)
+  return _run(ctx, name, _spec(ctx, name, n, first_order), mc.meta_steps, chunk,
+              lambda start, length: device_tasks)
+
+
+def buffer_rows(arrivals, start, length, steps_per_arrival):
+  """Zoo rows a chunk of OML steps [start, start + length) may see, in arrival order.
+
+  The tasks arrived by the chunk's last step, padded to len(arrivals) with
+  repeats of the latest of them (a fixed shape, so one compile): tasks that
+  arrive later are not in the chunk's input at all.
+  """
+  arrivals = np.asarray(arrivals)
+  n_end = int(min((start + length - 1) // steps_per_arrival + 1, len(arrivals)))
+  pos = np.minimum(np.arange(len(arrivals)), n_end - 1)
+  return arrivals[pos]
+
+
+def online_maml(ctx: base.MethodContext, name: str = "oml"):
+  """FTML over the tasks of S arriving in the order of `ctx.s_idx`. Returns the state."""
+  mc, oc = ctx.config.maml, ctx.config.oml
+  arrivals = np.asarray(ctx.s_idx)
+  n, spa = len(arrivals), oc.steps_per_arrival
+  hp = hparams(mc, oc.first_order, ctx.benchmark.member_loop)
+  chunk = _chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
+                 maml_lib.BufferTasks(n, mc.meta_batch_size, spa))
+  tasks = ctx.benchmark.zoo_tasks
+
+  def chunk_tasks(start, length):
+    rows = buffer_rows(arrivals, start, length, spa)
+    return jax.tree.map(lambda x: x[rows], tasks)
+
+  spec = dict(_spec(ctx, name, n, oc.first_order), oml=oc.to_dict(),
+              arrivals=arrivals.tolist())
+  return _run(ctx, name, spec, n * spa, chunk, chunk_tasks)
+
+
+MAML = base.Method(
+    "maml", ("baseline",), lambda ctx: offline_maml(ctx, False, "maml").params,
+    "MAML (Finn et al. 2017), meta-trained on the zoo tasks' own data", validate_maml)
+FOMAML = base.Method(
+    "fomaml", ("baseline",), lambda ctx: offline_maml(ctx, True, "fomaml").params,
+    "first-order MAML, meta-trained on the zoo tasks' own data", validate_maml)
+OML = base.Method(
+    "oml", ("baseline",), lambda ctx: online_maml(ctx).params,
+    "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
+    "arrive", validate_oml)

@@ -1,0 +1,213 @@
+"""`ota`: OT fusion of the zoo (Singh & Jaggi, "Model Fusion via Optimal
+Transport", NeurIPS 2020), data-free, generalised to N models.
+
+The paper fuses networks layer by layer. For layer l of a model A being
+aligned to a reference B, with T^(l-1) the previous layer's transport map:
+
+1. align the incoming weights to B's previous layer:
+   W_hat_A = W_A T^(l-1) diag(1 / beta^(l-1));
+2. ground cost between A's units (rows of W_hat_A) and B's units (rows of W_B):
+   squared Euclidean distance of the weight vectors ("weight-based" alignment;
+   the paper's alternative uses activations, which need data we do not have);
+3. T^(l) = optimal transport between uniform measures alpha, beta over A's and
+   B's units with that cost (exact, or entropic: Sinkhorn);
+4. aligned weights W_tilde_A = diag(1 / beta^(l)) T^(l)T W_hat_A, then average
+   with W_B. The output layer gets step 1 only.
+
+What we do (docs/baselines.md, section ota):
+
+- N models: every zoo model (S and Q, as `va` averages) is aligned to one
+  reference model (`merging.align_reference`: the model closest to the zoo's
+  mean by default, see `permutations.choose_reference`), and the N aligned
+  models are averaged. `merging.align_rounds > 1` aligns every model again to
+  the previous round's fused average.
+- A unit's support point is everything the layer owns for it: its incoming
+  kernel weights (a Conv4 unit is an output channel: the (3, 3, C_in) slice),
+  its bias and, for Conv4, its BatchNorm scale and offset; all are transported
+  with the unit (`permutations.unit_features(own_only=True)`). The next layer's
+  inputs are transported with the same map (the head of Conv4 reads the
+  flattened (h, w, C) map, so its rows are transported channel-wise). The cost
+  matrix is divided by its mean, so `ot_reg` is relative to a typical cost.
+- `merging.ot_reg = 0`: exact OT. With uniform masses and equal widths an
+  optimal plan is a permutation (Birkhoff), found by
+  `scipy.optimize.linear_sum_assignment`; the aligned model computes exactly the
+  function of the original.
+- `merging.ot_reg > 0`: entropic OT by log-domain Sinkhorn (`sinkhorn`), a
+  fixed-length `lax.scan` of `merging.ot_iters` iterations. M = n T^T (rows sum
+  to 1) maps the model's units onto the reference's, and each aligned unit is
+  the M-weighted average of the model's units, on both sides of the layer
+  (`permutations.apply_transport`): the paper's soft alignment. It is NOT
+  function-preserving: an aligned model differs from the original in function,
+  and its distance to the hard result shrinks as ot_reg -> 0 (tested).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dfl2l_jax import metrics
+from dfl2l_jax import permutations as perm_lib
+from dfl2l_jax.methods import base
+
+FIELDS = ("ot_reg", "ot_iters", "align_reference", "align_rounds")
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def sinkhorn(cost, reg, iters):
+  """Entropic OT between uniform measures, in the log domain (Cuturi 2013).
+
+  Args:
+    cost: (..., n_ref, n_model) ground cost.
+    reg: entropy weight epsilon (> 0), in the units of `cost`.
+    iters: number of Sinkhorn iterations (static: a fixed-length lax.scan).
+
+  Returns:
+    (..., n_ref, n_model) matrix M = n_ref * T, where T is the transport plan
+    with marginals 1/n_ref and 1/n_model; the last half-iteration fits the
+    reference marginal, so every row of M sums to 1 (up to float rounding).
+  """
+  cost = jnp.asarray(cost, jnp.float32)
+  n_r, n_m = cost.shape[-2], cost.shape[-1]
+  log_a, log_b = -jnp.log(n_r), -jnp.log(n_m)
+
+  def body(carry, _):
+    f, g = carry
+    g = reg * log_b - reg * jax.nn.logsumexp((f[..., :, None] - cost) / reg, axis=-2)
+    f = reg * log_a - reg * jax.nn.logsumexp((g[..., None, :] - cost) / reg, axis=-1)
+    return (f, g), None
+
+  init = (jnp.zeros(cost.shape[:-1]), jnp.zeros(cost.shape[:-2] + (n_m,)))
+  (f, g), _ = jax.lax.scan(body, init, None, length=iters)
+  return n_r * jnp.exp((f[..., :, None] + g[..., None, :] - cost) / reg)
+
+
+def pairwise_sq_dists(ref_f, model_f):
+  """(N, n_ref, n_model) squared Euclidean distances between units, float64 on host."""
+  r = np.asarray(ref_f, np.float64)
+  m = np.asarray(model_f, np.float64)
+  d = ((r * r).sum(-1)[None, :, None] + (m * m).sum(-1)[:, None, :]
+       - 2.0 * np.einsum("id,njd->nij", r, m))
+  return np.maximum(d, 0.0)
+
+
+def normalise_cost(cost):
+  """Each cost matrix divided by its mean (1 where the mean is 0)."""
+  mean = cost.mean(axis=(-2, -1), keepdims=True)
+  return cost / np.where(mean > 0, mean, 1.0)
+
+
+def assignment(cost):
+  """Exact OT with uniform masses: perm[n, i] = model unit matched to reference unit i."""
+  out = np.empty(cost.shape[:2], np.int32)
+  for k in range(cost.shape[0]):
+    rows, cols = linear_sum_assignment(cost[k])
+    out[k, rows] = cols
+  return out
+
+
+def ot_align(spec, reference, models, reg, iters):
+  """Aligns every model (leading axis) to `reference`, layer by layer.
+
+  Args:
+    spec: the permutations.PermSpec of the architecture.
+    reference: one model's parameters.
+    models: parameters with a leading model axis N.
+    reg: 0 for exact OT (permutations), > 0 for Sinkhorn (soft transport).
+    iters: Sinkhorn iterations.
+
+  Returns:
+    (aligned models with a leading N axis, dict of per-layer transport: (N, n)
+    permutations when reg == 0, else (N, n, n) matrices M).
+  """
+  n_models = jax.tree.leaves(models)[0].shape[0]
+  exact = reg == 0
+  if exact:
+    maps = perm_lib.identity_perms(spec, n_models)
+  else:
+    maps = {p.name: np.broadcast_to(np.eye(p.size, dtype=np.float32), (n_models, p.size, p.size))
+            for p in spec.perms}
+  for p in spec.perms:   # layer order: each layer's inputs already carry earlier maps
+    if exact:
+      feats = perm_lib.permuted_features_batched(spec, p.name, True, maps, models)
+    else:
+      feats = perm_lib.transported_features_batched(spec, p.name, True, maps, models)
+    ref_feats = perm_lib.features_jit(spec, p.name, True, reference)
+    cost = normalise_cost(pairwise_sq_dists(ref_feats, feats))
+    maps = dict(maps)
+    if exact:
+      maps[p.name] = assignment(cost)
+    else:
+      maps[p.name] = np.asarray(sinkhorn(cost, float(reg), int(iters)))
+  if exact:
+    aligned = perm_lib.apply_permutation_batched(spec, maps, models)
+  else:
+    aligned = perm_lib.apply_transport_batched(spec, maps, models)
+  return aligned, maps
+
+
+def mean_sq_distance(models, reference):
+  """Mean over models of the squared parameter distance to `reference` (host numpy)."""
+  models, reference = jax.device_get((models, reference))
+  sq = [((np.asarray(x, np.float64) - np.asarray(r)[None]) ** 2).reshape(x.shape[0], -1).sum(1)
+        for x, r in zip(jax.tree.leaves(models), jax.tree.leaves(reference))]
+  return float(np.mean(sum(sq)))
+
+
+def average(models):
+  """The element-wise mean over the leading model axis (host numpy, float32)."""
+  return jax.tree.map(lambda x: np.asarray(x).mean(0, dtype=np.float64).astype(x.dtype),
+                      jax.device_get(models))
+
+
+def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1):
+  """OT fusion of N models: align all to a reference, average; `rounds` times.
+
+  Round 1's reference is models[ref_idx]; round r > 1 realigns the original
+  models to round r-1's fused average.
+
+  Returns:
+    (fused parameters as numpy arrays, info dict of floats for logging).
+  """
+  models = jax.device_get(models)
+  reference = jax.tree.map(lambda x: x[ref_idx], models)
+  info = {"reference": float(ref_idx),
+          "dist_before": mean_sq_distance(models, reference)}
+  for r in range(rounds):
+    aligned, maps = ot_align(spec, reference, models, reg, iters)
+    if r == 0:
+      info["dist_after"] = mean_sq_distance(aligned, reference)
+      if reg == 0 and maps:
+        moved = [np.mean(q != np.arange(q.shape[-1])) for q in maps.values()]
+        info["units_moved"] = float(np.mean(moved))
+    reference = average(aligned)
+  return reference, info
+
+
+def ota_init(ctx: base.MethodContext):
+  """theta_init = average of the N zoo models after OT alignment to a reference."""
+  mc = ctx.config.merging
+  spec = perm_lib.spec_from_params(ctx.template)
+  ref_idx = perm_lib.choose_reference(ctx.zoo, ctx.s_idx, mc.align_reference)
+  fused, info = ot_fuse(spec, ctx.zoo, ref_idx, float(mc.ot_reg), int(mc.ot_iters),
+                        int(mc.align_rounds))
+  metrics.log.info(
+      "ota (%s): reference model %d (%s), mean squared distance to it %.4g before, %.4g "
+      "after alignment%s", "exact" if mc.ot_reg == 0 else f"Sinkhorn reg {mc.ot_reg}",
+      ref_idx, mc.align_reference, info["dist_before"], info["dist_after"],
+      f", {100 * info['units_moved']:.0f}% of hidden units moved"
+      if "units_moved" in info else "")
+  if ctx.writer is not None:
+    ctx.writer.write_scalars(0, {f"ota/{k}": v for k, v in info.items()})
+  return jax.tree.map(jnp.asarray, fused)
+
+
+def validate(config):
+  perm_lib.validate_alignment(config, FIELDS)
+
+
+OTA = base.Method("ota", ("baseline",), ota_init,
+                  "OT fusion (Singh & Jaggi 2020): weight-based layer-wise alignment to a "
+                  "reference model, then averaging", validate)

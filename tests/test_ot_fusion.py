@@ -1,0 +1,149 @@
+"""Tests of methods/ot_fusion.py (`ota`): exact and Sinkhorn OT fusion."""
+
+import jax
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from dfl2l_jax import methods
+from dfl2l_jax import models
+from dfl2l_jax import permutations as perm_lib
+from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.methods import ot_fusion
+from tests import helpers
+from tests.test_permutations import conv_case, forward, max_diff, mlp_case, moving_perms
+from tests.test_permutations import random_params
+
+
+def permuted_copies(params, n, seed, noise=0.0):
+  """n copies of `params`, each with its own noise (std `noise`) and hidden permutation."""
+  spec = perm_lib.spec_from_params(params)
+  rng = np.random.default_rng(seed)
+  zoo = jax.tree.map(
+      lambda x: (x[None] + noise * rng.normal(size=(n,) + x.shape)).astype(np.float32), params)
+  return spec, jax.device_get(perm_lib.apply_permutation_batched(
+      spec, moving_perms(spec, seed, n), zoo))
+
+
+def toy_problem(n=10, noise=0.1):
+  """A true 1-16-16-1 MLP, a zoo of n permuted noisy copies, and the loss against it."""
+  net = models.MLP(hidden=(16, 16), out=1)
+  x = np.linspace(-3, 3, 64, dtype=np.float32)[:, None]
+  truth = random_params(net, x, 11, scale=1.0)
+  spec, zoo = permuted_copies(truth, n, 12, noise)
+  f = forward(net, x)
+  target = f(truth)
+  loss = lambda p: float(np.mean((np.asarray(f(p)) - target) ** 2))  # noqa: E731
+  return spec, zoo, loss, random_params(net, x, 13, scale=1.0)
+
+
+class Recorder:
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, dict(scalars)))
+
+
+@pytest.mark.parametrize("case", [mlp_case, conv_case])
+def test_exact_ota_of_permuted_copies_returns_the_network(case):
+  net, params, x = case()
+  spec, zoo = permuted_copies(params, 4, 0)
+  fused, info = ot_fusion.ot_fuse(spec, zoo, 1, 0.0, 10)
+  assert max_diff(fused, jax.tree.map(lambda z: z[1], zoo)) < 1e-5   # the reference's order
+  f = forward(net, x)
+  np.testing.assert_allclose(f(fused), f(params), atol=1e-4, rtol=1e-4)
+  assert info["dist_before"] > 1.0 and info["dist_after"] < 1e-8
+  assert info["units_moved"] > 0.3
+
+
+def test_sinkhorn_marginals_and_limits():
+  rng = np.random.default_rng(0)
+  cost = rng.uniform(size=(3, 5, 5)).astype(np.float32)
+  m = np.asarray(ot_fusion.sinkhorn(cost, 0.05, 2000))
+  np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-5)   # rows: exact by construction
+  np.testing.assert_allclose(m.sum(-2), 1.0, atol=1e-3)   # columns: converged
+  # Small reg: the optimal assignment; large reg: the uniform plan.
+  exact = ot_fusion.assignment(cost.astype(np.float64))
+  small = np.asarray(ot_fusion.sinkhorn(cost, 1e-3, 2000))
+  np.testing.assert_allclose(small, perm_lib.permutation_matrix(exact), atol=1e-2)
+  big = np.asarray(ot_fusion.sinkhorn(cost, 1e3, 50))
+  np.testing.assert_allclose(big, 0.2, atol=1e-3)
+  for k in range(3):
+    rows, cols = linear_sum_assignment(cost[k])
+    assert list(exact[k, rows]) == list(cols)
+
+
+def test_sinkhorn_approaches_exact_as_reg_shrinks():
+  _, params, _ = mlp_case()
+  spec, zoo = permuted_copies(params, 4, 1, noise=0.05)
+  exact, _ = ot_fusion.ot_fuse(spec, zoo, 0, 0.0, 10)
+  gaps = [max_diff(ot_fusion.ot_fuse(spec, zoo, 0, reg, 300)[0], exact)
+          for reg in (0.3, 0.03, 0.003)]
+  assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4 and gaps[0] > 1e-2
+
+
+def test_soft_alignment_is_not_function_preserving():
+  net, params, x = mlp_case()
+  spec, zoo = permuted_copies(params, 4, 2)
+  f = forward(net, x)
+  ref = jax.tree.map(lambda z: z[0], zoo)
+  soft, mats = ot_fusion.ot_align(spec, ref, zoo, 0.5, 300)
+  hard, _ = ot_fusion.ot_align(spec, ref, zoo, 0.0, 10)
+  one = lambda t: jax.tree.map(lambda z: z[2], jax.device_get(t))  # noqa: E731
+  np.testing.assert_allclose(f(one(hard)), f(params), atol=1e-4, rtol=1e-4)
+  assert float(np.abs(f(one(soft)) - f(params)).max()) > 1e-2
+  assert mats["Dense_0"].shape == (4, 6, 6)
+  np.testing.assert_allclose(mats["Dense_0"].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.01])
+def test_ota_beats_averaging_and_random_init_on_a_toy_zoo(reg):
+  spec, zoo, loss, random_init = toy_problem()
+  fused, _ = ot_fusion.ot_fuse(spec, zoo, 0, reg, 300)
+  va = jax.tree.map(lambda z: z.mean(0), zoo)
+  assert loss(fused) < 0.5 * loss(va) and loss(fused) < 0.5 * loss(random_init)
+
+
+def test_realigning_to_the_average_keeps_the_answer():
+  net, params, x = mlp_case()
+  spec, zoo = permuted_copies(params, 4, 3)
+  fused, _ = ot_fusion.ot_fuse(spec, zoo, 2, 0.0, 10, rounds=2)
+  f = forward(net, x)
+  np.testing.assert_allclose(f(fused), f(params), atol=1e-4, rtol=1e-4)
+
+
+def _ctx(zoo, **overrides):
+  config = helpers.smoke_config(**overrides)
+  n = jax.tree.leaves(zoo)[0].shape[0]
+  return methods.MethodContext(config=config, benchmark=None, zoo=zoo,
+                               s_idx=np.arange(1, n), q_idx=np.array([0]),
+                               key=jax.random.key(0), writer=Recorder())
+
+
+def test_make_init_fuses_the_zoo_and_logs():
+  net, params, x = mlp_case()
+  spec, zoo = permuted_copies(params, 5, 4)
+  ctx = _ctx(zoo, merging__align_reference="first")
+  theta = ot_fusion.OTA.make_init(ctx)
+  assert max_diff(theta, jax.tree.map(lambda z: z[1], zoo)) < 1e-5   # S[0] = model 1
+  f = forward(net, x)
+  np.testing.assert_allclose(f(theta), f(params), atol=1e-4, rtol=1e-4)
+  (_, row), = ctx.writer.rows
+  assert row["ota/reference"] == 1 and row["ota/dist_after"] < 1e-8
+  assert methods.METHODS["ota"] is ot_fusion.OTA and ot_fusion.OTA.settings == ("baseline",)
+
+
+def test_make_init_is_not_applicable_to_unknown_networks():
+  zoo = {"encoder": {"w": np.zeros((3, 2, 2), np.float32)}}
+  with pytest.raises(NotApplicable, match="models.Conv4"):
+    ot_fusion.OTA.make_init(_ctx(zoo))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ot_reg", -0.1), ("ot_reg", float("nan")), ("ot_reg", float("inf")),
+    ("ot_iters", 0), ("ot_iters", -3), ("align_reference", "median"), ("align_rounds", 0)])
+def test_validate_rejects_bad_values(field, value):
+  ot_fusion.OTA.validate(helpers.smoke_config())           # the defaults are valid
+  with pytest.raises(ConfigError, match=f"merging.{field}"):
+    ot_fusion.OTA.validate(helpers.smoke_config(**{f"merging__{field}": value}))
