@@ -52,9 +52,19 @@ def _shard_state(state, mesh):
                         phi=sharding_lib.constrain(state.phi, mesh, P()))
 
 
-def _unshard_state(state, n_s, n_q):
-  """Cuts the padding rows off the embeddings."""
-  return state._replace(emb_s=state.emb_s[:n_s], emb_q=state.emb_q[:n_q])
+def _unshard_state(state, n_s, n_q, mesh):
+  """Cuts the padding rows off the embeddings; the state leaves replicated.
+
+  A replicated output matches the replicated input `place_state` makes, so the
+  chunk compiles once, not again for its own output's layout.
+  """
+  state = state._replace(emb_s=state.emb_s[:n_s], emb_q=state.emb_q[:n_q])
+  return sharding_lib.constrain(state, mesh, P())
+
+
+def place_state(state, mesh):
+  """A fusion state placed as the chunks return it (replicated); no-op without a mesh."""
+  return state if mesh is None else sharding_lib.put_replicated(state, mesh)
 
 
 def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
@@ -80,7 +90,7 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
                                   _take(zoo_q, q_idx), q_idx, hp, optimizer)
 
     state, metrics = jax.lax.scan(body, _shard_state(state, mesh), None, length=length)
-    return _unshard_state(state, n_s, n_q), metrics
+    return _unshard_state(state, n_s, n_q, mesh), metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
 
@@ -107,7 +117,7 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
                                   q_idx, hp, optimizer)
 
     state, metrics = jax.lax.scan(body, _shard_state(state, mesh), arriving)
-    return _unshard_state(state, n_s, n_q), metrics
+    return _unshard_state(state, n_s, n_q, mesh), metrics
 
   return jax.jit(chunk, donate_argnums=0)
 
@@ -146,6 +156,6 @@ def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransform
         body, (phi, emb, state.opt_state, state.step), None, length=length)
     new = bilevel.FusionState(phi=phi, emb_s=emb[:n_s], emb_q=emb[n_s:n],
                               opt_state=opt_state, step=step)
-    return new, metrics
+    return sharding_lib.constrain(new, mesh, P()), metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)

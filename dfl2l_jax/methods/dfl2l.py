@@ -48,14 +48,19 @@ def _spec(ctx, fc, setting):
           "n_s": len(ctx.s_idx), "n_q": len(ctx.q_idx)}
 
 
-def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk):
-  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>."""
+def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
+  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>.
+
+  Every chunk receives its state placed as chunks return it (fusion.place_state;
+  a restored checkpoint too), so the chunk compiles once.
+  """
   ckpt = ctx.checkpointer(name, _spec(ctx, fc, setting))
   try:
     return loops.run_chunked(
         name=name, state=_initial_state(ctx, fc, optimizer), total_steps=total_steps,
         chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
-        run_chunk=run_chunk)
+        run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
+                                                      length))
   finally:
     if ckpt is not None:
       ckpt.close()
@@ -66,13 +71,13 @@ def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None
   """Algorithm 1: E_N epochs of N steps. Returns the final FusionState."""
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size,
-                                    mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
+  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
   return _run(ctx, fc, name, "offline", optimizer,
               fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
+              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
 
 
 def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -86,8 +91,8 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   """
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size,
-                                   mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
+  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_q = jax.device_put(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)))
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
@@ -97,7 +102,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
     arriving = zoo_store.take(ctx.zoo, arrivals[start:start + length])
     return chunk(st, arriving, zoo_q, key)
 
-  return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk)
+  return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk, mesh)
 
 
 def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -105,13 +110,13 @@ def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   """Eq. (1) alone: the likelihood fit of all N models, no bi-level, no DRO."""
   fc = fc or ctx.config.fusion
   optimizer = make_optimizer(fc)
-  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size,
-                                mesh=sharding.make_mesh(ctx.config, sharding.MODELS))
+  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
   return _run(ctx, fc, name, "mle", optimizer,
               fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
+              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
 
 
 def _no_dro(ctx):
