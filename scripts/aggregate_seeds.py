@@ -17,14 +17,35 @@ import os
 import numpy as np
 
 
-def load(workdirs):
-  runs = []
-  for w in workdirs:
-    path = os.path.join(w, "results.json")
+def load(paths):
+  """results.json of each workdir (or a results JSON file given directly).
+
+  Runs of the same seed (e.g. methods added to a seed in a second workdir) are
+  merged into one run; a (method, shots) row present in both must be identical.
+  """
+  by_seed = {}
+  for w in paths:
+    path = w if w.endswith(".json") else os.path.join(w, "results.json")
     if not os.path.exists(path):
       raise SystemExit(f"error: {path} does not exist (run not finished?)")
     with open(path) as f:
-      runs.append(json.load(f))
+      run = json.load(f)
+    seed = run["seed"]
+    if seed not in by_seed:
+      by_seed[seed] = run
+      continue
+    merged = by_seed[seed]
+    have = {(r["method"], r["shots"]): r for r in merged["rows"]}
+    for r in run["rows"]:
+      key = (r["method"], r["shots"])
+      if key in have:
+        if have[key].get("per_task") != r.get("per_task"):
+          raise SystemExit(f"error: seed {seed} has two different results for {key} "
+                           f"(one in {path})")
+        continue
+      merged["rows"].append(r)
+    merged["wall_seconds"] += run["wall_seconds"]
+  runs = list(by_seed.values())
   benchmarks = {r["benchmark"] for r in runs}
   if len(benchmarks) != 1:
     raise SystemExit(f"error: runs of several benchmarks: {sorted(benchmarks)}")
@@ -93,7 +114,9 @@ def table(runs):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("workdirs", nargs="+",
+                      help="run directories or results JSON files; one seed may be split "
+                      "over several (their rows are merged)")
   parser.add_argument("--out", default=None, help="write the table here too")
   parser.add_argument("--baseline", default="va",
                       help="also tabulate paired per-task differences against this method")
