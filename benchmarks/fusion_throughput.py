@@ -103,10 +103,12 @@ def measure(kind, n_models, steps, conv_hw, repeats):
   zoo_q = jax.tree.map(lambda x: x[n_models - n_q:], zoo)
   optimizer = dfl2l.make_optimizer(fc)
   hp = dfl2l.hparams(fc)
-  fresh = lambda: bilevel.init_state(jax.random.key(1), tmpl, n_models - n_q, max(n_q, 1),
-                                     fc.embed_dim, optimizer, w_scale=fc.w_scale,
-                                     embed_init_std=fc.embed_init_std)
+  def fresh(n_s=n_models - n_q):
+    return bilevel.init_state(jax.random.key(1), tmpl, n_s, max(n_q, 1), fc.embed_dim,
+                              optimizer, w_scale=fc.w_scale, embed_init_std=fc.embed_init_std)
+
   key = jax.random.key(2)
+  # Online: `steps` arrivals (S's models again and again), each with its own embedding row.
   arriving = jax.tree.map(lambda x: x[jnp.arange(steps) % (n_models - n_q)], zoo_s)
   rows = {}
   for name, make, call in (
@@ -116,7 +118,7 @@ def measure(kind, n_models, steps, conv_hw, repeats):
           dataclasses.replace(h, use_dro=False), optimizer, fc.meta_batch_size),
        lambda chunk: chunk(fresh(), zoo_s, zoo_q, key, length=steps)),
       ("online_dro", lambda h: fusion.make_online_chunk(h, optimizer, fc.meta_batch_size),
-       lambda chunk: chunk(fresh(), arriving, zoo_q, key))):
+       lambda chunk: chunk(fresh(steps), arriving, zoo_q, key))):
     chunk = make(hp)
     t0 = time.perf_counter()
     jax.block_until_ready(call(chunk))   # compile

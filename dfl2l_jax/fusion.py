@@ -16,6 +16,14 @@ chunks from Python (progress, metrics, checkpoints). The randomness of step t is
 `fold_in(key, t)`, so results do not depend on where chunks are cut or on a
 resume.
 
+Working set: the models a chunk's steps will draw are known before the chunk
+runs (their indices depend only on the key and the step), so the chunk gathers
+their embedding rows once into a small working table, runs its steps on it and
+scatters the rows back once at the end. A step then never touches the N-row
+embedding tables, whose copy XLA would otherwise make every step of the loop
+(results/performance.md, "Scaling"): the cost of a step does not grow with the
+zoo. The arithmetic is the same as updating the full tables in place.
+
 Sharding: given a mesh (sharding.make_mesh, axis "models"), the zoo arrays and
 the embeddings emb_s / emb_q are split across devices along their model axis
 inside the compiled chunk, each padded to a multiple of the device count by
@@ -67,6 +75,25 @@ def place_state(state, mesh):
   return state if mesh is None else sharding_lib.put_replicated(state, mesh)
 
 
+def _working_rows(idx, n):
+  """The distinct rows of `idx` and, for each entry, its slot among them.
+
+  Static shape: the rows are padded with `n` (past the last real row), which
+  gathers are clipped on and scatters drop, so padding slots are never used.
+  """
+  flat = idx.reshape(-1)
+  rows, slots = jnp.unique(flat, size=flat.size, fill_value=n, return_inverse=True)
+  return rows, slots.reshape(idx.shape)
+
+
+def _gather_rows(table, rows):
+  return jnp.take(table, rows, axis=0, mode="clip")
+
+
+def _scatter_rows(table, rows, values):
+  return table.at[rows].set(values, mode="drop")
+
+
 def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
                        meta_batch_size: int, mesh=None):
   """Returns jitted `chunk(state, zoo_s, zoo_q, key, length) -> (state, metrics)`.
@@ -80,16 +107,28 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
     n_s, n_q = num_models(zoo_s), num_models(zoo_q)
     zoo_s = sharding_lib.shard_rows(zoo_s, mesh)
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
+    state = _shard_state(state, mesh)
 
-    def body(st, _):
-      k_s, k_q = jax.random.split(jax.random.fold_in(key, st.step))
+    def draw(t):
+      k_s, k_q = jax.random.split(jax.random.fold_in(key, t))
       # Real rows only: the padding of the sharded arrays is never drawn.
-      s_idx = jax.random.randint(k_s, (meta_batch_size,), 0, n_s)
-      q_idx = jax.random.randint(k_q, (meta_batch_size,), 0, n_q)
-      return bilevel.bilevel_step(st, _take(zoo_s, s_idx), s_idx,
-                                  _take(zoo_q, q_idx), q_idx, hp, optimizer)
+      return (jax.random.randint(k_s, (meta_batch_size,), 0, n_s),
+              jax.random.randint(k_q, (meta_batch_size,), 0, n_q))
 
-    state, metrics = jax.lax.scan(body, _shard_state(state, mesh), None, length=length)
+    s_all, q_all = jax.vmap(draw)(state.step + jnp.arange(length))
+    rows_s, slots_s = _working_rows(s_all, n_s)
+    rows_q, slots_q = _working_rows(q_all, n_q)
+
+    def body(st, xs):
+      s_idx, q_idx, s_slot, q_slot = xs
+      return bilevel.bilevel_step(st, _take(zoo_s, s_idx), s_slot,
+                                  _take(zoo_q, q_idx), q_slot, hp, optimizer)
+
+    work = state._replace(emb_s=_gather_rows(state.emb_s, rows_s),
+                          emb_q=_gather_rows(state.emb_q, rows_q))
+    work, metrics = jax.lax.scan(body, work, (s_all, q_all, slots_s, slots_q))
+    state = work._replace(emb_s=_scatter_rows(state.emb_s, rows_s, work.emb_s),
+                          emb_q=_scatter_rows(state.emb_q, rows_q, work.emb_q))
     return _unshard_state(state, n_s, n_q, mesh), metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
@@ -107,16 +146,32 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
 
   def chunk(state, arriving, zoo_q, key):
     n_s, n_q = state.emb_s.shape[0], num_models(zoo_q)
+    length = num_models(arriving)
+    if length > n_s:
+      raise ValueError(f"{length} models arrive in one chunk but the state has embeddings "
+                       f"for only {n_s} meta-training models")
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
+    state = _shard_state(state, mesh)
 
-    def body(st, theta_t):
-      q_idx = jax.random.randint(jax.random.fold_in(key, st.step),
-                                 (meta_batch_size,), 0, n_q)
+    steps = state.step + jnp.arange(length)
+    q_all = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
+                                                  (meta_batch_size,), 0, n_q))(steps)
+    rows_q, slots_q = _working_rows(q_all, n_q)
+
+    def body(st, xs):
+      theta_t, q_idx, q_slot, s_slot = xs
       theta_s = jax.tree.map(lambda x: x[None], theta_t)
-      return bilevel.bilevel_step(st, theta_s, st.step[None], _take(zoo_q, q_idx),
-                                  q_idx, hp, optimizer)
+      return bilevel.bilevel_step(st, theta_s, s_slot[None], _take(zoo_q, q_idx),
+                                  q_slot, hp, optimizer)
 
-    state, metrics = jax.lax.scan(body, _shard_state(state, mesh), arriving)
+    # The arrivals of this chunk own the embedding rows [step, step + length).
+    rows_s = steps
+    work = state._replace(emb_s=_gather_rows(state.emb_s, rows_s),
+                          emb_q=_gather_rows(state.emb_q, rows_q))
+    work, metrics = jax.lax.scan(body, work, (arriving, q_all, slots_q, jnp.arange(length)))
+    state = work._replace(
+        emb_s=_scatter_rows(state.emb_s, rows_s, work.emb_s),
+        emb_q=_scatter_rows(state.emb_q, rows_q, work.emb_q))
     return _unshard_state(state, n_s, n_q, mesh), metrics
 
   return jax.jit(chunk, donate_argnums=0)

@@ -131,21 +131,21 @@ def test_fusion_chunks_sharded_equal_one_device_and_split_the_embeddings(monkeyp
                                                            arriving, zoo_q, key)
   _close(got, ref)
 
-  # Inside the compiled step, the embeddings and the zoo are split across the 4 devices.
+  # Inside the compiled chunk, the embedding tables are split across the 4 devices when
+  # the chunk gathers its working rows from them (fusion.py, "Working set").
   layouts = []
-  real_step = bilevel.bilevel_step
+  real_gather = fusion._gather_rows  # pylint: disable=protected-access
 
-  def spy(st, theta_s, s_idx, theta_q, q_idx, *rest):
-    for name, x in (("emb_s", st.emb_s), ("emb_q", st.emb_q)):
-      jax.debug.inspect_array_sharding(
-          x, callback=lambda s, name=name, shape=x.shape: layouts.append(
-              (name, shape, s.num_devices, s.shard_shape(shape))))
-    return real_step(st, theta_s, s_idx, theta_q, q_idx, *rest)
+  def spy(table, rows):
+    jax.debug.inspect_array_sharding(
+        table, callback=lambda s, shape=table.shape: layouts.append(
+            (shape, s.num_devices, s.shard_shape(shape))))
+    return real_gather(table, rows)
 
-  monkeypatch.setattr(bilevel, "bilevel_step", spy)
+  monkeypatch.setattr(fusion, "_gather_rows", spy)
   fusion.make_offline_chunk(hp, opt, 1, mesh=mesh)(state, zoo_s, zoo_q, key, length=1)
-  assert ("emb_s", (8, 3), D, (2, 3)) in layouts
-  assert ("emb_q", (8, 3), D, (2, 3)) in layouts
+  # emb_s (6 rows) and emb_q (5 rows), each padded to 8 and split 2 rows per device.
+  assert layouts == [((8, 3), D, (2, 3)), ((8, 3), D, (2, 3))]
 
 
 def test_meta_test_sharded_over_four_devices_equals_one_device():
