@@ -114,6 +114,7 @@ def test_realigning_to_the_average_keeps_the_answer():
 
 
 def _ctx(zoo, **overrides):
+  """A method context over `zoo`: Q = model 0, S = the rest; metrics recorded."""
   config = helpers.smoke_config(**overrides)
   n = jax.tree.leaves(zoo)[0].shape[0]
   return methods.MethodContext(config=config, benchmark=None, zoo=zoo,

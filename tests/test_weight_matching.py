@@ -10,7 +10,7 @@ from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import ot_fusion
 from dfl2l_jax.methods import weight_matching as wm
 from tests import helpers
-from tests.test_ot_fusion import Recorder, permuted_copies, toy_problem
+from tests.test_ot_fusion import _ctx, permuted_copies, toy_problem
 from tests.test_permutations import conv_case, forward, max_diff, mlp_case
 
 
@@ -77,14 +77,6 @@ def test_realigning_to_the_average_keeps_the_answer():
   fused, _ = wm.wm_fuse(spec, zoo, 2, 20, jax.random.key(0), rounds=2)
   f = forward(net, x)
   np.testing.assert_allclose(f(fused), f(params), atol=1e-4, rtol=1e-4)
-
-
-def _ctx(zoo, **overrides):
-  config = helpers.smoke_config(**overrides)
-  n = jax.tree.leaves(zoo)[0].shape[0]
-  return methods.MethodContext(config=config, benchmark=None, zoo=zoo,
-                               s_idx=np.arange(1, n), q_idx=np.array([0]),
-                               key=jax.random.key(0), writer=Recorder())
 
 
 def test_make_init_fuses_the_zoo_and_logs():
