@@ -28,6 +28,7 @@ setup(
         "ml-collections>=1.1",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "scipy>=1.13",                # linear assignment (ota, weight_matching)
     ],
     package_data={"dfl2l_jax.data": ["*.json"]},
     extras_require={
