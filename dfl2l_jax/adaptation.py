@@ -43,15 +43,19 @@ def adapt(params, support, loss_fn, steps, lr):
   return params
 
 
+def _task_metric(theta_init, ep, *, data, lr, loss_fn, metric_fn, gather_fn, steps):
+  """Algorithm 3 for one episode: adapt on its support set, score its query set."""
+  support, query = gather_fn(ep, data)
+  adapted = adapt(theta_init, support, loss_fn, steps, lr)
+  return metric_fn(adapted, query, support)
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
                                              "batch_size"))
 def _meta_test(theta_init, episodes, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
                batch_size):
-  def one_task(ep):
-    support, query = gather_fn(ep, data)
-    adapted = adapt(theta_init, support, loss_fn, steps, lr)
-    return metric_fn(adapted, query, support)
-
+  one_task = functools.partial(_task_metric, theta_init, data=data, lr=lr, loss_fn=loss_fn,
+                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps)
   return jax.lax.map(one_task, episodes, batch_size=batch_size)
 
 
@@ -60,11 +64,8 @@ def _meta_test(theta_init, episodes, data, lr, *, loss_fn, metric_fn, gather_fn,
 def _meta_test_sharded(theta_init, batches, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
                        n_tasks):
   """batches: episodes laid out (n_batches, global batch, ...), axis 1 sharded."""
-  def one_task(ep):
-    support, query = gather_fn(ep, data)
-    adapted = adapt(theta_init, support, loss_fn, steps, lr)
-    return metric_fn(adapted, query, support)
-
+  one_task = functools.partial(_task_metric, theta_init, data=data, lr=lr, loss_fn=loss_fn,
+                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps)
   per_task = jax.lax.map(jax.vmap(one_task), batches)
   return per_task.reshape(-1)[:n_tasks]
 

@@ -105,10 +105,8 @@ def run(config, workdir, setting="offline", hooks=None):
     The results dict also written to workdir/results.json.
   """
   t0 = time.perf_counter()
-  sharding.initialize_distributed(config)  # before anything touches the devices.
-  config_lib.validate(config)
   chosen = methods_lib.resolve(config.methods, setting)
-  benchmark = prepare(config, workdir, chosen)
+  benchmark = prepare(config, workdir, chosen)  # starts jax.distributed, validates.
   results_lib.clear(workdir)
   writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)

@@ -66,18 +66,23 @@ def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
       ckpt.close()
 
 
+def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
+  """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
+  optimizer = make_optimizer(fc)
+  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  chunk = make_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
+  zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
+  key = jax.random.fold_in(ctx.key, 1)
+  return _run(ctx, fc, name, setting, optimizer,
+              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
+              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
+
+
 def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
                    name: str = "dfl2l"):
   """Algorithm 1: E_N epochs of N steps. Returns the final FusionState."""
-  fc = fc or ctx.config.fusion
-  optimizer = make_optimizer(fc)
-  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
-  chunk = fusion.make_offline_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
-  zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
-  key = jax.random.fold_in(ctx.key, 1)
-  return _run(ctx, fc, name, "offline", optimizer,
-              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
+  return _whole_zoo_fusion(ctx, fc or ctx.config.fusion, name, "offline",
+                           fusion.make_offline_chunk)
 
 
 def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -108,15 +113,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
 def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
                name: str = "dfl2l_mle"):
   """Eq. (1) alone: the likelihood fit of all N models, no bi-level, no DRO."""
-  fc = fc or ctx.config.fusion
-  optimizer = make_optimizer(fc)
-  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
-  chunk = fusion.make_mle_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
-  zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
-  key = jax.random.fold_in(ctx.key, 1)
-  return _run(ctx, fc, name, "mle", optimizer,
-              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
+  return _whole_zoo_fusion(ctx, fc or ctx.config.fusion, name, "mle", fusion.make_mle_chunk)
 
 
 def _no_dro(ctx):
