@@ -43,6 +43,7 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step, tree):
+    tree = _host_local_to_numpy(tree)
     self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
     self._manager.wait_until_finished()
 
@@ -68,6 +69,25 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _host_local_to_numpy(tree):
+  """With several processes, arrays that live on one process only become numpy.
+
+  Orbax refuses to save a host-local jax.Array in a multi-process job (it cannot
+  tell which process's copy is the value). Such arrays here (an initialisation
+  computed on one device, a step counter) hold the same value on every process,
+  and orbax writes a numpy array once, from the primary process. Global arrays
+  (spanning several processes' devices) are left to orbax, which writes each
+  process's shards.
+  """
+  if jax.process_count() == 1:
+    return tree
+  def convert(x):
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+      return np.asarray(x)
+    return x
+  return jax.tree.map(convert, tree)
 
 
 def _check_like(restored, template, where):

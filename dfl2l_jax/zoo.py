@@ -54,7 +54,10 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
   before checkpoints, losses and the returned zoo, so they hold exactly the N
   real models, equal to training without sharding. The returned zoo keeps the
   model sharding when N is a multiple of the device count and is replicated
-  over the mesh otherwise (JAX rejects uneven shardings).
+  over the mesh otherwise (JAX rejects uneven shardings). With several processes
+  it is gathered into numpy on every process (`sharding.to_host`): the methods
+  that follow index and align models on the host, and whatever they shard they
+  place again, each process copying only its own devices' rows.
   """
   zc = config.zoo
   n = zc.num_models
@@ -102,6 +105,8 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
       ckpt.close()
   params = real_state(state).params
   check_finite(params)
+  if jax.process_count() > 1:
+    params = sharding_lib.to_host(params)
   return params
 
 

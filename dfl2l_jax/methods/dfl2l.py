@@ -98,7 +98,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   optimizer = make_optimizer(fc)
   mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
   chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
-  zoo_q = jax.device_put(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)))
+  zoo_q = sharding.put_replicated(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
 
