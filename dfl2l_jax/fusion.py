@@ -195,20 +195,27 @@ def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransform
     emb = sharding_lib.shard_rows(jnp.concatenate([state.emb_s, state.emb_q]), mesh)
     phi = sharding_lib.constrain(state.phi, mesh, P())
 
-    def body(carry, _):
-      phi, emb, opt_state, step = carry
-      # Real rows only: the padding of the sharded arrays is never drawn.
-      idx = jax.random.randint(jax.random.fold_in(key, step), (meta_batch_size,), 0, n)
+    # Real rows only: the padding of the sharded arrays is never drawn.
+    steps = state.step + jnp.arange(length)
+    idx_all = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
+                                                    (meta_batch_size,), 0, n))(steps)
+    rows, slots_all = _working_rows(idx_all, n)
+
+    def body(carry, xs):
+      phi, work, opt_state, step = carry
+      idx, slots = xs
       ll, (g_phi, g_e) = jax.value_and_grad(bilevel.sum_log_likelihood, argnums=(0, 1))(
-          phi, emb[idx], _take(zoo, idx), hp.sigma)
+          phi, work[slots], _take(zoo, idx), hp.sigma)
       neg = jax.tree.map(lambda g: -g / meta_batch_size, g_phi)
       updates, opt_state = optimizer.update(neg, opt_state, phi)
-      emb = emb.at[idx].add(hp.embed_lr * g_e)
-      return ((optax.apply_updates(phi, updates), emb, opt_state, step + 1),
+      work = work.at[slots].add(hp.embed_lr * g_e)
+      return ((optax.apply_updates(phi, updates), work, opt_state, step + 1),
               {"train_loglik": ll / meta_batch_size})
 
-    (phi, emb, opt_state, step), metrics = jax.lax.scan(
-        body, (phi, emb, state.opt_state, state.step), None, length=length)
+    (phi, work, opt_state, step), metrics = jax.lax.scan(
+        body, (phi, _gather_rows(emb, rows), state.opt_state, state.step),
+        (idx_all, slots_all))
+    emb = _scatter_rows(emb, rows, work)
     new = bilevel.FusionState(phi=phi, emb_s=emb[:n_s], emb_q=emb[n_s:n],
                               opt_state=opt_state, step=step)
     return sharding_lib.constrain(new, mesh, P()), metrics

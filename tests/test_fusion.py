@@ -97,3 +97,29 @@ def test_mle_fit_increases_the_likelihood_of_every_split():
   assert after_s > before_s + 0.5 * abs(before_s)
   assert _val_loglik(state, zoo_q, 1.0) > before_q + 0.5 * abs(before_q)
   assert state.emb_s.shape == (N_S, D) and state.emb_q.shape == (N_Q, D)
+
+
+def test_mle_chunk_equals_full_table_steps():
+  """The working-set chunk (fusion.py) against Eq. (1)'s steps on the full tables."""
+  state, zoo_s, zoo_q, _ = _setup()
+  opt = optax.adam(0.01)
+  state = bilevel.init_state(jax.random.key(2), helpers.tiny_template(), N_S, N_Q, D, opt,
+                             w_scale=0.1)
+  key, mb, n = jax.random.key(7), 3, N_S + N_Q
+  chunk = fusion.make_mle_chunk(HP, opt, meta_batch_size=mb)
+  got, metrics = chunk(jax.tree.map(jnp.copy, state), zoo_s, zoo_q, key, length=6)
+  zoo = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), zoo_s, zoo_q)
+  phi, emb, opt_state = state.phi, jnp.concatenate([state.emb_s, state.emb_q]), state.opt_state
+  for t in range(6):
+    idx = jax.random.randint(jax.random.fold_in(key, t), (mb,), 0, n)
+    ll, (g_phi, g_e) = jax.value_and_grad(bilevel.sum_log_likelihood, argnums=(0, 1))(
+        phi, emb[idx], jax.tree.map(lambda x: x[idx], zoo), HP.sigma)
+    updates, opt_state = opt.update(jax.tree.map(lambda g: -g / mb, g_phi), opt_state, phi)
+    phi = optax.apply_updates(phi, updates)
+    emb = emb.at[idx].add(HP.embed_lr * g_e)  # a model drawn twice gets both updates.
+    np.testing.assert_allclose(metrics["train_loglik"][t], ll / mb, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got.phi), jax.tree.leaves(phi)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.emb_s, emb[:N_S], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.emb_q, emb[N_S:], rtol=1e-5, atol=1e-6)
+  assert int(got.step) == 6
