@@ -4,8 +4,12 @@ r"""Aggregates results.json of several seeds into one markdown table.
       workdirs/sinusoid/seed1 workdirs/sinusoid/seed2 ...
 
 For each (method, shots): the mean over seeds of the per-seed task means, with
-a 95% interval over seeds (1.96 * std / sqrt(n_seeds)), and the pooled median
-over all tasks of all seeds. Also prints the zoo quality and wall times.
+a 95% interval over seeds (Student t with n_seeds - 1 degrees of freedom), and
+the pooled median over all tasks of all seeds. Paired differences to a baseline
+are given two ways: over all tasks pooled (per-task differences; tasks of one
+seed share a zoo, so this interval ignores seed-to-seed variation) and over
+seeds (each seed's mean difference, t interval). Also prints the zoo quality
+and wall times.
 """
 
 import argparse
@@ -13,8 +17,14 @@ import collections
 import json
 import math
 import os
+import sys
 
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from dfl2l_jax import results as results_lib  # noqa: E402
 
 
 def load(paths):
@@ -53,23 +63,31 @@ def load(paths):
 
 
 def paired(runs, baseline):
-  """Per-task differences (method - baseline) pooled over seeds: mean and 95% CI."""
+  """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds."""
   diffs = collections.defaultdict(list)
+  seed_diffs = collections.defaultdict(list)
   for r in runs:
     rows = {(row["method"], row["shots"]): np.asarray(row["per_task"]) for row in r["rows"]
             if not row.get("na")}
     for (method, shots), v in rows.items():
       if method != baseline and (baseline, shots) in rows:
-        diffs[(method, shots)].extend(v - rows[(baseline, shots)])
+        d = v - rows[(baseline, shots)]
+        diffs[(method, shots)].extend(d)
+        seed_diffs[(method, shots)].append(d.mean())
   better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
-  lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | 95% CI | "
-           f"tasks where method is {better} (ties excluded) |", "|---|---|---|---|---|"]
+  lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | "
+           f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
+           f"tasks where method is {better} (ties excluded) |",
+           "|---|---|---|---|---|---|---|"]
   for (method, shots), d in sorted(diffs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     d = np.asarray(d)
     ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    per_seed = seed_diffs[(method, shots)]
+    seed_ci = results_lib.t_interval95(per_seed)
     wins = (d > 0) if better == "higher" else (d < 0)
     lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | "
-                 f"{wins.sum()} of {(d != 0).sum()} |")
+                 f"{'n/a (1 seed)' if len(per_seed) < 2 else f'{seed_ci:.3f}'} | "
+                 f"{len(per_seed)} | {wins.sum()} of {(d != 0).sum()} |")
   return "\n".join(lines) + "\n"
 
 
@@ -97,7 +115,7 @@ def table(runs):
       lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a | n/a | 0 |")
       continue
     v = np.asarray(by_key[key])
-    ci = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    ci = results_lib.t_interval95(v)
     lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | "
                  f"{np.median(pooled[key]):.3f} | {len(v)} |")
   q = [r["zoo_quality"]["mean"] for r in runs]

@@ -34,6 +34,7 @@ from dfl2l_jax import loops  # noqa: E402
 from dfl2l_jax import methods as methods_lib  # noqa: E402
 from dfl2l_jax import metrics  # noqa: E402
 from dfl2l_jax import pipeline  # noqa: E402
+from dfl2l_jax import results as results_lib  # noqa: E402
 from dfl2l_jax import zoo as zoo_lib  # noqa: E402
 from dfl2l_jax.errors import Dfl2lError  # noqa: E402
 from dfl2l_jax.methods import dfl2l  # noqa: E402
@@ -133,7 +134,7 @@ def summarise(done, seeds, gammas, ks, dro_lr, shots, metric):
           lines.append(f"| {gamma:g} | {k} | {s} | diverged ({diverged} seeds) | | | | 0 |")
           continue
         m = np.asarray(means)
-        ci = 1.96 * m.std(ddof=1) / math.sqrt(m.size) if m.size > 1 else float("nan")
+        ci = results_lib.t_interval95(m)
         d = np.asarray(diffs)
         dci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
         note = f" ({diverged} diverged)" if diverged else ""
