@@ -1,10 +1,12 @@
 #!/bin/bash
-# One device call: the meta-test, fusion and scaling benchmarks on one GPU, each
-# bounded by `timeout` so the whole call ends in about four minutes.
+# One device call: the ensemble step beside the PyTorch yardsticks, the meta-test,
+# fusion and scaling benchmarks on one GPU, each bounded by `timeout` so the whole
+# call ends in about six minutes. At most 7 files land in OUTDIR (a device call
+# returns 8): one .jsonl per benchmark, device.txt, and stderr.log for all of them.
 #   bash benchmarks/gpu_session.sh OUTDIR          (GPU sizes)
 #   SMALL=1 bash benchmarks/gpu_session.sh OUTDIR  (seconds-long check on a CPU)
-# The ensemble-step comparison with the PyTorch yardsticks is
-# benchmarks/ensemble_vs_torch.py (see results/performance.md).
+# The yardsticks (../shared/bench) do not travel to the device: copy them into the
+# ignored folder .yardsticks/ and carry it; without it the ensemble run is skipped.
 set -u
 OUT=${1:?usage: gpu_session.sh OUTDIR}
 mkdir -p "$OUT"
@@ -12,19 +14,25 @@ B=benchmarks
 export PYTHONUNBUFFERED=1
 if [ -n "${SMALL:-}" ]; then
   M="--small"; MT="--tasks 8 --steps 5"; HW32="--hw 32 --batch-sizes 4,8"; HW84="--hw 32 --batch-sizes 8"
-  FU="--small"; SC="--small"; TT="--torch-tasks 2 --torch-vmap-batch 2"
+  FU="--small"; SC="--small"; TT="--torch-tasks 2 --torch-vmap-batch 2"; EN="--small"
 else
   M=""; MT="--tasks 600 --steps 100"; HW32="--hw 32 --batch-sizes 100,600"; HW84="--hw 84 --batch-sizes 100,300"
   FU="--models 1000 --steps 2000 --conv-hw 84"; SC="--sinusoid 100,1000,10000 --conv4 100,1000 --conv-hw 84"
-  TT="--torch-tasks 30 --torch-vmap-batch 30"
+  TT="--torch-tasks 30 --torch-vmap-batch 30"; EN="--rounds 2"
 fi
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) > "$OUT/device.txt" 2>&1
 run() {  # name seconds command...
   local name=$1 secs=$2; shift 2
   echo "== $name ($(date -u +%T))"
-  timeout "$secs" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.err"
+  echo "== $name" >> "$OUT/stderr.log"
+  timeout "$secs" "$@" > "$OUT/$name.jsonl" 2>> "$OUT/stderr.log"
   echo "   rc=$? ($(date -u +%T))"; tail -n 3 "$OUT/$name.jsonl"
 }
+if [ -d .yardsticks ]; then
+  run ensemble 150 python $B/ensemble_vs_torch.py $EN --bench-dir .yardsticks
+else
+  echo "== ensemble skipped: no .yardsticks/ (copy ../shared/bench's scripts there)"
+fi
 run metatest32 70 python $B/metatest_throughput.py $MT $HW32 --repeats 1 --torch $TT
 run metatest84 80 python $B/metatest_throughput.py $MT $HW84 --repeats 1 --torch $TT
 run fusion 35 python $B/fusion_throughput.py $FU --repeats 1
