@@ -86,6 +86,12 @@ def _working_rows(idx, n):
   return rows, slots.reshape(idx.shape)
 
 
+def _draw_rows(key, steps, meta_batch_size, n):
+  """(len(steps), meta_batch_size) model indices in [0, n): step t's from fold_in(key, t)."""
+  return jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
+                                               (meta_batch_size,), 0, n))(steps)
+
+
 def _gather_rows(table, rows):
   return jnp.take(table, rows, axis=0, mode="clip")
 
@@ -154,8 +160,7 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
     state = _shard_state(state, mesh)
 
     steps = state.step + jnp.arange(length)
-    q_all = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
-                                                  (meta_batch_size,), 0, n_q))(steps)
+    q_all = _draw_rows(key, steps, meta_batch_size, n_q)
     rows_q, slots_q = _working_rows(q_all, n_q)
 
     def body(st, xs):
@@ -197,8 +202,7 @@ def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransform
 
     # Real rows only: the padding of the sharded arrays is never drawn.
     steps = state.step + jnp.arange(length)
-    idx_all = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
-                                                    (meta_batch_size,), 0, n))(steps)
+    idx_all = _draw_rows(key, steps, meta_batch_size, n)
     rows, slots_all = _working_rows(idx_all, n)
 
     def body(carry, xs):
