@@ -1,0 +1,84 @@
+#!/bin/bash
+# Runs one seed of an image table of results/ (Tables 2 and 3) at the reduced scale those pages
+# document, one method per invocation so that a killed run keeps every finished method.
+#
+#   bash scripts/image_tables.sh SETTING SEED [METHOD ...]
+#
+# SETTING: cf5 | cf10 (CIFAR-FS protocol on Mini-ImageNet@32, the `proxy` config variant) or
+# mi5 | mi10 (Mini-ImageNet at 84x84). METHODs default to all fourteen. Each method's
+# results.json is kept as WORKDIR/results_METHOD.json; a method whose file exists is skipped,
+# so rerunning the same command continues where a killed run stopped (the zoo and each method's
+# meta-training resume from their checkpoints). Then, over every seed of the setting:
+#
+#   python scripts/aggregate_seeds.py --baseline va WORKROOT/SETTING_seed*/results_*.json
+#
+# Environment: DATA (the Mini-ImageNet folder, default ../shared/data/mini-imagenet), TFDS_DIR
+# (prepared tfds data, default /tmp/tfds_data), WORKROOT (default workdirs/img), WORKDIR (this
+# seed's run directory, default WORKROOT/SETTING_seedSEED), EXTRA (more flags, e.g. a smoke
+# check: EXTRA="--config.zoo.steps=20 --config.metatest.num_tasks=4").
+set -euo pipefail
+
+if [[ $# -lt 2 ]]; then
+  sed -n '2,18p' "$0" >&2
+  exit 2
+fi
+SETTING=$1
+SEED=$2
+shift 2
+if ! [[ $SEED =~ ^[0-9]+$ ]]; then
+  echo "error: SEED must be a non-negative integer, got '$SEED'" >&2
+  exit 2
+fi
+ALL="va dfl2l dfl2l_online maml oml finetune mfgp task_arithmetic ties fomaml ota weight_matching dfl2l_no_dro dfl2l_mle"
+METHODS=${*:-$ALL}
+
+DATA=${DATA:-../shared/data/mini-imagenet}
+TFDS_DIR=${TFDS_DIR:-/tmp/tfds_data}
+WORKROOT=${WORKROOT:-workdirs/img}
+WORKDIR=${WORKDIR:-$WORKROOT/${SETTING}_seed$SEED}
+
+# The reduced scales of results/cifarfs_proxy.md and results/miniimagenet.md (CPU budget).
+MAML="--config.maml.meta_steps=200 --config.maml.chunk_steps=50 --config.oml.steps_per_arrival=3"
+case $SETTING in
+  cf5)  FLAGS="--config=configs/cifarfs_5way.py:proxy --config.zoo.steps=300 --config.zoo.batch_size=32
+               --config.metatest.num_tasks=100 --config.metatest.steps=30 --config.metatest.batch_size=25" ;;
+  cf10) FLAGS="--config=configs/cifarfs_10way.py:proxy --config.zoo.num_models=50 --config.zoo.steps=200
+               --config.zoo.batch_size=32 --config.metatest.num_tasks=50 --config.metatest.steps=30
+               --config.metatest.batch_size=1" ;;
+  mi5)  FLAGS="--config=configs/miniimagenet_5way.py --config.zoo.num_models=40 --config.zoo.steps=250
+               --config.zoo.batch_size=16 --config.zoo.chunk_steps=50 --config.metatest.num_tasks=40
+               --config.metatest.steps=15 --config.metatest.batch_size=1" ;;
+  mi10) FLAGS="--config=configs/miniimagenet_10way.py --config.zoo.num_models=30 --config.zoo.steps=200
+               --config.zoo.batch_size=16 --config.zoo.chunk_steps=50 --config.metatest.num_tasks=25
+               --config.metatest.steps=10 --config.metatest.batch_size=1" ;;
+  *) echo "error: unknown SETTING '$SETTING' (cf5, cf10, mi5 or mi10)" >&2; exit 2 ;;
+esac
+for m in $METHODS; do
+  case " $ALL " in *" $m "*) ;; *) echo "error: unknown method '$m' (known: $ALL)" >&2; exit 2 ;; esac
+done
+if [[ ! -d $DATA ]]; then
+  echo "error: DATA=$DATA is not a folder (point it at the Mini-ImageNet download)" >&2
+  exit 2
+fi
+
+mkdir -p "$WORKDIR"
+for m in $METHODS; do
+  if [[ -f $WORKDIR/results_$m.json ]]; then
+    echo "$SETTING seed $SEED $m: done before ($WORKDIR/results_$m.json)"
+    continue
+  fi
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  if python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED" \
+       --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR" \
+       --workdir="$WORKDIR" --config.methods="$m" > "$WORKDIR/$m.log" 2>&1; then
+    cp "$WORKDIR/results.json" "$WORKDIR/results_$m.json.tmp"
+    mv "$WORKDIR/results_$m.json.tmp" "$WORKDIR/results_$m.json"
+    echo "$SETTING seed $SEED $m: $(( $(date +%s) - start )) s"
+  else
+    echo "error: $SETTING seed $SEED $m failed after $(( $(date +%s) - start )) s;" \
+         "the last lines of $WORKDIR/$m.log:" >&2
+    tail -5 "$WORKDIR/$m.log" >&2
+    exit 1
+  fi
+done
