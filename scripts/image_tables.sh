@@ -15,11 +15,12 @@
 # Environment: DATA (the Mini-ImageNet folder, default ../shared/data/mini-imagenet), TFDS_DIR
 # (prepared tfds data, default /tmp/tfds_data), WORKROOT (default workdirs/img), WORKDIR (this
 # seed's run directory, default WORKROOT/SETTING_seedSEED), EXTRA (more flags, e.g. a smoke
-# check: EXTRA="--config.zoo.steps=20 --config.metatest.num_tasks=4").
+# check: EXTRA="--config.zoo.steps=20 --config.metatest.num_tasks=4"), DRY_RUN=1 (print each
+# method's command and run nothing).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,18p' "$0" >&2
+  sed -n '2,19p' "$0" >&2
   exit 2
 fi
 SETTING=$1
@@ -56,6 +57,15 @@ esac
 for m in $METHODS; do
   case " $ALL " in *" $m "*) ;; *) echo "error: unknown method '$m' (known: $ALL)" >&2; exit 2 ;; esac
 done
+if [[ -n ${DRY_RUN:-} ]]; then
+  for m in $METHODS; do
+    # shellcheck disable=SC2086
+    echo python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED" \
+      --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR" \
+      --workdir="$WORKDIR" --config.methods="$m"
+  done
+  exit 0
+fi
 if [[ ! -d $DATA ]]; then
   echo "error: DATA=$DATA is not a folder (point it at the Mini-ImageNet download)" >&2
   exit 2

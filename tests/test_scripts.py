@@ -1,0 +1,62 @@
+"""scripts/image_tables.sh: its flags must name real config fields (no data needed)."""
+
+import importlib
+import os
+import shlex
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "image_tables.sh")
+
+
+def _dry_run(*args, env=None):
+  return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "DRY_RUN": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("setting", ["cf5", "cf10", "mi5", "mi10"])
+def test_image_tables_overrides_name_config_fields(setting):
+  out = _dry_run(setting, "3", "va", "maml")
+  assert out.returncode == 0, out.stderr
+  commands = out.stdout.strip().splitlines()
+  assert len(commands) == 2
+  argv = shlex.split(commands[1])
+  assert argv[:3] == ["python", "-m", "launch.offline"]
+  flags = dict(a[2:].split("=", 1) for a in argv[3:])
+  module, _, variant = flags.pop("config").partition(":")
+  config = importlib.import_module(module[:-3].replace("/", ".")).get_config(variant)
+  for name, value in flags.items():
+    if not name.startswith("config."):
+      continue
+    node = config
+    *parents, leaf = name.split(".")[1:]
+    for p in parents:
+      node = node[p]
+    assert leaf in node, f"{setting}: --{name} is not a config field"
+    old = node[leaf]
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+      type(old)(value)  # raises on a value of the wrong type
+  assert flags["config.seed"] == "3" and flags["config.methods"] == "maml"
+  assert flags["workdir"].endswith(f"{setting}_seed3")
+  if setting.startswith("cf"):
+    assert variant == "proxy"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("cf7", "1"), "unknown SETTING"),
+    (("cf5", "one"), "SEED must be"),
+    (("mi5", "1", "vaa"), "unknown method"),
+])
+def test_image_tables_rejects_bad_arguments(args, message):
+  out = _dry_run(*args)
+  assert out.returncode == 2 and message in out.stderr
+
+
+def test_image_tables_refuses_a_missing_data_folder(tmp_path):
+  out = subprocess.run(["bash", SCRIPT, "cf5", "1", "va"], cwd=REPO, capture_output=True,
+                       text=True, env={**os.environ, "DATA": str(tmp_path / "nope"),
+                                       "WORKROOT": str(tmp_path / "w")})
+  assert out.returncode == 2 and "is not a folder" in out.stderr
+  assert not (tmp_path / "w").exists()
