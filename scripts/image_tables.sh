@@ -57,12 +57,17 @@ esac
 for m in $METHODS; do
   case " $ALL " in *" $m "*) ;; *) echo "error: unknown method '$m' (known: $ALL)" >&2; exit 2 ;; esac
 done
+# The command of one method, into the array CMD.
+command_for() {
+  # shellcheck disable=SC2086
+  CMD=(python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED"
+       --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR"
+       --workdir="$WORKDIR" --config.methods="$1")
+}
 if [[ -n ${DRY_RUN:-} ]]; then
   for m in $METHODS; do
-    # shellcheck disable=SC2086
-    echo python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED" \
-      --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR" \
-      --workdir="$WORKDIR" --config.methods="$m"
+    command_for "$m"
+    echo "${CMD[@]}"
   done
   exit 0
 fi
@@ -78,10 +83,8 @@ for m in $METHODS; do
     continue
   fi
   start=$(date +%s)
-  # shellcheck disable=SC2086
-  if python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED" \
-       --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR" \
-       --workdir="$WORKDIR" --config.methods="$m" > "$WORKDIR/$m.log" 2>&1; then
+  command_for "$m"
+  if "${CMD[@]}" > "$WORKDIR/$m.log" 2>&1; then
     cp "$WORKDIR/results.json" "$WORKDIR/results_$m.json.tmp"
     mv "$WORKDIR/results_$m.json.tmp" "$WORKDIR/results_$m.json"
     echo "$SETTING seed $SEED $m: $(( $(date +%s) - start )) s"

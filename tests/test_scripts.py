@@ -11,9 +11,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "image_tables.sh")
 
 
-def _dry_run(*args, env=None):
+def _run(*args, **env):
   return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "DRY_RUN": "1", **(env or {})})
+                        env={**os.environ, **env})
+
+
+def _dry_run(*args):
+  return _run(*args, DRY_RUN="1")
 
 
 @pytest.mark.parametrize("setting", ["cf5", "cf10", "mi5", "mi10"])
@@ -55,8 +59,6 @@ def test_image_tables_rejects_bad_arguments(args, message):
 
 
 def test_image_tables_refuses_a_missing_data_folder(tmp_path):
-  out = subprocess.run(["bash", SCRIPT, "cf5", "1", "va"], cwd=REPO, capture_output=True,
-                       text=True, env={**os.environ, "DATA": str(tmp_path / "nope"),
-                                       "WORKROOT": str(tmp_path / "w")})
+  out = _run("cf5", "1", "va", DATA=str(tmp_path / "nope"), WORKROOT=str(tmp_path / "w"))
   assert out.returncode == 2 and "is not a folder" in out.stderr
   assert not (tmp_path / "w").exists()
