@@ -37,6 +37,7 @@ def make(protocol, ways, arg=None):
   c.model = ml_collections.ConfigDict()
   c.model.filters = 16                  # [paper] Conv4 with 16 filters
   c.model.conv_impl = "auto"            # xla | patches; auto: patches on CPU and GPU, xla on TPU
+  c.model.bn_impl = "flax"              # flax | fused: the same BatchNorm, hand-written backward
 
   c.zoo = ml_collections.ConfigDict()
   c.zoo.num_models = 100                # [paper]

@@ -1,12 +1,15 @@
 """Target networks whose parameters the zoo holds and the fusion model predicts."""
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "patches")
 POOL_IMPLS = ("reshape", "window")
+BN_IMPLS = ("flax", "fused")
 
 
 class MLP(nn.Module):
@@ -69,6 +72,89 @@ def max_pool_2x2(x, impl: str = "reshape"):
   return x.reshape(x.shape[:-3] + (h, 2, w, 2, c)).max(axis=(-4, -2))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+  """BatchNorm with the batch's own statistics; returns (y, mean, var).
+
+  Reduces over every axis but the last (features). The same function as flax's
+  `nn.BatchNorm` in train mode with its defaults (fast variance
+  E[x^2] - E[x]^2 clipped at 0, float32 statistics), written with a
+  hand-derived backward pass: for x_hat = (x - mean) * r, r = (var + eps)^-1/2,
+  g = dy * scale,
+
+    dx = r * (g - mean(g) - x_hat * mean(g * x_hat)),
+    dscale = sum(dy * x_hat),   dbias = sum(dy),
+
+  two reductions over the batch where autodiff of the forward pass leaves XLA
+  to find the same shape in a longer graph. Cotangents arriving at the returned
+  mean and var (the batch statistics) are propagated too, so the function is
+  exactly differentiable whatever uses its outputs. Where the clipped variance
+  is 0 the variance path has gradient 0, as in flax.
+  """
+  return _bn_forward(x, scale, bias, epsilon)[0]
+
+
+def _bn_forward(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  raw_var = (x * x).mean(axes) - mean * mean
+  var = jnp.maximum(0.0, raw_var)
+  r = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (r * scale) + bias
+  return (y, mean, var), (x, mean, r, scale, raw_var > 0)
+
+
+def _bn_fwd(x, scale, bias, epsilon):
+  return _bn_forward(x, scale, bias, epsilon)
+
+
+def _bn_bwd(epsilon, res, cotangents):
+  del epsilon
+  x, mean, r, scale, var_positive = res
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  x_hat = (x - mean) * r
+  dbias = dy.sum(axes)
+  dscale = (dy * x_hat).sum(axes)
+  # Mean over the batch of g and of g * x_hat, with g = dy * scale.
+  g_mean = dbias * scale / n
+  gx_mean = dscale * scale / n
+  # The variance path (through r, and the returned var) vanishes where var was clipped.
+  var_term = jnp.where(var_positive, gx_mean * r - 2.0 * dvar / (n * r), 0.0)
+  dx = (dy * scale - g_mean) * r - x_hat * var_term + dmean / n
+  return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+class FusedBatchNorm(nn.Module):
+  """`nn.BatchNorm(momentum=0.0)` over the last axis with `batch_norm_train`'s backward.
+
+  The same parameters (scale, bias) and "batch_stats" (mean, var) as flax's
+  module, so checkpoints and `apply_with_reference` work with either. Momentum
+  is 0 (the stored statistics are the last batch's), as everywhere in this
+  project.
+  """
+  use_running_average: bool = False
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones_init(), features)
+    bias = self.param("bias", nn.initializers.zeros_init(), features)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features)
+    if self.use_running_average:
+      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value, ra_var.value = mean, var
+    return y
+
+
 class Conv4(nn.Module):
   """The four-block CNN of few-shot learning (Finn et al. 2017), paper Section 5.3.
 
@@ -83,8 +169,10 @@ class Conv4(nn.Module):
   its trainable parameters. See docs/method.md, "BatchNorm".
 
   Implementation choices that leave the parameters and the function unchanged:
-  `conv_impl` ("xla": `nn.Conv`; "patches": `PatchConv3x3`) and `pool_impl`
-  (see `max_pool_2x2`). `bn=False` drops BatchNorm (then no BatchNorm_i
+  `conv_impl` ("xla": `nn.Conv`; "patches": `PatchConv3x3`), `pool_impl`
+  (see `max_pool_2x2`) and `bn_impl` ("flax": `nn.BatchNorm`; "fused":
+  `FusedBatchNorm`, the same function and variables with a hand-written
+  backward pass; equal up to float rounding). `bn=False` drops BatchNorm (then no BatchNorm_i
   parameters): only for like-for-like speed comparisons with BatchNorm-free
   yardsticks (benchmarks/ensemble_vs_torch.py).
   """
@@ -92,6 +180,7 @@ class Conv4(nn.Module):
   filters: int = 16
   conv_impl: str = "xla"
   pool_impl: str = "reshape"
+  bn_impl: str = "flax"
   bn: bool = True
 
   @nn.compact
@@ -103,8 +192,12 @@ class Conv4(nn.Module):
         x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"Conv_{i}")(x)
       else:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-      if self.bn:
+      if self.bn and self.bn_impl == "flax":
         x = nn.BatchNorm(use_running_average=not train, momentum=0.0, name=f"BatchNorm_{i}")(x)
+      elif self.bn and self.bn_impl == "fused":
+        x = FusedBatchNorm(use_running_average=not train, name=f"BatchNorm_{i}")(x)
+      elif self.bn:
+        raise ValueError(f"bn_impl must be one of {BN_IMPLS}, got {self.bn_impl!r}")
       x = nn.relu(x)
       x = max_pool_2x2(x, self.pool_impl)
     return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))

@@ -57,6 +57,10 @@ def test_too_many_shots_and_ways_are_rejected():
     fewshot.make_benchmark(helpers.fewshot_config(zoo__ways=9), loader)
   with pytest.raises(ConfigError, match="cannot serve"):
     fewshot.make_benchmark(helpers.fewshot_config(data__dataset="cifar_fs"), loader)
+  with pytest.raises(ConfigError, match="bn_impl"):
+    fewshot.make_benchmark(helpers.fewshot_config(model__bn_impl="cudnn"), loader)
+  assert fewshot.make_benchmark(helpers.fewshot_config(model__bn_impl="fused"),
+                                loader).model.bn_impl == "fused"
 
 
 def test_query_examples_do_not_influence_each_other(bench):

@@ -171,7 +171,11 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
   data = {"train_images": jnp.asarray(train_images), "test_images": jnp.asarray(test_images),
           "mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32)}
   conv_impl, member_loop = resolve_backend_choices(config)
-  net = models.Conv4(ways=ways, filters=config.model.filters, conv_impl=conv_impl)
+  if config.model.bn_impl not in models.BN_IMPLS:
+    raise ConfigError(f"config.model.bn_impl must be one of {models.BN_IMPLS}, "
+                      f"got {config.model.bn_impl!r}")
+  net = models.Conv4(ways=ways, filters=config.model.filters, conv_impl=conv_impl,
+                     bn_impl=config.model.bn_impl)
   batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
   n_ref = min(config.zoo.bn_reference, n_train)
 
