@@ -29,7 +29,7 @@ run() {  # name seconds command...
   echo "   rc=$? ($(date -u +%T))"; tail -n 3 "$OUT/$name.jsonl"
 }
 if [ -d .yardsticks ]; then
-  run ensemble 150 python $B/ensemble_vs_torch.py $EN --bench-dir .yardsticks
+  run ensemble 200 python $B/ensemble_vs_torch.py $EN --bench-dir .yardsticks
 else
   echo "== ensemble skipped: no .yardsticks/ (copy ../shared/bench's scripts there)"
 fi
