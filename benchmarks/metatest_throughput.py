@@ -1,7 +1,7 @@
 r"""Meta-test throughput (Algorithm 3): tasks/s of `adaptation.meta_test` on Conv4-16.
 
   python benchmarks/metatest_throughput.py [--tasks 600] [--steps 100] [--hw 32,84]
-      [--batch-sizes 10,50,150] [--torch] [--torch-tasks 60] [--small]
+      [--batch-sizes 10,50,150] [--torch] [--torch-tasks 60] [--bn-impl flax] [--small]
 
 The image setting of the paper's Tables 2-3 at its meta-test: 5-way 10-shot tasks
 with 15 query images per class, Conv4 with 16 filters, S steps of full-batch SGD
@@ -10,7 +10,8 @@ with BatchNorm statistics from the support set. Synthetic data: random uint8
 images (20 meta-test classes of 40 images), which is all throughput needs; the
 benchmark is built by `tasks.fewshot.make_benchmark`, so loss, gather and metric
 are the pipeline's own. `model.conv_impl = auto` (patches on CPU and GPU, XLA's
-convolution on TPU).
+convolution on TPU); `--bn-impl fused` uses `models.FusedBatchNorm`
+(`model.bn_impl`).
 
 For each image size and each `--batch-sizes` value (tasks vmapped together
 inside `lax.map`): one call to compile, then the best of `--repeats` calls.
@@ -56,9 +57,10 @@ def random_image_loader(size, seed=0):
   return loader
 
 
-def make_setting(size, tasks, steps):
+def make_setting(size, tasks, steps, bn_impl="flax"):
   config = fewshot_base.make("mini_imagenet", WAYS)
   with config.unlocked():
+    config.model.bn_impl = bn_impl
     config.zoo.num_models = 1
     config.metatest.num_tasks = tasks
     config.metatest.query_per_class = QUERY
@@ -72,8 +74,8 @@ def _now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def measure(size, tasks, steps, batch_sizes, repeats):
-  config, bench, theta, episodes = make_setting(size, tasks, steps)
+def measure(size, tasks, steps, batch_sizes, repeats, bn_impl="flax"):
+  config, bench, theta, episodes = make_setting(size, tasks, steps, bn_impl)
   mt = config.metatest
   rows = []
   for bs in batch_sizes:
@@ -92,6 +94,7 @@ def measure(size, tasks, steps, batch_sizes, repeats):
         "benchmark": "metatest_throughput", "impl": "dfl2l_jax", "size": size,
         "tasks": tasks, "steps": steps, "ways": WAYS, "shots": SHOTS, "query": QUERY,
         "filters": config.model.filters, "conv_impl": bench.model.conv_impl,
+        "bn_impl": bench.model.bn_impl,
         "batch_size": min(bs, tasks), "seconds": round(best, 4),
         "compile_and_first_run_s": round(first, 2),
         "tasks_per_s": round(tasks / best, 2), "steps_per_s": round(tasks * steps / best, 1),
@@ -131,6 +134,8 @@ def main():
                       help="tasks of the torch run (tasks/s is a rate; the loop is linear)")
   parser.add_argument("--torch-variants", default="loop,vmap")
   parser.add_argument("--torch-vmap-batch", type=int, default=50)
+  parser.add_argument("--bn-impl", default="flax", choices=("flax", "fused"),
+                      help="config.model.bn_impl of our side")
   parser.add_argument("--small", action="store_true",
                       help="seconds on a CPU: 8 tasks, 5 steps, 32x32, batch sizes 1,8")
   args = parser.parse_args()
@@ -142,7 +147,7 @@ def main():
   torch_rows = {size: run_torch(size, args) if args.torch else [] for size in sizes}
   for size in sizes:
     best = measure(size, args.tasks, args.steps,
-                   [int(b) for b in args.batch_sizes.split(",")], args.repeats)
+                   [int(b) for b in args.batch_sizes.split(",")], args.repeats, args.bn_impl)
     for t in torch_rows[size]:
       print(json.dumps({
           "benchmark": "metatest_ratio", "size": size, "steps": args.steps,
