@@ -104,10 +104,6 @@ def _bn_forward(x, scale, bias, epsilon):
   return (y, mean, var), (x, mean, r, scale, raw_var > 0)
 
 
-def _bn_fwd(x, scale, bias, epsilon):
-  return _bn_forward(x, scale, bias, epsilon)
-
-
 def _bn_bwd(epsilon, res, cotangents):
   del epsilon
   x, mean, r, scale, var_positive = res
@@ -126,7 +122,7 @@ def _bn_bwd(epsilon, res, cotangents):
   return dx, dscale, dbias
 
 
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+batch_norm_train.defvjp(_bn_forward, _bn_bwd)
 
 
 class FusedBatchNorm(nn.Module):
@@ -192,12 +188,13 @@ class Conv4(nn.Module):
         x = nn.Conv(self.filters, (3, 3), padding="SAME", name=f"Conv_{i}")(x)
       else:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-      if self.bn and self.bn_impl == "flax":
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.0, name=f"BatchNorm_{i}")(x)
-      elif self.bn and self.bn_impl == "fused":
-        x = FusedBatchNorm(use_running_average=not train, name=f"BatchNorm_{i}")(x)
-      elif self.bn:
-        raise ValueError(f"bn_impl must be one of {BN_IMPLS}, got {self.bn_impl!r}")
+      if self.bn:
+        if self.bn_impl == "flax":
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.0, name=f"BatchNorm_{i}")(x)
+        elif self.bn_impl == "fused":
+          x = FusedBatchNorm(use_running_average=not train, name=f"BatchNorm_{i}")(x)
+        else:
+          raise ValueError(f"bn_impl must be one of {BN_IMPLS}, got {self.bn_impl!r}")
       x = nn.relu(x)
       x = max_pool_2x2(x, self.pool_impl)
     return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))
