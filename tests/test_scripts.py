@@ -1,11 +1,16 @@
-"""scripts/image_tables.sh: its flags must name real config fields (no data needed)."""
+"""scripts/image_tables.sh (its flags must name real config fields; no data needed) and
+scripts/compare_inits.py."""
 
 import importlib
+import importlib.util
 import os
 import shlex
 import subprocess
 
+import numpy as np
 import pytest
+
+from dfl2l_jax import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "image_tables.sh")
@@ -62,3 +67,34 @@ def test_image_tables_refuses_a_missing_data_folder(tmp_path):
   out = _run("cf5", "1", "va", DATA=str(tmp_path / "nope"), WORKROOT=str(tmp_path / "w"))
   assert out.returncode == 2 and "is not a folder" in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def _compare_inits():
+  spec = importlib.util.spec_from_file_location(
+      "compare_inits", os.path.join(REPO, "scripts", "compare_inits.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compare_inits_reports_the_difference(tmp_path, capsys):
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+  moved = {"w": tree["w"].copy(), "b": tree["b"].copy()}
+  moved["w"][1, 2] += 0.5  # 5.0 -> 5.5: one entry, relative 0.5 / 5
+  checkpointing.save_tree(str(tmp_path / "inits" / "va"), tree)
+  checkpointing.save_tree(str(tmp_path / "inits" / "ota"), moved)
+  _compare_inits().main([str(tmp_path)])
+  row = capsys.readouterr().out.strip().splitlines()[-1]
+  assert row == f"| {tmp_path} | 0.5 | 0.1 | 1 of 9 |"
+
+
+def test_compare_inits_names_a_missing_method_or_a_shape_mismatch(tmp_path):
+  script = _compare_inits()
+  checkpointing.save_tree(str(tmp_path / "inits" / "va"), {"w": np.zeros((2, 3), np.float32)})
+  with pytest.raises(SystemExit, match="no saved initialisation at .*inits/ota"):
+    script.main([str(tmp_path)])
+  checkpointing.save_tree(str(tmp_path / "inits" / "ota"), {"w": np.zeros((3, 2), np.float32)})
+  with pytest.raises(SystemExit, match=r"\['w'\] has shapes \(2, 3\) and \(3, 2\)"):
+    script.main([str(tmp_path)])
+  with pytest.raises(SystemExit, match="exactly two names"):
+    script.main(["--methods", "va", str(tmp_path)])
