@@ -48,8 +48,10 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def restore(self, step, template):
-    """Restores `step` into numpy arrays shaped like `template`."""
-    target = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+    """Restores `step` into numpy arrays shaped like `template`; with template
+    None, as saved (no structure check)."""
+    target = None if template is None else jax.tree.map(
+        lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
     try:
       restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types for damaged files.
@@ -58,6 +60,8 @@ class Checkpointer:
           f"({type(e).__name__}: {str(e)[:300]}). It is truncated or corrupt: delete "
           f"{os.path.join(self.directory, str(step))} to fall back to an earlier "
           "step, or use a new workdir.") from e
+    if template is None:
+      return jax.tree.map(np.asarray, restored)
     _check_like(restored, template, self.directory)
     return restored
 

@@ -23,22 +23,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
+
+from dfl2l_jax import checkpointing  # noqa: E402
+from dfl2l_jax.errors import CheckpointError  # noqa: E402
 
 
 def load(directory):
   """The pytree saved by `checkpointing.save_tree` in `directory`, as numpy."""
   if not os.path.isdir(directory):
     raise SystemExit(f"error: no saved initialisation at {directory}")
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
-  step = manager.latest_step()
-  if step is None:
-    raise SystemExit(f"error: {directory} holds no complete checkpoint")
-  try:
-    tree = manager.restore(step, args=ocp.args.StandardRestore())
-  finally:
-    manager.close()
-  return jax.tree.map(np.asarray, tree)
+  with checkpointing.Checkpointer(directory, max_to_keep=1) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise SystemExit(f"error: {directory} holds no complete checkpoint")
+    try:
+      return ckpt.restore(step, None)
+    except CheckpointError as e:
+      raise SystemExit(f"error: {e}") from e
 
 
 def compare(a, b, where):
