@@ -2,6 +2,7 @@
 
 import os
 import platform
+import subprocess
 import sys
 import numpy as np
 
@@ -19,7 +20,31 @@ def versions():
           "orbax-checkpoint": orbax.checkpoint.__version__, "chex": chex.__version__,
           "dfl2l_jax": dfl2l_jax.__version__, "backend": jax.default_backend(),
           "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
-          "processor": cpu_model(), "cpu_count": os.cpu_count()}
+          "processor": cpu_model(), "cpu_count": os.cpu_count(), "git": source_commit()}
+
+
+def source_commit(src=None):
+  """The git commit of the dfl2l_jax source that ran, "+dirty" if it had local changes.
+
+  `src`: the checkout's root (default: the folder above this package). None where that is
+  not the root of a git checkout (a wheel install) or git is missing, so that a results.json
+  names the code that produced it whenever that is knowable.
+  """
+  src = src or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  def git(*args):
+    return subprocess.run(["git", "-C", src, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
+  try:
+    # Only our own checkout: a package installed under some other repository (a venv inside a
+    # user's project) must not report that repository's commit.
+    if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(src):
+      return None
+    head = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "dfl2l_jax", "launch",
+                "configs")
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ("+dirty" if dirty else "")
 
 
 def cpu_model():
