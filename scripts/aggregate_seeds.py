@@ -9,7 +9,8 @@ the pooled median over all tasks of all seeds. Paired differences to a baseline
 are given two ways: over all tasks pooled (per-task differences; tasks of one
 seed share a zoo, so this interval ignores seed-to-seed variation) and over
 seeds (each seed's mean difference, t interval). Also prints the zoo quality
-and wall times.
+and wall times, and the git commit of the code behind each results file
+(results.json records it since 1d3e55c).
 """
 
 import argparse
@@ -41,10 +42,13 @@ def load(paths):
     with open(path) as f:
       run = json.load(f)
     seed = run["seed"]
+    commit = run.get("versions", {}).get("git")
     if seed not in by_seed:
+      run["commits"] = collections.Counter([commit])
       by_seed[seed] = run
       continue
     merged = by_seed[seed]
+    merged["commits"][commit] += 1
     have = {(r["method"], r["shots"]): r for r in merged["rows"]}
     for r in run["rows"]:
       key = (r["method"], r["shots"])
@@ -126,11 +130,22 @@ def table(runs):
             f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
             f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} "
-            f"({runs[0]['versions']['backend']}, {runs[0]['versions'].get('processor') or runs[0]['versions']['machine']})."]
+            f"({runs[0]['versions']['backend']}, {runs[0]['versions'].get('processor') or runs[0]['versions']['machine']}).",
+            "Code (git commit: results files): " + commits(runs) + "."]
   return "\n".join(lines) + "\n"
 
 
-def main():
+def commits(runs):
+  """Which commits produced the results files, most files first; `unrecorded` for files
+  written before results.json recorded it (or outside a git checkout)."""
+  total = collections.Counter()
+  for r in runs:
+    total.update(r["commits"])
+  return ", ".join(f"{(c[:12] + c[40:]) if c else 'unrecorded'}: {k}"
+                   for c, k in sorted(total.items(), key=lambda ck: (-ck[1], ck[0] is None, ck[0] or "")))
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+",
                       help="run directories or results JSON files; one seed may be split "
@@ -138,7 +153,7 @@ def main():
   parser.add_argument("--out", default=None, help="write the table here too")
   parser.add_argument("--baseline", default="va",
                       help="also tabulate paired per-task differences against this method")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   runs = load(args.workdirs)
   text = table(runs)
   if args.baseline:

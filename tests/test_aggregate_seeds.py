@@ -1,0 +1,99 @@
+"""scripts/aggregate_seeds.py: the tables of results/ are made by it, so its arithmetic is
+checked here on hand-made results files."""
+
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T1 = 12.706205  # Student t, 0.975 quantile, 1 degree of freedom
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location(
+      "aggregate_seeds", os.path.join(REPO, "scripts", "aggregate_seeds.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write(path, seed, rows, commit=None, wall=10.0):
+  run = {"benchmark": "mini_imagenet", "metric": "accuracy", "seed": seed,
+         "wall_seconds": wall,
+         "zoo_quality": {"mean": 60.0 + seed, "min": 50.0, "max": 70.0},
+         "versions": {"backend": "cpu", "machine": "x86_64", "processor": "Test CPU",
+                      **({"git": commit} if commit else {})},
+         "rows": [{"method": m, "shots": 10, "per_task": v, "mean": float(np.mean(v))}
+                  if v is not None else
+                  {"method": m, "shots": 10, "per_task": [], "mean": None, "na": "no data"}
+                  for m, v in rows]}
+  path.write_text(json.dumps(run))
+  return str(path)
+
+
+def _cells(text, method, header_fragment):
+  """The cells of `method`'s row in the table whose header contains `header_fragment`."""
+  block = text.split(header_fragment, 1)[1]
+  for line in block.splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if cells[0] == method:
+      return cells
+  raise AssertionError(f"no row {method} after {header_fragment!r}")
+
+
+def test_means_intervals_and_paired_differences(tmp_path, capsys):
+  a = "a" * 40
+  paths = [
+      _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0]),
+                                        ("oml", None)], commit=a),
+      # Seed 2 split over two files, as scripts/image_tables.sh writes one per method.
+      _write(tmp_path / "s2_va.json", 2, [("va", [40.0, 50.0])], commit=a + "+dirty"),
+      _write(tmp_path / "s2_dfl2l.json", 2, [("dfl2l", [44.0, 50.0])], wall=5.0),
+  ]
+  _script().main(["--baseline", "va", *paths])
+  out = capsys.readouterr().out
+
+  # Per-seed task means: va 55, 45; dfl2l 56.5, 47. Interval over 2 seeds uses t(1).
+  va = _cells(out, "va", "mean over 2 seeds")
+  assert va[2] == "50.000" and va[5] == "2"
+  assert float(va[3]) == pytest.approx(T1 * np.std([55, 45], ddof=1) / math.sqrt(2), abs=1e-3)
+  assert va[4] == "50.000"  # median over the four tasks
+  assert _cells(out, "dfl2l", "mean over 2 seeds")[2] == "51.750"
+  assert _cells(out, "oml", "mean over 2 seeds")[2] == "n/a: no data"
+
+  # Paired per task: seed 1 [+2, +1], seed 2 [+4, 0] (the tie is left out of the count).
+  d = _cells(out, "dfl2l", "Paired against va")
+  assert d[2] == "+1.750"
+  assert float(d[3]) == pytest.approx(1.96 * np.std([2, 1, 4, 0], ddof=1) / 2, abs=1e-3)
+  assert float(d[4]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
+  assert d[5] == "2" and d[6] == "3 of 3"
+
+  assert "Wall seconds per run: 10.0, 15.0 (cpu, Test CPU)." in out
+  assert ("Code (git commit: results files): aaaaaaaaaaaa: 1, aaaaaaaaaaaa+dirty: 1, "
+          "unrecorded: 1.") in out
+
+
+def test_one_seed_paired_interval_is_marked_not_available(tmp_path, capsys):
+  path = _write(tmp_path / "s1.json", 3, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 58.0])])
+  _script().main([path])
+  d = _cells(capsys.readouterr().out, "dfl2l", "Paired against va")
+  assert d[2] == "+0.000" and d[4] == "n/a (1 seed)" and d[6] == "1 of 2"
+
+
+def test_refuses_conflicting_rows_missing_files_and_mixed_benchmarks(tmp_path):
+  script = _script()
+  one = _write(tmp_path / "a.json", 1, [("va", [50.0, 60.0])])
+  other = _write(tmp_path / "b.json", 1, [("va", [50.0, 61.0])])
+  with pytest.raises(SystemExit, match=r"seed 1 has two different results for \('va', 10\)"):
+    script.main([one, other])
+  with pytest.raises(SystemExit, match="does not exist"):
+    script.main([one, str(tmp_path / "missing")])
+  run = json.loads((tmp_path / "b.json").read_text())
+  run.update(seed=2, benchmark="sinusoid")
+  (tmp_path / "b.json").write_text(json.dumps(run))
+  with pytest.raises(SystemExit, match="runs of several benchmarks"):
+    script.main([one, other])
