@@ -126,11 +126,12 @@ def table(runs):
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]
   seeds = [r["seed"] for r in runs]
+  where = runs[0]["versions"].get("processor") or runs[0]["versions"]["machine"]
   lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
             f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
             f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} "
-            f"({runs[0]['versions']['backend']}, {runs[0]['versions'].get('processor') or runs[0]['versions']['machine']}).",
+            f"({runs[0]['versions']['backend']}, {where}).",
             "Code (git commit: results files): " + commits(runs) + "."]
   return "\n".join(lines) + "\n"
 
@@ -141,8 +142,8 @@ def commits(runs):
   total = collections.Counter()
   for r in runs:
     total.update(r["commits"])
-  return ", ".join(f"{(c[:12] + c[40:]) if c else 'unrecorded'}: {k}"
-                   for c, k in sorted(total.items(), key=lambda ck: (-ck[1], ck[0] is None, ck[0] or "")))
+  order = sorted(total.items(), key=lambda ck: (-ck[1], ck[0] is None, ck[0] or ""))
+  return ", ".join(f"{(c[:12] + c[40:]) if c else 'unrecorded'}: {k}" for c, k in order)
 
 
 def main(argv=None):
