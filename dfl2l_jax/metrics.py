@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import time
 
 import logging
@@ -19,16 +20,32 @@ def install_stderr_handler(level=logging.INFO):
 
   Only process 0 of a multi-host job logs; the others stay silent (call this
   after `sharding.initialize_distributed`).
+  Calling it again changes nothing (a script that runs main() twice logs each line once).
   """
+  if any(isinstance(h, (_StderrHandler, logging.NullHandler)) for h in log.handlers):
+    return
   if jax.process_index() != 0:
     log.addHandler(logging.NullHandler())
     log.propagate = False
     return
-  handler = logging.StreamHandler()
+  handler = _StderrHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
   log.setLevel(level)
   log.addHandler(handler)
   log.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is when a line is logged (not the one at install time,
+  which a test harness may have closed since)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, _):
+    pass
 
 
 def log_info(msg, *args):
