@@ -180,7 +180,7 @@ def plot(cells, gammas, ks, shots, metric, path):
   print(f"wrote {path}")
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("workdirs", nargs="+", help="finished offline runs, one per seed")
   p.add_argument("--gammas", type=parse_floats, default=(0.1, 1.0, 10.0))
@@ -189,7 +189,7 @@ def main():
                  help="DRO step size for every cell (default: the run's fusion.dro_lr); "
                  "gradient descent on Eq. 8 is stable only for dro_lr < 1 / gamma")
   p.add_argument("--out", required=True, help="output prefix (.json, .md, .png)")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   metrics.install_stderr_handler()
   done = {}
   if os.path.exists(args.out + ".json"):

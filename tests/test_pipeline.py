@@ -182,3 +182,38 @@ def test_evaluate_refuses_an_unfinished_zoo(tmp_path):
     pipeline.run(helpers.smoke_config(), workdir, "offline", hooks=_interrupt_at("zoo", 50))
   with pytest.raises(CheckpointError, match="unfinished"):
     pipeline.evaluate(helpers.smoke_config(), workdir)
+
+
+def test_sensitivity_grid_reproduces_the_run_at_its_own_gamma_and_k(finished_run, tmp_path,
+                                                                    capsys):
+  """scripts/sensitivity.py refits DFL2L on the run's zoo per (gamma, K): at the run's own
+  values (gamma 1, K 1) it must give the run's dfl2l numbers, and its VA the run's VA."""
+  workdir, results = finished_run
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "sensitivity", os.path.join(ROOT, "scripts", "sensitivity.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  out = str(tmp_path / "sens")
+  script.main(["--gammas", "1,10", "--ks", "1,2", "--out", out, workdir])
+  with open(out + ".json") as f:
+    cells = json.load(f)["cells"]
+  assert set(cells) == {"seed=0 va"} | {f"seed=0 gamma={g} K={k}" for g in (1, 10) for k in (1, 2)}
+  run = _per_task(results)
+  for key, method in (("seed=0 gamma=1 K=1", "dfl2l"), ("seed=0 va", "va")):
+    for row in cells[key]:
+      np.testing.assert_allclose(row["per_task"], run[(method, row["shots"])], rtol=1e-5)
+  # One DRO step starts at e' = e, where the transport cost has zero gradient: gamma cannot
+  # act at K = 1 (results/sensitivity.md). From K = 2 on it does.
+  assert cells["seed=0 gamma=10 K=1"] == cells["seed=0 gamma=1 K=1"]
+  assert cells["seed=0 gamma=10 K=2"][0]["per_task"] != cells["seed=0 gamma=1 K=2"][0]["per_task"]
+  text = open(out + ".md").read()
+  assert "| 10 | 2 | 5 |" in text and "va at 5 shots:" in text
+  # Rerunning with one more K computes only the new cell.
+  before = dict(cells)
+  script.main(["--gammas", "1", "--ks", "1,2,3", "--out", out, workdir])
+  with open(out + ".json") as f:
+    cells = json.load(f)["cells"]
+  assert set(cells) - set(before) == {"seed=0 gamma=1 K=3"}
+  assert all(cells[k] == before[k] for k in before)
+  capsys.readouterr()
