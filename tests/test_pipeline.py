@@ -1,10 +1,12 @@
 """End-to-end tests of the sinusoid pipeline on the smoke config (seconds each)."""
 
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +91,11 @@ def test_zoo_of_another_architecture_is_rejected(finished_run, tmp_path):
     pipeline.run(helpers.smoke_config(zoo__steps=150), workdir, "offline")
 
 
+# Sometimes (2 of 4 runs here), after restoring truncated files fails, orbax's pending reads
+# call back into its closed asyncio loop and Python reports "Event loop is closed" as unraisable
+# exceptions, after our CheckpointError: noise from orbax. They are ignored in this test and
+# collected before it ends, so that they are not blamed on the next test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_zoo_checkpoint_is_reported(finished_run, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(finished_run[0], workdir)
@@ -102,6 +109,9 @@ def test_truncated_zoo_checkpoint_is_reported(finished_run, tmp_path):
   with pytest.raises(CheckpointError, match="truncated or corrupt"):
     pipeline.run(helpers.smoke_config(), workdir, "offline")
   assert not os.path.exists(os.path.join(workdir, "results.json"))
+  for _ in range(20):  # let the failed reads' callbacks fire while this test is running
+    gc.collect()
+    time.sleep(0.05)
 
 
 def test_nan_in_a_zoo_model_is_named():
