@@ -1,5 +1,7 @@
 """Small hand-made objects shared by the tests."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,3 +70,14 @@ def fewshot_config(**overrides):
   c = fewshot_base.make("mini_imagenet", 3, "smoke")
   c = override(c, shots=(2, 4), metatest__query_per_class=5, zoo__bn_reference=4)
   return override(c, **overrides)
+
+
+def load_script(name):
+  """scripts/NAME.py as a module (scripts/ is not a package), for calling its main(argv)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                      name + ".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,24 +1,19 @@
 """scripts/aggregate_seeds.py: the tables of results/ are made by it, so its arithmetic is
 checked here on hand-made results files."""
 
-import importlib.util
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import helpers
+
 T1 = 12.706205  # Student t, 0.975 quantile, 1 degree of freedom
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location(
-      "aggregate_seeds", os.path.join(REPO, "scripts", "aggregate_seeds.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return helpers.load_script("aggregate_seeds")
 
 
 def _write(path, seed, rows, commit=None, wall=10.0):

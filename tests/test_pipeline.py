@@ -199,11 +199,7 @@ def test_sensitivity_grid_reproduces_the_run_at_its_own_gamma_and_k(finished_run
   """scripts/sensitivity.py refits DFL2L on the run's zoo per (gamma, K): at the run's own
   values (gamma 1, K 1) it must give the run's dfl2l numbers, and its VA the run's VA."""
   workdir, results = finished_run
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(
-      "sensitivity", os.path.join(ROOT, "scripts", "sensitivity.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = helpers.load_script("sensitivity")
   out = str(tmp_path / "sens")
   script.main(["--gammas", "1,10", "--ks", "1,2", "--out", out, workdir])
   with open(out + ".json") as f:

@@ -2,7 +2,6 @@
 scripts/compare_inits.py."""
 
 import importlib
-import importlib.util
 import os
 import shlex
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from dfl2l_jax import checkpointing
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "image_tables.sh")
@@ -70,11 +70,7 @@ def test_image_tables_refuses_a_missing_data_folder(tmp_path):
 
 
 def _compare_inits():
-  spec = importlib.util.spec_from_file_location(
-      "compare_inits", os.path.join(REPO, "scripts", "compare_inits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return helpers.load_script("compare_inits")
 
 
 def test_compare_inits_reports_the_difference(tmp_path, capsys):
