@@ -12,10 +12,6 @@ from tests import helpers
 T1 = 12.706205  # Student t, 0.975 quantile, 1 degree of freedom
 
 
-def _script():
-  return helpers.load_script("aggregate_seeds")
-
-
 def _write(path, seed, rows, commit=None, wall=10.0):
   run = {"benchmark": "mini_imagenet", "metric": "accuracy", "seed": seed,
          "wall_seconds": wall,
@@ -49,7 +45,7 @@ def test_means_intervals_and_paired_differences(tmp_path, capsys):
       _write(tmp_path / "s2_va.json", 2, [("va", [40.0, 50.0])], commit=a + "+dirty"),
       _write(tmp_path / "s2_dfl2l.json", 2, [("dfl2l", [44.0, 50.0])], wall=5.0),
   ]
-  _script().main(["--baseline", "va", *paths])
+  helpers.load_script("aggregate_seeds").main(["--baseline", "va", *paths])
   out = capsys.readouterr().out
 
   # Per-seed task means: va 55, 45; dfl2l 56.5, 47. Interval over 2 seeds uses t(1).
@@ -74,13 +70,13 @@ def test_means_intervals_and_paired_differences(tmp_path, capsys):
 
 def test_one_seed_paired_interval_is_marked_not_available(tmp_path, capsys):
   path = _write(tmp_path / "s1.json", 3, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 58.0])])
-  _script().main([path])
+  helpers.load_script("aggregate_seeds").main([path])
   d = _cells(capsys.readouterr().out, "dfl2l", "Paired against va")
   assert d[2] == "+0.000" and d[4] == "n/a (1 seed)" and d[6] == "1 of 2"
 
 
 def test_refuses_conflicting_rows_missing_files_and_mixed_benchmarks(tmp_path):
-  script = _script()
+  script = helpers.load_script("aggregate_seeds")
   one = _write(tmp_path / "a.json", 1, [("va", [50.0, 60.0])])
   other = _write(tmp_path / "b.json", 1, [("va", [50.0, 61.0])])
   with pytest.raises(SystemExit, match=r"seed 1 has two different results for \('va', 10\)"):

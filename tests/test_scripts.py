@@ -69,23 +69,19 @@ def test_image_tables_refuses_a_missing_data_folder(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def _compare_inits():
-  return helpers.load_script("compare_inits")
-
-
 def test_compare_inits_reports_the_difference(tmp_path, capsys):
   tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
   moved = {"w": tree["w"].copy(), "b": tree["b"].copy()}
   moved["w"][1, 2] += 0.5  # 5.0 -> 5.5: one entry, relative 0.5 / 5
   checkpointing.save_tree(str(tmp_path / "inits" / "va"), tree)
   checkpointing.save_tree(str(tmp_path / "inits" / "ota"), moved)
-  _compare_inits().main([str(tmp_path)])
+  helpers.load_script("compare_inits").main([str(tmp_path)])
   row = capsys.readouterr().out.strip().splitlines()[-1]
   assert row == f"| {tmp_path} | 0.5 | 0.1 | 1 of 9 |"
 
 
 def test_compare_inits_names_a_missing_method_or_a_shape_mismatch(tmp_path):
-  script = _compare_inits()
+  script = helpers.load_script("compare_inits")
   checkpointing.save_tree(str(tmp_path / "inits" / "va"), {"w": np.zeros((2, 3), np.float32)})
   with pytest.raises(SystemExit, match="no saved initialisation at .*inits/ota"):
     script.main([str(tmp_path)])
