@@ -11,6 +11,12 @@ seed share a zoo, so this interval ignores seed-to-seed variation) and over
 seeds (each seed's mean difference, t interval). Also prints the zoo quality
 and wall times, and the git commit of the code behind each results file
 (results.json records it since 1d3e55c).
+
+A seed may be given by its per-seed means alone (rows with a `mean` and no
+`per_task`, e.g. a seed whose per-task files are gone): it counts in every
+over-seeds column, and the per-task columns of its (method, shots) say n/a.
+`--save-merged DIR` writes each seed, its files merged, to DIR/seedN.json: one
+small file per seed to keep beside the tables (results/raw/).
 """
 
 import argparse
@@ -41,19 +47,29 @@ def load(paths):
       raise SystemExit(f"error: {path} does not exist (run not finished?)")
     with open(path) as f:
       run = json.load(f)
-    seed = run["seed"]
-    commit = run.get("versions", {}).get("git")
+    try:
+      seed = run["seed"]
+      for r in run["rows"]:
+        if not r.get("na") and not isinstance(r.get("mean"), (int, float)):
+          raise KeyError(f"mean of {r['method']}@{r['shots']}")
+    except KeyError as e:
+      raise SystemExit(f"error: {path} is not a results file: no {e}") from None
+    for r in run["rows"]:
+      if not r.get("na") and not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
+        raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} has a non-finite value")
+    commits = source_commits(run)
     if seed not in by_seed:
-      run["commits"] = collections.Counter([commit])
+      run["commits"] = commits
       by_seed[seed] = run
       continue
     merged = by_seed[seed]
-    merged["commits"][commit] += 1
+    merged["commits"] += commits
     have = {(r["method"], r["shots"]): r for r in merged["rows"]}
     for r in run["rows"]:
       key = (r["method"], r["shots"])
       if key in have:
-        if have[key].get("per_task") != r.get("per_task"):
+        if (have[key].get("per_task"), have[key].get("mean")) != (r.get("per_task"),
+                                                                   r.get("mean")):
           raise SystemExit(f"error: seed {seed} has two different results for {key} "
                            f"(one in {path})")
         continue
@@ -66,31 +82,71 @@ def load(paths):
   return runs
 
 
+def source_commits(run):
+  """Commit -> number of results files behind `run`: a file saved by --save-merged lists
+  those of the files it merged; any other file is one, of its `versions.git`."""
+  if "source_commits" in run:
+    return collections.Counter({(None if c == "unrecorded" else c): k
+                                for c, k in run["source_commits"].items()})
+  return collections.Counter([run.get("versions", {}).get("git")])
+
+
+def has_tasks(row):
+  return bool(row.get("per_task"))
+
+
+def save_merged(runs, out_dir):
+  """Each seed's merged run as out_dir/seed{N}.json (written atomically)."""
+  os.makedirs(out_dir, exist_ok=True)
+  for r in runs:
+    run = {k: v for k, v in r.items() if k != "commits"}
+    run["source_commits"] = {(c or "unrecorded"): k for c, k in sorted(
+        r["commits"].items(), key=lambda ck: ck[0] or "")}
+    path = os.path.join(out_dir, f"seed{r['seed']}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(run, f, indent=1, sort_keys=True)
+      f.write("\n")
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def paired(runs, baseline):
   """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds."""
   diffs = collections.defaultdict(list)
   seed_diffs = collections.defaultdict(list)
+  no_tasks = collections.defaultdict(list)  # seeds given by their means alone
   for r in runs:
-    rows = {(row["method"], row["shots"]): np.asarray(row["per_task"]) for row in r["rows"]
-            if not row.get("na")}
-    for (method, shots), v in rows.items():
-      if method != baseline and (baseline, shots) in rows:
-        d = v - rows[(baseline, shots)]
+    rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
+    for (method, shots), row in rows.items():
+      base = rows.get((baseline, shots))
+      if method == baseline or base is None:
+        continue
+      if has_tasks(row) and has_tasks(base):
+        d = np.asarray(row["per_task"]) - np.asarray(base["per_task"])
         diffs[(method, shots)].extend(d)
         seed_diffs[(method, shots)].append(d.mean())
+      else:  # the mean of the per-task differences is the difference of the means
+        no_tasks[(method, shots)].append(r["seed"])
+        seed_diffs[(method, shots)].append(row["mean"] - base["mean"])
   better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
   lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | "
            f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
            f"tasks where method is {better} (ties excluded) |",
            "|---|---|---|---|---|---|---|"]
-  for (method, shots), d in sorted(diffs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    d = np.asarray(d)
-    ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
-    per_seed = seed_diffs[(method, shots)]
+  for (method, shots), per_seed in sorted(seed_diffs.items(),
+                                         key=lambda kv: (kv[0][1], kv[0][0])):
     seed_ci = results_lib.t_interval95(per_seed)
+    seed_ci = "n/a (1 seed)" if len(per_seed) < 2 else f"{seed_ci:.3f}"
+    missing = no_tasks[(method, shots)]
+    if missing:  # over seeds only: the mean of the seeds' mean differences
+      lost = f"n/a (seeds {missing}: means only)"
+      lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {lost} | {seed_ci} | "
+                   f"{len(per_seed)} | {lost} |")
+      continue
+    d = np.asarray(diffs[(method, shots)])
+    ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
     wins = (d > 0) if better == "higher" else (d < 0)
-    lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | "
-                 f"{'n/a (1 seed)' if len(per_seed) < 2 else f'{seed_ci:.3f}'} | "
+    lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | {seed_ci} | "
                  f"{len(per_seed)} | {wins.sum()} of {(d != 0).sum()} |")
   return "\n".join(lines) + "\n"
 
@@ -98,6 +154,7 @@ def paired(runs, baseline):
 def table(runs):
   by_key = collections.defaultdict(list)
   pooled = collections.defaultdict(list)
+  no_tasks = collections.defaultdict(list)
   na = {}
   order = []
   for r in runs:
@@ -109,7 +166,10 @@ def table(runs):
         na[key] = row["na"]
         continue
       by_key[key].append(row["mean"])
-      pooled[key].extend(row["per_task"])
+      if has_tasks(row):
+        pooled[key].extend(row["per_task"])
+      else:
+        no_tasks[key].append(r["seed"])
   n = len(runs)
   metric = runs[0]["metric"]
   lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) | "
@@ -120,8 +180,9 @@ def table(runs):
       continue
     v = np.asarray(by_key[key])
     ci = results_lib.t_interval95(v)
-    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | "
-                 f"{np.median(pooled[key]):.3f} | {len(v)} |")
+    median = (f"n/a (seeds {no_tasks[key]}: means only)" if no_tasks[key]
+              else f"{np.median(pooled[key]):.3f}")
+    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | {median} | {len(v)} |")
   q = [r["zoo_quality"]["mean"] for r in runs]
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]
@@ -154,8 +215,12 @@ def main(argv=None):
   parser.add_argument("--out", default=None, help="write the table here too")
   parser.add_argument("--baseline", default="va",
                       help="also tabulate paired per-task differences against this method")
+  parser.add_argument("--save-merged", default=None, metavar="DIR",
+                      help="write each seed, its files merged, to DIR/seedN.json")
   args = parser.parse_args(argv)
   runs = load(args.workdirs)
+  if args.save_merged:
+    save_merged(runs, args.save_merged)
   text = table(runs)
   if args.baseline:
     text += "\nPaired against " + args.baseline + " (same tasks, same seeds):\n\n"

@@ -12,6 +12,9 @@
 #
 #   python scripts/aggregate_seeds.py --baseline va WORKROOT/SETTING_seed*/results_*.json
 #
+# (add `--save-merged results/raw/SETTING` to keep each seed as one small file beside the
+# tables: WORKROOT is not committed, and the per-task values live only there.)
+#
 # Environment: DATA (the Mini-ImageNet folder, default ../shared/data/mini-imagenet), TFDS_DIR
 # (prepared tfds data, default /tmp/tfds_data), WORKROOT (default workdirs/img), WORKDIR (this
 # seed's run directory, default WORKROOT/SETTING_seedSEED), EXTRA (more flags, e.g. a smoke
@@ -20,7 +23,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,19p' "$0" >&2
+  sed -n '2,22p' "$0" >&2
   exit 2
 fi
 SETTING=$1

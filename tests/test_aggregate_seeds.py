@@ -3,6 +3,7 @@ checked here on hand-made results files."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -88,3 +89,55 @@ def test_refuses_conflicting_rows_missing_files_and_mixed_benchmarks(tmp_path):
   (tmp_path / "b.json").write_text(json.dumps(run))
   with pytest.raises(SystemExit, match="runs of several benchmarks"):
     script.main([one, other])
+
+
+def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, capsys):
+  script = helpers.load_script("aggregate_seeds")
+  full = _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])],
+                commit="b" * 40)
+  _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [44.0, 50.0])])
+  means = json.loads((tmp_path / "s2.json").read_text())
+  for r in means["rows"]:
+    del r["per_task"]
+  means["source_commits"] = {"unrecorded": 3}
+  (tmp_path / "s2.json").write_text(json.dumps(means))
+  script.main(["--baseline", "va", full, str(tmp_path / "s2.json")])
+  out = capsys.readouterr().out
+
+  va = _cells(out, "va", "mean over 2 seeds")
+  assert va[2] == "50.000" and va[4] == "n/a (seeds [2]: means only)"
+  # Seed differences: 1.5 (from tasks) and 2.0 (from the means); no per-task columns.
+  d = _cells(out, "dfl2l", "Paired against va")
+  assert d[2] == "+1.750" and d[3] == d[6] == "n/a (seeds [2]: means only)"
+  assert float(d[4]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
+  assert "Code (git commit: results files): unrecorded: 3, bbbbbbbbbbbb: 1." in out
+
+
+def test_save_merged_round_trips_to_the_same_tables(tmp_path, capsys):
+  script = helpers.load_script("aggregate_seeds")
+  paths = [_write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])],
+                  commit="c" * 40),
+           _write(tmp_path / "s2_va.json", 2, [("va", [40.0, 50.0])], commit="d" * 40),
+           _write(tmp_path / "s2_dfl2l.json", 2, [("dfl2l", [44.0, 50.0])], wall=5.0)]
+  script.main([*paths, "--save-merged", str(tmp_path / "kept")])
+  before = capsys.readouterr().out
+  kept = sorted(str(p) for p in (tmp_path / "kept").iterdir())
+  assert [os.path.basename(p) for p in kept] == ["seed1.json", "seed2.json"]
+  assert json.loads((tmp_path / "kept" / "seed2.json").read_text())["source_commits"] == {
+      "d" * 40: 1, "unrecorded": 1}
+  script.main(kept)
+  assert capsys.readouterr().out == before
+
+
+@pytest.mark.parametrize("mean, per_task, error", [
+    (None, [50.0], "no 'mean of va@10'"),
+    (float("nan"), [50.0], "va@10 has a non-finite value"),
+    (50.0, [50.0, float("inf")], "va@10 has a non-finite value"),
+])
+def test_refuses_rows_without_a_finite_mean(tmp_path, mean, per_task, error):
+  _write(tmp_path / "s.json", 1, [("va", [50.0])])
+  run = json.loads((tmp_path / "s.json").read_text())
+  run["rows"][0].update(mean=mean, per_task=per_task)
+  (tmp_path / "s.json").write_text(json.dumps(run))
+  with pytest.raises(SystemExit, match=error):
+    helpers.load_script("aggregate_seeds").main([str(tmp_path / "s.json")])
