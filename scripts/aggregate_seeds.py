@@ -187,14 +187,24 @@ def table(runs):
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]
   seeds = [r["seed"] for r in runs]
-  where = runs[0]["versions"].get("processor") or runs[0]["versions"]["machine"]
+  where = machines(runs)
   lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
             f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
-            f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} "
-            f"({runs[0]['versions']['backend']}, {where}).",
+            f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} ({where}).",
             "Code (git commit: results files): " + commits(runs) + "."]
   return "\n".join(lines) + "\n"
+
+
+def machines(runs):
+  """`backend, processor` of the runs; seeds named where they ran on different machines."""
+  by = collections.defaultdict(list)
+  for r in runs:
+    v = r["versions"]
+    by[f"{v['backend']}, {v.get('processor') or v.get('machine')}"].append(r["seed"])
+  if len(by) == 1:
+    return next(iter(by))
+  return "; ".join(f"{w} for seeds {seeds}" for w, seeds in by.items())
 
 
 def commits(runs):

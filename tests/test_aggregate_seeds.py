@@ -111,6 +111,17 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
   assert d[2] == "+1.750" and d[3] == d[6] == "n/a (seeds [2]: means only)"
   assert float(d[4]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
   assert "Code (git commit: results files): unrecorded: 3, bbbbbbbbbbbb: 1." in out
+  assert "(cpu, Test CPU)." in out
+
+
+def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0 + k])]) for k in (1, 2, 3)]
+  run = json.loads((tmp_path / "s2.json").read_text())
+  run["versions"]["processor"] = "Other CPU"
+  (tmp_path / "s2.json").write_text(json.dumps(run))
+  helpers.load_script("aggregate_seeds").main(paths)
+  assert ("Wall seconds per run: 10.0, 10.0, 10.0 (cpu, Test CPU for seeds [1, 3]; "
+          "cpu, Other CPU for seeds [2]).") in capsys.readouterr().out
 
 
 def test_save_merged_round_trips_to_the_same_tables(tmp_path, capsys):
