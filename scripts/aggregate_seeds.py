@@ -110,10 +110,12 @@ def save_merged(runs, out_dir):
     print(f"wrote {path}", file=sys.stderr)
 
 
-def paired(runs, baseline):
-  """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds."""
+def paired(runs, baseline, per_seed_table=False):
+  """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds;
+  with `per_seed_table`, also each seed's mean difference, a column per seed."""
   diffs = collections.defaultdict(list)
   seed_diffs = collections.defaultdict(list)
+  by_seed = collections.defaultdict(dict)
   no_tasks = collections.defaultdict(list)  # seeds given by their means alone
   for r in runs:
     rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
@@ -128,6 +130,7 @@ def paired(runs, baseline):
       else:  # the mean of the per-task differences is the difference of the means
         no_tasks[(method, shots)].append(r["seed"])
         seed_diffs[(method, shots)].append(row["mean"] - base["mean"])
+      by_seed[(method, shots)][r["seed"]] = seed_diffs[(method, shots)][-1]
   better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
   lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | "
            f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
@@ -148,6 +151,16 @@ def paired(runs, baseline):
     wins = (d > 0) if better == "higher" else (d < 0)
     lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | {seed_ci} | "
                  f"{len(per_seed)} | {wins.sum()} of {(d != 0).sum()} |")
+  if per_seed_table:
+    seeds = [r["seed"] for r in runs]
+    lines += ["", f"Each seed's mean difference (method - {baseline}):", "",
+              "| method | shots | " + " | ".join(f"seed {k}" for k in seeds) +
+              f" | seeds where method is {better} |", "|---|---|" + "---|" * (len(seeds) + 1)]
+    for (method, shots), d in sorted(by_seed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+      cells = [f"{d[k]:+.3f}" if k in d else "n/a" for k in seeds]
+      n_better = sum((v > 0) if better == "higher" else (v < 0) for v in d.values())
+      lines.append(f"| {method} | {shots} | " + " | ".join(cells) +
+                   f" | {n_better} of {len(d)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -225,6 +238,8 @@ def main(argv=None):
   parser.add_argument("--out", default=None, help="write the table here too")
   parser.add_argument("--baseline", default="va",
                       help="also tabulate paired per-task differences against this method")
+  parser.add_argument("--per-seed", action="store_true",
+                      help="also tabulate each seed's mean difference to the baseline")
   parser.add_argument("--save-merged", default=None, metavar="DIR",
                       help="write each seed, its files merged, to DIR/seedN.json")
   args = parser.parse_args(argv)
@@ -234,7 +249,7 @@ def main(argv=None):
   text = table(runs)
   if args.baseline:
     text += "\nPaired against " + args.baseline + " (same tasks, same seeds):\n\n"
-    text += paired(runs, args.baseline)
+    text += paired(runs, args.baseline, args.per_seed)
   print(text)
   if args.out:
     with open(args.out, "w") as f:

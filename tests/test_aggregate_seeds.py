@@ -114,6 +114,17 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
   assert "(cpu, Test CPU)." in out
 
 
+def test_per_seed_table_lists_each_seed_difference(tmp_path, capsys):
+  paths = [_write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])]),
+           _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [39.0, 50.0])]),
+           _write(tmp_path / "s3.json", 3, [("va", [40.0, 50.0])])]
+  helpers.load_script("aggregate_seeds").main(["--per-seed", *paths])
+  out = capsys.readouterr().out
+  assert "| method | shots | seed 1 | seed 2 | seed 3 | seeds where method is higher |" in out
+  assert _cells(out, "dfl2l", "Each seed's mean difference") == [
+      "dfl2l", "10", "+1.500", "-0.500", "n/a", "1 of 2"]
+
+
 def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
   paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0 + k])]) for k in (1, 2, 3)]
   run = json.loads((tmp_path / "s2.json").read_text())
