@@ -95,6 +95,11 @@ def has_tasks(row):
   return bool(row.get("per_task"))
 
 
+def means_only(runs):
+  """Seeds none of whose rows has per-task values: the per-task columns are left out."""
+  return [r["seed"] for r in runs if not any(has_tasks(row) for row in r["rows"])]
+
+
 def save_merged(runs, out_dir):
   """Each seed's merged run as out_dir/seed{N}.json (written atomically)."""
   os.makedirs(out_dir, exist_ok=True)
@@ -132,16 +137,24 @@ def paired(runs, baseline, per_seed_table=False):
         seed_diffs[(method, shots)].append(row["mean"] - base["mean"])
       by_seed[(method, shots)][r["seed"]] = seed_diffs[(method, shots)][-1]
   better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
-  lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | "
-           f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
-           f"tasks where method is {better} (ties excluded) |",
-           "|---|---|---|---|---|---|---|"]
+  if means_only(runs):  # over seeds only: the mean of the seeds' mean differences
+    lines = [f"| method | shots | mean of per-seed ({runs[0]['metric']} - {baseline}) | "
+             "95% CI (seeds, t) | seeds |", "|---|---|---|---|---|"]
+  else:
+    lines = [f"| method | shots | mean of per-task ({runs[0]['metric']} - {baseline}) | "
+             f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
+             f"tasks where method is {better} (ties excluded) |",
+             "|---|---|---|---|---|---|---|"]
   for (method, shots), per_seed in sorted(seed_diffs.items(),
                                          key=lambda kv: (kv[0][1], kv[0][0])):
     seed_ci = results_lib.t_interval95(per_seed)
     seed_ci = "n/a (1 seed)" if len(per_seed) < 2 else f"{seed_ci:.3f}"
+    if means_only(runs):
+      lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {seed_ci} | "
+                   f"{len(per_seed)} |")
+      continue
     missing = no_tasks[(method, shots)]
-    if missing:  # over seeds only: the mean of the seeds' mean differences
+    if missing:
       lost = f"n/a (seeds {missing}: means only)"
       lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {lost} | {seed_ci} | "
                    f"{len(per_seed)} | {lost} |")
@@ -185,17 +198,19 @@ def table(runs):
         no_tasks[key].append(r["seed"])
   n = len(runs)
   metric = runs[0]["metric"]
-  lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) | "
-           "median over all tasks | seeds |", "|---|---|---|---|---|---|"]
+  lost = means_only(runs)
+  median_col = "" if lost else " median over all tasks |"
+  lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) |{median_col} "
+           "seeds |", "|---|---|---|---|" + ("" if lost else "---|") + "---|"]
   for key in sorted(order, key=lambda k: (k[1], order.index(k))):
     if key not in by_key:
-      lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a | n/a | 0 |")
+      lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a |{'' if lost else ' n/a |'} 0 |")
       continue
     v = np.asarray(by_key[key])
     ci = results_lib.t_interval95(v)
-    median = (f"n/a (seeds {no_tasks[key]}: means only)" if no_tasks[key]
-              else f"{np.median(pooled[key]):.3f}")
-    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} | {median} | {len(v)} |")
+    median = "" if lost else (f" n/a (seeds {no_tasks[key]}: means only) |" if no_tasks[key]
+                              else f" {np.median(pooled[key]):.3f} |")
+    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} |{median} {len(v)} |")
   q = [r["zoo_quality"]["mean"] for r in runs]
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]
@@ -206,6 +221,9 @@ def table(runs):
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
             f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} ({where}).",
             "Code (git commit: results files): " + commits(runs) + "."]
+  if lost:
+    lines.append(f"Seeds {lost} are given by their per-seed means alone: the columns that "
+                 "need per-task values (medians, tasks pooled, task counts) are left out.")
   return "\n".join(lines) + "\n"
 
 

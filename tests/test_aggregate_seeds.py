@@ -104,14 +104,31 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
   script.main(["--baseline", "va", full, str(tmp_path / "s2.json")])
   out = capsys.readouterr().out
 
+  # The per-task columns are left out: seed 2 has no per-task values.
+  assert "| method | shots | accuracy: mean over 2 seeds | 95% CI (seeds) | seeds |" in out
   va = _cells(out, "va", "mean over 2 seeds")
-  assert va[2] == "50.000" and va[4] == "n/a (seeds [2]: means only)"
-  # Seed differences: 1.5 (from tasks) and 2.0 (from the means); no per-task columns.
+  assert va[2:] == ["50.000", f"{T1 * np.std([55, 45], ddof=1) / math.sqrt(2):.3f}", "2"]
+  assert "Seeds [2] are given by their per-seed means alone" in out
+  # Seed differences: 1.5 (from tasks) and 2.0 (from the means).
   d = _cells(out, "dfl2l", "Paired against va")
-  assert d[2] == "+1.750" and d[3] == d[6] == "n/a (seeds [2]: means only)"
-  assert float(d[4]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
+  assert d[2] == "+1.750" and d[4] == "2" and len(d) == 5
+  assert float(d[3]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
   assert "Code (git commit: results files): unrecorded: 3, bbbbbbbbbbbb: 1." in out
   assert "(cpu, Test CPU)." in out
+
+
+def test_a_row_missing_per_task_values_in_one_seed_is_marked_in_its_cells(tmp_path, capsys):
+  full = _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])])
+  _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [44.0, 50.0])])
+  run = json.loads((tmp_path / "s2.json").read_text())
+  del run["rows"][1]["per_task"]  # dfl2l of seed 2: its mean only
+  (tmp_path / "s2.json").write_text(json.dumps(run))
+  helpers.load_script("aggregate_seeds").main([full, str(tmp_path / "s2.json")])
+  out = capsys.readouterr().out
+  assert _cells(out, "va", "mean over 2 seeds")[4] == "50.000"
+  assert _cells(out, "dfl2l", "mean over 2 seeds")[4] == "n/a (seeds [2]: means only)"
+  d = _cells(out, "dfl2l", "Paired against va")
+  assert d[2] == "+1.750" and d[3] == d[6] == "n/a (seeds [2]: means only)"
 
 
 def test_per_seed_table_lists_each_seed_difference(tmp_path, capsys):
