@@ -14,7 +14,8 @@ and wall times, and the git commit of the code behind each results file
 
 A seed may be given by its per-seed means alone (rows with a `mean` and no
 `per_task`, e.g. a seed whose per-task files are gone): it counts in every
-over-seeds column, and the per-task columns of its (method, shots) say n/a.
+over-seeds column, and the columns that need per-task values are left out (or
+say n/a in the rows of a seed that lacks them for some methods only).
 `--save-merged DIR` writes each seed, its files merged, to DIR/seedN.json: one
 small file per seed to keep beside the tables (results/raw/).
 """
