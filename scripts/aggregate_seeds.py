@@ -46,8 +46,11 @@ def load(paths):
     path = w if w.endswith(".json") else os.path.join(w, "results.json")
     if not os.path.exists(path):
       raise SystemExit(f"error: {path} does not exist (run not finished?)")
-    with open(path) as f:
-      run = json.load(f)
+    try:
+      with open(path) as f:
+        run = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise SystemExit(f"error: {path} is not valid JSON ({e})") from None
     try:
       seed = run["seed"]
       for r in run["rows"]:

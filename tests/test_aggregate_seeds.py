@@ -180,3 +180,10 @@ def test_refuses_rows_without_a_finite_mean(tmp_path, mean, per_task, error):
   (tmp_path / "s.json").write_text(json.dumps(run))
   with pytest.raises(SystemExit, match=error):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "s.json")])
+
+
+def test_refuses_a_truncated_results_file(tmp_path):
+  path = _write(tmp_path / "s.json", 1, [("va", [50.0])])
+  (tmp_path / "s.json").write_text((tmp_path / "s.json").read_text()[:40])
+  with pytest.raises(SystemExit, match=r"s\.json is not valid JSON"):
+    helpers.load_script("aggregate_seeds").main([path])
