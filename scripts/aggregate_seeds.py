@@ -54,13 +54,14 @@ def load(paths):
     try:
       seed = run["seed"]
       for r in run["rows"]:
-        if not r.get("na") and not isinstance(r.get("mean"), (int, float)):
+        if r.get("na"):
+          continue
+        if not isinstance(r.get("mean"), (int, float)):
           raise KeyError(f"mean of {r['method']}@{r['shots']}")
+        if not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
+          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} has a non-finite value")
     except KeyError as e:
       raise SystemExit(f"error: {path} is not a results file: no {e}") from None
-    for r in run["rows"]:
-      if not r.get("na") and not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
-        raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} has a non-finite value")
     commits = source_commits(run)
     if seed not in by_seed:
       run["commits"] = commits
@@ -123,8 +124,7 @@ def paired(runs, baseline, per_seed_table=False):
   """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds;
   with `per_seed_table`, also each seed's mean difference, a column per seed."""
   diffs = collections.defaultdict(list)
-  seed_diffs = collections.defaultdict(list)
-  by_seed = collections.defaultdict(dict)
+  by_seed = collections.defaultdict(dict)  # (method, shots) -> {seed: mean difference}
   no_tasks = collections.defaultdict(list)  # seeds given by their means alone
   for r in runs:
     rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
@@ -135,13 +135,13 @@ def paired(runs, baseline, per_seed_table=False):
       if has_tasks(row) and has_tasks(base):
         d = np.asarray(row["per_task"]) - np.asarray(base["per_task"])
         diffs[(method, shots)].extend(d)
-        seed_diffs[(method, shots)].append(d.mean())
+        by_seed[(method, shots)][r["seed"]] = d.mean()
       else:  # the mean of the per-task differences is the difference of the means
         no_tasks[(method, shots)].append(r["seed"])
-        seed_diffs[(method, shots)].append(row["mean"] - base["mean"])
-      by_seed[(method, shots)][r["seed"]] = seed_diffs[(method, shots)][-1]
+        by_seed[(method, shots)][r["seed"]] = row["mean"] - base["mean"]
   better = "higher" if runs[0]["metric"] == "accuracy" else "lower"
-  if means_only(runs):  # over seeds only: the mean of the seeds' mean differences
+  over_seeds_only = bool(means_only(runs))
+  if over_seeds_only:  # the mean of the seeds' mean differences
     lines = [f"| method | shots | mean of per-seed ({runs[0]['metric']} - {baseline}) | "
              "95% CI (seeds, t) | seeds |", "|---|---|---|---|---|"]
   else:
@@ -149,11 +149,11 @@ def paired(runs, baseline, per_seed_table=False):
              f"95% CI (tasks pooled) | 95% CI (seeds, t) | seeds | "
              f"tasks where method is {better} (ties excluded) |",
              "|---|---|---|---|---|---|---|"]
-  for (method, shots), per_seed in sorted(seed_diffs.items(),
-                                         key=lambda kv: (kv[0][1], kv[0][0])):
+  for (method, shots), of_seed in sorted(by_seed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    per_seed = list(of_seed.values())
     seed_ci = results_lib.t_interval95(per_seed)
     seed_ci = "n/a (1 seed)" if len(per_seed) < 2 else f"{seed_ci:.3f}"
-    if means_only(runs):
+    if over_seeds_only:
       lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {seed_ci} | "
                    f"{len(per_seed)} |")
       continue

@@ -27,6 +27,13 @@ def _write(path, seed, rows, commit=None, wall=10.0):
   return str(path)
 
 
+def _edit(path, change):
+  """Rewrites the results file at `path` with `change(run)` applied to its JSON."""
+  run = json.loads(path.read_text())
+  change(run)
+  path.write_text(json.dumps(run))
+
+
 def _cells(text, method, header_fragment):
   """The cells of `method`'s row in the table whose header contains `header_fragment`."""
   block = text.split(header_fragment, 1)[1]
@@ -84,9 +91,7 @@ def test_refuses_conflicting_rows_missing_files_and_mixed_benchmarks(tmp_path):
     script.main([one, other])
   with pytest.raises(SystemExit, match="does not exist"):
     script.main([one, str(tmp_path / "missing")])
-  run = json.loads((tmp_path / "b.json").read_text())
-  run.update(seed=2, benchmark="sinusoid")
-  (tmp_path / "b.json").write_text(json.dumps(run))
+  _edit(tmp_path / "b.json", lambda run: run.update(seed=2, benchmark="sinusoid"))
   with pytest.raises(SystemExit, match="runs of several benchmarks"):
     script.main([one, other])
 
@@ -96,11 +101,12 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
   full = _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])],
                 commit="b" * 40)
   _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [44.0, 50.0])])
-  means = json.loads((tmp_path / "s2.json").read_text())
-  for r in means["rows"]:
-    del r["per_task"]
-  means["source_commits"] = {"unrecorded": 3}
-  (tmp_path / "s2.json").write_text(json.dumps(means))
+
+  def means_only(run):
+    for r in run["rows"]:
+      del r["per_task"]
+    run["source_commits"] = {"unrecorded": 3}
+  _edit(tmp_path / "s2.json", means_only)
   script.main(["--baseline", "va", full, str(tmp_path / "s2.json")])
   out = capsys.readouterr().out
 
@@ -120,9 +126,7 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
 def test_a_row_missing_per_task_values_in_one_seed_is_marked_in_its_cells(tmp_path, capsys):
   full = _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])])
   _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [44.0, 50.0])])
-  run = json.loads((tmp_path / "s2.json").read_text())
-  del run["rows"][1]["per_task"]  # dfl2l of seed 2: its mean only
-  (tmp_path / "s2.json").write_text(json.dumps(run))
+  _edit(tmp_path / "s2.json", lambda run: run["rows"][1].pop("per_task"))  # dfl2l: mean only
   helpers.load_script("aggregate_seeds").main([full, str(tmp_path / "s2.json")])
   out = capsys.readouterr().out
   assert _cells(out, "va", "mean over 2 seeds")[4] == "50.000"
@@ -144,9 +148,7 @@ def test_per_seed_table_lists_each_seed_difference(tmp_path, capsys):
 
 def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
   paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0 + k])]) for k in (1, 2, 3)]
-  run = json.loads((tmp_path / "s2.json").read_text())
-  run["versions"]["processor"] = "Other CPU"
-  (tmp_path / "s2.json").write_text(json.dumps(run))
+  _edit(tmp_path / "s2.json", lambda run: run["versions"].update(processor="Other CPU"))
   helpers.load_script("aggregate_seeds").main(paths)
   assert ("Wall seconds per run: 10.0, 10.0, 10.0 (cpu, Test CPU for seeds [1, 3]; "
           "cpu, Other CPU for seeds [2]).") in capsys.readouterr().out
@@ -175,9 +177,7 @@ def test_save_merged_round_trips_to_the_same_tables(tmp_path, capsys):
 ])
 def test_refuses_rows_without_a_finite_mean(tmp_path, mean, per_task, error):
   _write(tmp_path / "s.json", 1, [("va", [50.0])])
-  run = json.loads((tmp_path / "s.json").read_text())
-  run["rows"][0].update(mean=mean, per_task=per_task)
-  (tmp_path / "s.json").write_text(json.dumps(run))
+  _edit(tmp_path / "s.json", lambda run: run["rows"][0].update(mean=mean, per_task=per_task))
   with pytest.raises(SystemExit, match=error):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "s.json")])
 
