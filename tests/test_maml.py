@@ -113,8 +113,8 @@ def test_meta_gradients_match_finite_differences_and_first_order_definition():
     fd = (values[1:1 + flat.size] - values[1 + flat.size:]) / (2 * eps)
     g2_flat = np.asarray(ravel_pytree(g2)[0])
     np.testing.assert_allclose(g2_flat, fd, rtol=1e-5, atol=1e-7)
-    assert q_loss == pytest.approx(values[0], rel=1e-12)
-    assert q_loss1 == pytest.approx(q_loss, rel=1e-12)  # same forward value
+    assert float(q_loss) == pytest.approx(float(values[0]), rel=1e-12)
+    assert float(q_loss1) == pytest.approx(float(q_loss), rel=1e-12)  # same forward value
 
     # First order: the query gradient at the adapted parameters.
     adapted, _ = maml_lib.inner_adapt(params, support, loss_fn, steps, lr)
