@@ -12,12 +12,25 @@ writes of a sharded array's shards and needs all of them); the small JSON files
 are written by process 0 only. The workdir must be one shared file system
 (NFS, a gcsfuse mount) seen by every host at the same path.
 
+Checksums: after each save, process 0 hashes (sha256) every file orbax wrote
+for the step and writes the list to `<directory>/checksums/<step>.json`, outside
+orbax's step folder so orbax never sees a file it did not write; manifests of
+steps that orbax's `max_to_keep` removed are deleted. `restore` verifies the
+manifest before orbax reads anything: a changed or missing file raises
+`CheckpointError` naming the step folder and the file. A step without a manifest
+(written by an earlier version of this code, or by a run killed between orbax's
+save and the manifest's write) is restored unverified, with a warning. Every
+process verifies, reading every file once more (seconds per GB).
+
 Beside the checkpoints, `write_spec`/`check_spec` keep a small JSON description
 of what produced them (architecture, config), so that a workdir made by another
-configuration is rejected instead of silently reused.
+configuration is rejected instead of silently reused. A directory that holds
+checkpoints but no spec.json is rejected too: what made them cannot be checked.
 """
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 
@@ -28,6 +41,12 @@ from jax.experimental import multihost_utils
 
 from dfl2l_jax import config_lib
 from dfl2l_jax.errors import CheckpointError
+
+log = logging.getLogger("dfl2l_jax")
+
+CHECKSUMS_DIR = "checksums"  # <directory>/checksums/<step>.json, one manifest a step.
+_CHUNK = 1 << 20
+_warned_unverified = set()  # (directory, step) already warned about.
 
 
 class Checkpointer:
@@ -43,13 +62,30 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step, tree):
+    """Saves `tree` as `step` (synchronously), then writes its checksum manifest."""
+    step = int(step)
     tree = _host_local_to_numpy(tree)
-    self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      manifest = _hash_folder(self._step_dir(step))
+      os.makedirs(os.path.join(self.directory, CHECKSUMS_DIR), exist_ok=True)
+      write_json_atomic(self._manifest_path(step), {"sha256": manifest})
+      self._prune_manifests()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checksums:{self.directory}:{step}")
 
   def restore(self, step, template):
     """Restores `step` into numpy arrays shaped like `template`; with template
-    None, as saved (no structure check)."""
+    None, as saved (no structure check).
+
+    The step's files are first checked against the manifest written at save:
+    a changed or missing file raises CheckpointError naming it. A step without
+    a manifest (saved by an earlier version) is restored unverified, with a
+    warning.
+    """
+    step = int(step)
+    self._verify(step)
     target = None if template is None else jax.tree.map(
         lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
     try:
@@ -64,6 +100,62 @@ class Checkpointer:
       return jax.tree.map(np.asarray, restored)
     _check_like(restored, template, self.directory)
     return restored
+
+  def _step_dir(self, step):
+    return os.path.join(self.directory, str(step))
+
+  def _manifest_path(self, step):
+    return os.path.join(self.directory, CHECKSUMS_DIR, f"{step}.json")
+
+  def _prune_manifests(self):
+    """Deletes the manifests of steps whose folder is gone (orbax's max_to_keep)."""
+    folder = os.path.join(self.directory, CHECKSUMS_DIR)
+    for name in os.listdir(folder):
+      stem = name[:-len(".json")] if name.endswith(".json") else None
+      if stem is not None and stem.isdigit() and not os.path.isdir(self._step_dir(int(stem))):
+        try:
+          os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+          pass
+
+  def _verify(self, step):
+    """Raises CheckpointError unless the files of `step` match its manifest."""
+    step_dir = self._step_dir(step)
+    fix = (f"Delete {step_dir} to fall back to an earlier step, or use a new workdir.")
+    if not os.path.isdir(step_dir):
+      raise CheckpointError(f"checkpoint step {step} is missing: {step_dir} does not exist. "
+                            f"Use an existing step or a new workdir.")
+    path = self._manifest_path(step)
+    if not os.path.exists(path):
+      if (self.directory, step) not in _warned_unverified:
+        _warned_unverified.add((self.directory, step))
+        log.warning("checkpoint %s has no checksum manifest (%s; saved by an earlier "
+                    "version?): restoring it unverified", step_dir, path)
+      return
+    try:
+      with open(path) as f:
+        want = json.load(f)["sha256"]
+      if not isinstance(want, dict):
+        raise ValueError("'sha256' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"the checksum manifest {path} of checkpoint {step_dir} is "
+                            f"unreadable ({e}). {fix}") from e
+    missing, changed = [], []
+    for rel, digest in sorted(want.items()):
+      file = os.path.join(step_dir, rel)
+      if not os.path.isfile(file):
+        missing.append(rel)
+      elif _sha256(file) != digest:
+        changed.append(rel)
+    if missing or changed:
+      what = []
+      if changed:
+        what.append(f"changed since it was saved: {_list(changed)}")
+      if missing:
+        what.append(f"missing: {_list(missing)}")
+      raise CheckpointError(
+          f"checkpoint {step_dir} is truncated or corrupt: its files do not match the "
+          f"checksums recorded at save ({path}); {'; '.join(what)}. {fix}")
 
   def close(self):
     self._manager.close()
@@ -92,6 +184,38 @@ def _host_local_to_numpy(tree):
       return np.asarray(x)
     return x
   return jax.tree.map(convert, tree)
+
+
+def _sha256(path):
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _hash_folder(folder):
+  """{path relative to folder (with /): sha256} of every file under `folder`."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, folder).replace(os.sep, "/")] = _sha256(path)
+  return out
+
+
+def _list(names, limit=5):
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+def _step_folders(directory):
+  """Names of the numbered (finished) step folders in `directory`."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted((n for n in os.listdir(directory)
+                 if n.isdigit() and os.path.isdir(os.path.join(directory, n))), key=int)
 
 
 def _check_like(restored, template, where):
@@ -147,10 +271,18 @@ def write_spec(directory, spec):
 def check_spec(directory, spec, what):
   """Raises CheckpointError if `directory/spec.json` differs from `spec`.
 
-  Returns True when a matching spec exists, False when there is none.
+  Returns True when a matching spec exists, False when there is none and the
+  directory holds no checkpoint (it is new or empty). Checkpoints without a
+  spec.json raise CheckpointError: what produced them cannot be checked.
   """
   path = os.path.join(directory, "spec.json")
   if not os.path.exists(path):
+    steps = _step_folders(directory)
+    if steps:
+      raise CheckpointError(
+          f"{directory} holds checkpoints (steps {_list(steps)}) but no spec.json, so "
+          f"what produced them (the {what}'s configuration) cannot be checked. Delete "
+          f"{directory} or use a new workdir.")
     return False
   try:
     with open(path) as f:

@@ -1,4 +1,6 @@
+import logging
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -68,3 +70,94 @@ def test_spec_mismatch_names_the_field(tmp_path):
   assert checkpointing.check_spec(d, {"x": 1, "y": {"z": (1, 2)}}, "zoo")
   with pytest.raises(CheckpointError, match=r"y\.z: saved \[1, 2\], now \[1, 3\]"):
     checkpointing.check_spec(d, {"x": 1, "y": {"z": (1, 3)}}, "zoo")
+
+
+# Checksums: every restore verifies the files orbax wrote against the manifest
+# written at save.
+
+def _random_tree(n=20000):
+  rng = np.random.default_rng(0)  # random data: orbax's compression keeps it large.
+  return {"w": rng.standard_normal(n).astype(np.float32), "s": np.int32(3)}
+
+
+def _largest_file(folder):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_bit(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x10]))
+
+
+def test_bit_flip_in_a_saved_tree_names_the_file(tmp_path):
+  d = str(tmp_path / "t")
+  checkpointing.save_tree(d, _random_tree())
+  victim = _largest_file(os.path.join(d, "0"))
+  _flip_bit(victim)
+  with pytest.raises(CheckpointError, match="corrupt") as e:
+    checkpointing.load_tree(d, _random_tree())
+  msg = str(e.value)
+  assert os.path.relpath(victim, os.path.join(d, "0")).replace(os.sep, "/") in msg
+  assert os.path.join(d, "0") in msg and "new workdir" in msg
+
+
+def test_deleted_file_is_reported_missing(tmp_path):
+  d = str(tmp_path / "t")
+  checkpointing.save_tree(d, _random_tree())
+  victim = _largest_file(os.path.join(d, "0"))
+  os.remove(victim)
+  with pytest.raises(CheckpointError, match="missing: .*" + os.path.basename(victim)):
+    checkpointing.load_tree(d, _random_tree())
+
+
+def test_untouched_checkpoint_verifies_and_restores(tmp_path):
+  d = str(tmp_path / "t")
+  checkpointing.save_tree(d, _random_tree())
+  assert os.path.exists(os.path.join(d, checkpointing.CHECKSUMS_DIR, "0.json"))
+  for _ in range(2):  # restoring writes nothing that breaks the next verification.
+    got = checkpointing.load_tree(d, _random_tree())
+    np.testing.assert_array_equal(got["w"], _random_tree()["w"])
+
+
+def test_checkpoint_without_manifest_restores_with_a_warning(tmp_path, caplog):
+  d = str(tmp_path / "t")
+  checkpointing.save_tree(d, _random_tree())
+  shutil.rmtree(os.path.join(d, checkpointing.CHECKSUMS_DIR))  # as older versions wrote it.
+  with caplog.at_level(logging.WARNING, logger="dfl2l_jax"):
+    got = checkpointing.load_tree(d, _random_tree())
+  np.testing.assert_array_equal(got["w"], _random_tree()["w"])
+  assert any("unverified" in r.getMessage() for r in caplog.records)
+
+
+def test_max_to_keep_leaves_no_stale_manifests(tmp_path):
+  d = str(tmp_path / "ck")
+  with checkpointing.Checkpointer(d, max_to_keep=2) as ck:
+    for step in range(1, 6):
+      ck.save(step, {"w": np.full(100, step, np.float32)})
+  manifests = sorted(os.listdir(os.path.join(d, checkpointing.CHECKSUMS_DIR)))
+  assert manifests == ["4.json", "5.json"]
+  with checkpointing.Checkpointer(d, max_to_keep=2) as ck:
+    assert ck.latest_step() == 5
+    for step in (4, 5):
+      np.testing.assert_array_equal(ck.restore(step, {"w": np.zeros(100, np.float32)})["w"],
+                                    np.full(100, step, np.float32))
+    _flip_bit(_largest_file(os.path.join(d, "5")))
+    with pytest.raises(CheckpointError, match="corrupt"):
+      ck.restore(5, {"w": np.zeros(100, np.float32)})
+
+
+def test_checkpoints_without_spec_are_refused(tmp_path):
+  d = str(tmp_path / "zoo")
+  assert checkpointing.check_spec(d, {"x": 1}, "zoo") is False  # does not exist.
+  os.makedirs(d)
+  assert checkpointing.check_spec(d, {"x": 1}, "zoo") is False  # empty.
+  checkpointing.write_spec(d, {"x": 1})
+  with checkpointing.Checkpointer(d) as ck:
+    ck.save(2, {"w": np.ones(3)})
+  os.remove(os.path.join(d, "spec.json"))
+  with pytest.raises(CheckpointError, match="holds checkpoints .*but no spec.json.*new workdir"):
+    checkpointing.check_spec(d, {"x": 2}, "zoo")
