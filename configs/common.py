@@ -74,7 +74,7 @@ def merging():
   # ota and weight_matching (methods/ot_fusion.py, methods/weight_matching.py):
   m.ot_reg = 0.0                        # 0: exact assignment; > 0: Sinkhorn entropy weight
                                         # (relative to the mean ground cost)
-  m.ot_iters = 200                      # Sinkhorn iterations
+  m.ot_iters = 5000                     # at most this many Sinkhorn iterations (stops at 1e-3)
   m.wm_iters = 20                       # weight-matching coordinate-descent sweeps (at most)
   m.wm_init = "identity"                # weight matching starts from: identity | ota
   m.align_reference = "closest_to_mean"  # model aligned to: closest_to_mean | first (S[0])

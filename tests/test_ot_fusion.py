@@ -57,21 +57,74 @@ def test_exact_ota_of_permuted_copies_returns_the_network(case):
   assert info["units_moved"] > 0.3
 
 
+def marginal_error(m):
+  """Largest relative marginal error of M = n_ref T (rows and columns), in float64."""
+  m = np.asarray(m, np.float64)
+  n_r, n_m = m.shape[-2:]
+  return max(np.abs(m.sum(-1) - 1.0).max(), np.abs(m.sum(-2) * n_m / n_r - 1.0).max())
+
+
 def test_sinkhorn_marginals_and_limits():
   rng = np.random.default_rng(0)
   cost = rng.uniform(size=(3, 5, 5)).astype(np.float32)
-  m = np.asarray(ot_fusion.sinkhorn(cost, 0.05, 2000))
-  np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-5)   # rows: exact by construction
-  np.testing.assert_allclose(m.sum(-2), 1.0, atol=1e-3)   # columns: converged
+  m, err, _ = ot_fusion.sinkhorn(cost, 0.05, 2000)
+  np.testing.assert_allclose(np.sum(m, -1), 1.0, atol=1e-5)   # rows: exact by construction
+  assert np.all(err <= ot_fusion.SINKHORN_TOL) and marginal_error(m) <= ot_fusion.SINKHORN_TOL
   # Small reg: the optimal assignment; large reg: the uniform plan.
   exact = ot_fusion.assignment(cost.astype(np.float64))
-  small = np.asarray(ot_fusion.sinkhorn(cost, 1e-3, 2000))
+  small, err, _ = ot_fusion.sinkhorn(cost, 1e-3, 2000)
+  assert np.all(err <= ot_fusion.SINKHORN_TOL)
   np.testing.assert_allclose(small, perm_lib.permutation_matrix(exact), atol=1e-2)
-  big = np.asarray(ot_fusion.sinkhorn(cost, 1e3, 50))
+  big, _, _ = ot_fusion.sinkhorn(cost, 1e3, 50)
   np.testing.assert_allclose(big, 0.2, atol=1e-3)
   for k in range(3):
     rows, cols = linear_sum_assignment(cost[k])
     assert list(exact[k, rows]) == list(cols)
+
+
+def test_sinkhorn_stops_on_convergence_and_reports_its_error():
+  """The loop stops once the marginals are within the tolerance (well before a
+  large cap), reports the error it reached, and a tighter tolerance takes longer."""
+  rng = np.random.default_rng(1)
+  cost = rng.uniform(size=(4, 12, 12)).astype(np.float32)
+  m, err, n = jax.device_get(ot_fusion.sinkhorn(cost, 0.02, 100000))
+  assert 1 < n < 100000
+  assert err.shape == (4,) and np.all(err <= ot_fusion.SINKHORN_TOL)
+  assert marginal_error(m) <= ot_fusion.SINKHORN_TOL
+  assert abs(marginal_error(m) - err.max()) < 1e-5                # it reports M's error
+  m2, err2, n2 = jax.device_get(ot_fusion.sinkhorn(cost, 0.02, 100000, 1e-4))
+  assert n2 > n and np.all(err2 <= 1e-4) and marginal_error(m2) <= 1e-4
+  # Capped early, it reports the larger error instead of hiding it.
+  _, err3, n3 = jax.device_get(ot_fusion.sinkhorn(cost, 0.02, 3))
+  assert n3 == 3 and err3.max() > ot_fusion.SINKHORN_TOL
+
+
+def test_unconverged_sinkhorn_raises_a_clear_error():
+  """At a small ot_reg the default-length Sinkhorn is far from a transport plan
+  (columns off by tens of percent); ota refuses it instead of averaging with it."""
+  spec, zoo, _, _ = toy_problem()
+  ref = jax.tree.map(lambda z: z[0], zoo)
+  with pytest.raises(ot_fusion.SinkhornNotConverged,
+                     match=r"Dense_0.*merging\.ot_iters = 20.*tolerance 0\.001.*merging\.ot_reg"):
+    ot_fusion.ot_align(spec, ref, zoo, 1e-3, 20)
+  with pytest.raises(ConfigError, match="did not converge"):   # a user-fixable config error
+    ot_fusion.ot_fuse(spec, zoo, 0, 0.01, 200)
+  # Enough iterations (it stops early): every layer's plan is within the tolerance.
+  _, maps = ot_fusion.ot_align(spec, ref, zoo, 0.05, 5000)
+  for m in maps.values():
+    assert marginal_error(m) <= ot_fusion.SINKHORN_TOL
+
+
+def test_make_init_with_sinkhorn_records_convergence_or_raises():
+  _, zoo, _, _ = toy_problem()
+  ctx = _ctx(zoo, merging__ot_reg=0.05, merging__ot_iters=5000)
+  ot_fusion.OTA.make_init(ctx)
+  (_, row), = ctx.writer.rows
+  assert 1 <= row["ota/sinkhorn_iters"] < 5000
+  assert row["ota/sinkhorn_err"] <= ot_fusion.SINKHORN_TOL
+  ctx = _ctx(zoo, merging__ot_reg=1e-3, merging__ot_iters=20)
+  with pytest.raises(ot_fusion.SinkhornNotConverged, match="raise merging.ot_iters"):
+    ot_fusion.OTA.make_init(ctx)
 
 
 def test_sinkhorn_approaches_exact_as_reg_shrinks():
@@ -100,7 +153,7 @@ def test_soft_alignment_is_not_function_preserving():
 @pytest.mark.parametrize("reg", [0.0, 0.01])
 def test_ota_beats_averaging_and_random_init_on_a_toy_zoo(reg):
   spec, zoo, loss, random_init = toy_problem()
-  fused, _ = ot_fusion.ot_fuse(spec, zoo, 0, reg, 300)
+  fused, _ = ot_fusion.ot_fuse(spec, zoo, 0, reg, 5000)   # Sinkhorn converges in ~1250
   va = jax.tree.map(lambda z: z.mean(0), zoo)
   assert loss(fused) < 0.5 * loss(va) and loss(fused) < 0.5 * loss(random_init)
 

@@ -1,10 +1,14 @@
 """Tests of methods/weight_matching.py (Git Re-Basin weight matching)."""
 
+import contextlib
+import logging
+
 import jax
 import numpy as np
 import pytest
 
 from dfl2l_jax import methods
+from dfl2l_jax import metrics
 from dfl2l_jax import permutations as perm_lib
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import ot_fusion
@@ -43,18 +47,70 @@ def test_coordinate_descent_never_loses_and_ends_at_a_coordinate_optimum():
   zoo = jax.tree.map(lambda x: rng.normal(size=(5,) + x.shape).astype(np.float32), params)
   spec = perm_lib.spec_from_params(params)
   ref = jax.tree.map(lambda z: z[0], zoo)
-  perms, sweeps = wm.match_weights(spec, ref, zoo, 50, jax.random.key(1))
-  assert sweeps < 50
+  perms, sweeps, converged = wm.match_weights(spec, ref, zoo, 50, jax.random.key(1))
+  assert sweeps < 50 and converged
   aligned = jax.device_get(perm_lib.apply_permutation_batched(spec, perms, zoo))
   for m in range(1, 5):
     model = jax.tree.map(lambda z, m=m: z[m], zoo)
     new = jax.tree.map(lambda z, m=m: z[m], aligned)
     assert _objective(ref, new) >= _objective(ref, model) - 1e-4
   # One more sweep from the result changes nothing.
-  again, more = wm.match_weights(spec, ref, zoo, 5, jax.random.key(2), perms)
-  assert more == 1
+  again, more, converged = wm.match_weights(spec, ref, zoo, 5, jax.random.key(2), perms)
+  assert more == 1 and converged
   for k in perms:
     np.testing.assert_array_equal(again[k], perms[k])
+
+
+@contextlib.contextmanager
+def warnings_logged(caplog):
+  """Captures dfl2l_jax's warnings even where a launcher stopped their propagation."""
+  metrics.log.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.WARNING, logger="dfl2l_jax"):
+      yield
+  finally:
+    metrics.log.removeHandler(caplog.handler)
+
+
+def cap_warnings(caplog):
+  return [r.getMessage() for r in caplog.records
+          if r.levelno == logging.WARNING and "wm_iters" in r.getMessage()]
+
+
+def test_stopping_at_the_sweep_cap_warns_and_is_reported(caplog):
+  """Unrelated models need several sweeps: one sweep stops while they still
+  improve, which is logged and reported; a converged run logs nothing."""
+  _, params, _ = mlp_case()
+  rng = np.random.default_rng(0)
+  zoo = jax.tree.map(lambda x: rng.normal(size=(5,) + x.shape).astype(np.float32), params)
+  spec = perm_lib.spec_from_params(params)
+  ref = jax.tree.map(lambda z: z[0], zoo)
+  with warnings_logged(caplog):
+    _, sweeps, converged = wm.match_weights(spec, ref, zoo, 1, jax.random.key(1))
+  assert sweeps == 1 and not converged
+  msg, = set(cap_warnings(caplog))
+  assert msg.startswith("weight_matching:") and "cap of 1 sweeps (merging.wm_iters)" in msg
+  assert "raise merging.wm_iters" in msg
+  caplog.clear()
+  with warnings_logged(caplog):
+    _, info = wm.wm_fuse(spec, zoo, 0, 1, jax.random.key(1))
+  assert info["converged"] == 0.0 and info["sweeps"] == 1.0 and cap_warnings(caplog)
+  caplog.clear()
+  with warnings_logged(caplog):
+    _, sweeps, converged = wm.match_weights(spec, ref, zoo, 50, jax.random.key(1))
+    _, info = wm.wm_fuse(spec, zoo, 0, 50, jax.random.key(1))
+  assert 1 < sweeps < 50 and converged and info["converged"] == 1.0
+  assert not cap_warnings(caplog)
+
+
+def test_converging_in_the_last_allowed_sweep_does_not_warn(caplog):
+  """Permuted copies started from exact OT: the first sweep already improves
+  nothing, so a cap of 1 is not a truncation."""
+  _, params, _ = conv_case()
+  spec, zoo = permuted_copies(params, 4, 0)
+  with warnings_logged(caplog):
+    _, info = wm.wm_fuse(spec, zoo, 1, 1, jax.random.key(0), init="ota")
+  assert info["sweeps"] == 1.0 and info["converged"] == 1.0 and not cap_warnings(caplog)
 
 
 @pytest.mark.parametrize("init", ["identity", "ota"])

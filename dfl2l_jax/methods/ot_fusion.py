@@ -33,7 +33,10 @@ What we do (docs/baselines.md, section ota):
   `scipy.optimize.linear_sum_assignment`; the aligned model computes exactly the
   function of the original.
 - `merging.ot_reg > 0`: entropic OT by log-domain Sinkhorn (`sinkhorn`), a
-  fixed-length `lax.scan` of `merging.ot_iters` iterations. M = n T^T (rows sum
+  jitted `lax.while_loop` that stops once the largest relative marginal error
+  |sum / target - 1| is at most SINKHORN_TOL = 1e-3, after at most
+  `merging.ot_iters` iterations; a plan still off by more raises
+  SinkhornNotConverged (raise ot_iters or ot_reg). M = n T^T (rows sum
   to 1) maps the model's units onto the reference's, and each aligned unit is
   the M-weighted average of the model's units, on both sides of the layer
   (`permutations.apply_transport`): the paper's soft alignment. It is NOT
@@ -50,38 +53,72 @@ from scipy.optimize import linear_sum_assignment
 
 from dfl2l_jax import metrics
 from dfl2l_jax import permutations as perm_lib
+from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
 FIELDS = ("ot_reg", "ot_iters", "align_reference", "align_rounds")
 
 
+# Largest relative marginal error |sum / target - 1| of an accepted Sinkhorn plan.
+SINKHORN_TOL = 1e-3
+
+
+class SinkhornNotConverged(ConfigError):
+  """Sinkhorn reached `merging.ot_iters` with marginals off by more than the tolerance."""
+
+
 @functools.partial(jax.jit, static_argnums=2)
-def sinkhorn(cost, reg, iters):
+def sinkhorn(cost, reg, iters, tol=SINKHORN_TOL):
   """Entropic OT between uniform measures, in the log domain (Cuturi 2013).
+
+  A `lax.while_loop` of Sinkhorn iterations (fit the model's marginal, then the
+  reference's) that stops once every problem's marginals are within `tol` of
+  their targets, relative: max over rows i and columns j of |n_ref sum_j T_ij - 1|
+  and |n_model sum_i T_ij - 1| <= tol (the rows are fitted exactly by the last
+  half-iteration, so the columns decide), or after `iters` iterations. The
+  caller checks the returned error (`ot_align` raises SinkhornNotConverged when
+  it exceeds tol: the matrix would not be a transport plan).
 
   Args:
     cost: (..., n_ref, n_model) ground cost.
     reg: entropy weight epsilon (> 0), in the units of `cost`.
-    iters: number of Sinkhorn iterations (static: a fixed-length lax.scan).
+    iters: at most this many Sinkhorn iterations (static).
+    tol: stop when the relative marginal error is at most this (default
+      SINKHORN_TOL = 1e-3, i.e. 0.1% of a unit's mass).
 
   Returns:
-    (..., n_ref, n_model) matrix M = n_ref * T, where T is the transport plan
-    with marginals 1/n_ref and 1/n_model; the last half-iteration fits the
-    reference marginal, so every row of M sums to 1 (up to float rounding).
+    (m, err, n): m, the (..., n_ref, n_model) matrix M = n_ref * T, where T is
+    the transport plan with marginals 1/n_ref and 1/n_model (every row of M sums
+    to 1 up to float rounding); err, the (...) largest relative marginal error
+    of each problem, rows and columns, measured on M (float32 sums: errors
+    below ~1e-6 are rounding); n, the iterations run.
   """
   cost = jnp.asarray(cost, jnp.float32)
   n_r, n_m = cost.shape[-2], cost.shape[-1]
   log_a, log_b = -jnp.log(n_r), -jnp.log(n_m)
+  batch = cost.shape[:-2]
 
-  def body(carry, _):
-    f, g = carry
+  def plan(f, g):
+    """M = n_ref T and its largest relative marginal error per problem."""
+    m = n_r * jnp.exp((f[..., :, None] + g[..., None, :] - cost) / reg)
+    err = jnp.maximum(jnp.max(jnp.abs(m.sum(-1) - 1.0), axis=-1),
+                      jnp.max(jnp.abs(m.sum(-2) * (n_m / n_r) - 1.0), axis=-1))
+    return m, err
+
+  def cond(state):
+    _, _, err, it = state
+    return (it < iters) & (jnp.max(err) > tol)     # a NaN error stops (and is reported)
+
+  def body(state):
+    f, g, _, it = state
     g = reg * log_b - reg * jax.nn.logsumexp((f[..., :, None] - cost) / reg, axis=-2)
     f = reg * log_a - reg * jax.nn.logsumexp((g[..., None, :] - cost) / reg, axis=-1)
-    return (f, g), None
+    return f, g, plan(f, g)[1], it + 1
 
-  init = (jnp.zeros(cost.shape[:-1]), jnp.zeros(cost.shape[:-2] + (n_m,)))
-  (f, g), _ = jax.lax.scan(body, init, None, length=iters)
-  return n_r * jnp.exp((f[..., :, None] + g[..., None, :] - cost) / reg)
+  init = (jnp.zeros(cost.shape[:-1]), jnp.zeros(batch + (n_m,)),
+          jnp.full(batch, jnp.inf), jnp.asarray(0, jnp.int32))
+  f, g, err, n = jax.lax.while_loop(cond, body, init)
+  return plan(f, g)[0], err, n
 
 
 def pairwise_sq_dists(ref_f, model_f):
@@ -108,7 +145,7 @@ def assignment(cost):
   return out
 
 
-def ot_align(spec, reference, models, reg, iters):
+def ot_align(spec, reference, models, reg, iters, tol=SINKHORN_TOL):
   """Aligns every model (leading axis) to `reference`, layer by layer.
 
   Args:
@@ -116,14 +153,28 @@ def ot_align(spec, reference, models, reg, iters):
     reference: one model's parameters.
     models: parameters with a leading model axis N.
     reg: 0 for exact OT (permutations), > 0 for Sinkhorn (soft transport).
-    iters: Sinkhorn iterations.
+    iters: at most this many Sinkhorn iterations per layer.
+    tol: the largest relative marginal error accepted from Sinkhorn.
 
   Returns:
     (aligned models with a leading N axis, dict of per-layer transport: (N, n)
     permutations when reg == 0, else (N, n, n) matrices M).
+
+  Raises:
+    SinkhornNotConverged: a layer's Sinkhorn plan has a marginal error above
+      `tol` after `iters` iterations.
   """
+  aligned, maps, _ = ot_align_with_stats(spec, reference, models, reg, iters, tol)
+  return aligned, maps
+
+
+def ot_align_with_stats(spec, reference, models, reg, iters, tol=SINKHORN_TOL):
+  """`ot_align`, also returning {"sinkhorn_iters", "sinkhorn_err"}: the most
+  iterations and the largest relative marginal error over the layers (empty
+  for exact OT)."""
   n_models = jax.tree.leaves(models)[0].shape[0]
   exact = reg == 0
+  stats = {}
   if exact:
     maps = perm_lib.identity_perms(spec, n_models)
   else:
@@ -140,12 +191,23 @@ def ot_align(spec, reference, models, reg, iters):
     if exact:
       maps[p.name] = assignment(cost)
     else:
-      maps[p.name] = np.asarray(sinkhorn(cost, float(reg), int(iters)))
+      m, err, n = jax.device_get(sinkhorn(cost, float(reg), int(iters), float(tol)))
+      worst = int(np.argmax(np.where(np.isnan(err), np.inf, err)))
+      if not err[worst] <= tol:                # NaN fails too
+        raise SinkhornNotConverged(
+            f"ota: Sinkhorn did not converge on layer {p.name} (model {worst}): its largest "
+            f"relative marginal error is {float(err[worst]):.3g} after {int(n)} iterations "
+            f"(merging.ot_iters = {iters}), above the tolerance {tol:g}, so the matrix is not "
+            f"a transport plan; raise merging.ot_iters or merging.ot_reg (now {reg:g}), or "
+            f"set merging.ot_reg = 0 for exact OT")
+      stats["sinkhorn_iters"] = max(stats.get("sinkhorn_iters", 0.0), float(n))
+      stats["sinkhorn_err"] = max(stats.get("sinkhorn_err", 0.0), float(np.max(err)))
+      maps[p.name] = np.asarray(m)
   if exact:
     aligned = perm_lib.apply_permutation_batched(spec, maps, models)
   else:
     aligned = perm_lib.apply_transport_batched(spec, maps, models)
-  return aligned, maps
+  return aligned, maps, stats
 
 
 def mean_sq_distance(models, reference):
@@ -162,21 +224,27 @@ def average(models):
                       jax.device_get(models))
 
 
-def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1):
+def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1, tol=SINKHORN_TOL):
   """OT fusion of N models: align all to a reference, average; `rounds` times.
 
   Round 1's reference is models[ref_idx]; round r > 1 realigns the original
-  models to round r-1's fused average.
+  models to round r-1's fused average. Sinkhorn (reg > 0) runs at most `iters`
+  iterations per layer and must reach the relative marginal error `tol`
+  (else SinkhornNotConverged).
 
   Returns:
-    (fused parameters as numpy arrays, info dict of floats for logging).
+    (fused parameters as numpy arrays, info dict of floats for logging; with
+    Sinkhorn it has the most iterations run and the largest marginal error
+    over all layers and rounds, "sinkhorn_iters" and "sinkhorn_err").
   """
   models = jax.device_get(models)
   reference = jax.tree.map(lambda x: x[ref_idx], models)
   info = {"reference": float(ref_idx),
           "dist_before": mean_sq_distance(models, reference)}
   for r in range(rounds):
-    aligned, maps = ot_align(spec, reference, models, reg, iters)
+    aligned, maps, stats = ot_align_with_stats(spec, reference, models, reg, iters, tol)
+    for k, v in stats.items():
+      info[k] = max(info.get(k, 0.0), v)
     if r == 0:
       info["dist_after"] = mean_sq_distance(aligned, reference)
       if reg == 0 and maps:
@@ -193,10 +261,14 @@ def ota_init(ctx: base.MethodContext):
   ref_idx = perm_lib.choose_reference(ctx.zoo, ctx.s_idx, mc.align_reference)
   fused, info = ot_fuse(spec, ctx.zoo, ref_idx, float(mc.ot_reg), int(mc.ot_iters),
                         int(mc.align_rounds))
+  mode = "exact" if mc.ot_reg == 0 else f"Sinkhorn reg {mc.ot_reg}"
+  if "sinkhorn_iters" in info:
+    mode += (f", at most {info['sinkhorn_iters']:.0f} of {mc.ot_iters} iterations, marginal "
+             f"error {info['sinkhorn_err']:.2g}")
   metrics.log.info(
       "ota (%s): reference model %d (%s), mean squared distance to it %.4g before, %.4g "
-      "after alignment%s", "exact" if mc.ot_reg == 0 else f"Sinkhorn reg {mc.ot_reg}",
-      ref_idx, mc.align_reference, info["dist_before"], info["dist_after"],
+      "after alignment%s", mode, ref_idx, mc.align_reference, info["dist_before"],
+      info["dist_after"],
       f", {100 * info['units_moved']:.0f}% of hidden units moved"
       if "units_moved" in info else "")
   if ctx.writer is not None:

@@ -28,7 +28,8 @@ What we do (docs/baselines.md, section weight_matching):
 - At most `merging.wm_iters` sweeps, each over the permutations in an order
   drawn from the method's key; all N models are matched in the same sweep (the
   assignment matrices of all models come from one batched computation), and
-  the loop stops once a sweep improves no model's objective.
+  the loop stops once a sweep improves no model's objective. Stopping at the
+  cap while a model still improved logs a warning (raise merging.wm_iters).
 - Start: `merging.wm_init = "identity"` (the paper's) or `"ota"`: the
   permutations of exact OT fusion (one forward pass matching each layer's
   incoming weights, given the earlier layers), an option of ours. Coordinate
@@ -65,18 +66,21 @@ def match_weights(spec, reference, models, max_sweeps, key, init_perms=None):
     init_perms: optional {name: (N, n)} starting permutations (identity if None).
 
   Returns:
-    (perms {name: (N, n) int32}, number of sweeps run).
+    (perms {name: (N, n) int32}, number of sweeps run, converged: whether the
+    last sweep improved no model). Stopping at `max_sweeps` while a model still
+    improved logs a warning (the permutations may not be a coordinate-wise
+    optimum; raise merging.wm_iters).
   """
   n_models = jax.tree.leaves(models)[0].shape[0]
   perms = {k: np.array(v, np.int32) for k, v in
            (init_perms or perm_lib.identity_perms(spec, n_models)).items()}
   ref_feats = {p.name: np.asarray(perm_lib.features_jit(spec, p.name, False, reference), np.float64)
                for p in spec.perms}
-  sweeps = 0
+  sweeps, improved = 0, set()
   for sweep in range(max_sweeps):
     sweeps = sweep + 1
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, sweep), len(spec.perms)))
-    progress = False
+    improved = set()                        # models whose objective this sweep improved
     for k in order:
       p = spec.perms[int(k)]
       others = dict(perms)
@@ -90,11 +94,17 @@ def match_weights(spec, reference, models, max_sweeps, key, init_perms=None):
         _, cols = linear_sum_assignment(gain[m], maximize=True)
         new = gain[m, rows, cols].sum()
         if new > old + 1e-9 * (1.0 + abs(old)):
-          progress = True
+          improved.add(m)
           perms[p.name][m] = cols
-    if not progress:
+    if not improved:
       break
-  return perms, sweeps
+  if improved:
+    metrics.log.warning(
+        "weight_matching: coordinate descent stopped at its cap of %d sweeps "
+        "(merging.wm_iters) while %d of %d models still improved in the last sweep; their "
+        "permutations may not be a coordinate-wise optimum: raise merging.wm_iters",
+        max_sweeps, len(improved), n_models)
+  return perms, sweeps, not improved
 
 
 def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
@@ -112,7 +122,9 @@ def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
       (exact OT fusion's layer-wise assignment, ot_fusion.ot_align).
 
   Returns:
-    (fused parameters as numpy arrays, info dict of floats for logging).
+    (fused parameters as numpy arrays, info dict of floats for logging;
+    info["converged"] is 0 when some round stopped at max_sweeps while still
+    improving, which match_weights also logs as a warning, else 1).
   """
   models = jax.device_get(models)
   reference = jax.tree.map(lambda x: x[ref_idx], models)
@@ -124,9 +136,10 @@ def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
   elif init != "identity":
     raise ValueError(f"init must be one of {perm_lib.WM_INITS}, got {init!r}")
   for r in range(rounds):
-    perms, sweeps = match_weights(spec, reference, models, max_sweeps,
-                                  jax.random.fold_in(key, r), perms)
+    perms, sweeps, converged = match_weights(spec, reference, models, max_sweeps,
+                                             jax.random.fold_in(key, r), perms)
     aligned = perm_lib.apply_permutation_batched(spec, perms, models)
+    info["converged"] = min(info.get("converged", 1.0), float(converged))
     if r == 0:
       info["dist_after"] = ot_fusion.mean_sq_distance(aligned, reference)
       info["sweeps"] = float(sweeps)
