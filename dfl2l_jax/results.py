@@ -1,14 +1,36 @@
-"""results.json and results.md: the record of one run."""
+"""results.json and results.md: the record of a workdir's runs.
 
+A workdir holds one zoo (its benchmark and seed are fixed by zoo/spec.json), and any
+number of runs on it: launch.offline, launch.online and launch.evaluate, with any set of
+methods and any meta-test settings. Each row of results.json is one method at one shot
+count under one set of meta-test settings; a run replaces only the rows it produced (same
+method, shots and meta-test settings) and keeps every other row, so no run removes
+results it did not produce. `runs` lists every run that contributed, and each row names
+its run: the launcher, the command line (config file and variant, overrides), the
+resolved config, the code and the machine.
+
+Writing is all or nothing: both files are written to temporary names first and renamed
+only when both are complete; a failed write (a full disk) leaves the earlier files as
+they were.
+"""
+
+import errno
+import json
 import os
 import platform
 import subprocess
 import sys
+import time
+
 import numpy as np
 
 import jax
 
-from dfl2l_jax import checkpointing
+from dfl2l_jax.errors import CheckpointError, Dfl2lError
+
+# Meta-test fields that do not change what is measured (how many tasks are vmapped
+# together), left out of a row's key.
+_NOT_IN_KEY = ("batch_size",)
 
 
 def versions():
@@ -20,7 +42,8 @@ def versions():
           "orbax-checkpoint": orbax.checkpoint.__version__, "chex": chex.__version__,
           "dfl2l_jax": dfl2l_jax.__version__, "backend": jax.default_backend(),
           "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
-          "processor": cpu_model(), "cpu_count": os.cpu_count(), "git": source_commit()}
+          "processor": cpu_model(), "cpu_count": os.cpu_count(), "git": source_commit(),
+          "device_count": jax.device_count(), "process_count": jax.process_count()}
 
 
 def source_commit(src=None):
@@ -72,6 +95,12 @@ def t_interval95(values):
   return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
 
 
+def metatest_settings(config):
+  """The meta-test settings that define what a row measures (config.metatest less the
+  batching), as stored in each row and used in its key."""
+  return {k: v for k, v in sorted(config.metatest.to_dict().items()) if k not in _NOT_IN_KEY}
+
+
 def row(method, shots, mean, ci95, per_task):
   return {"method": method, "shots": int(shots), "mean": float(mean), "ci95": float(ci95),
           "n_tasks": len(per_task), "per_task": [float(v) for v in per_task]}
@@ -83,44 +112,168 @@ def na_row(method, shots, reason):
           "per_task": [], "na": reason}
 
 
+def row_key(r):
+  return (r["method"], int(r["shots"]), json.dumps(r.get("metatest"), sort_keys=True))
+
+
+def failed_rows(results):
+  """Rows whose meta-test produced a non-finite metric on some task."""
+  return [r for r in results["rows"] if r.get("failed")]
+
+
+def load(workdir):
+  """The results.json of `workdir` in the current layout, or None if there is none.
+
+  Files written before rows carried their meta-test settings and run are upgraded
+  (every row gets the settings and launcher of the file's one run). An unreadable file
+  raises CheckpointError: it is the user's record, and a new run must not replace it
+  unseen.
+  """
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      old = json.load(f)
+    old["rows"]  # pylint: disable=pointless-statement
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(
+        f"{path} is unreadable ({type(e).__name__}: {e}); a new run would replace it. "
+        f"Move it away (mv {path} {path}.old) or use a new --workdir") from e
+  if "runs" not in old:
+    run = {k: old.get(k) for k in ("setting", "config", "wall_seconds", "versions")}
+    run.update(launcher=old.get("setting"), command=None, finished=None)
+    old["runs"] = [run]
+    settings = {k: v for k, v in sorted(((old.get("config") or {}).get("metatest") or {})
+                                        .items()) if k not in _NOT_IN_KEY}
+    for r in old["rows"]:
+      r.setdefault("metatest", settings)
+      r.setdefault("run", 0)
+  return old
+
+
+def merge(old, new):
+  """`new` (one run's record) with the rows of `old` that it did not replace.
+
+  Rows are matched by method, shots and meta-test settings; `old` rows keep their
+  place, replaced ones take the new values, new ones follow. Runs that no longer own a
+  row stay listed (what ran in this workdir), and rows keep pointing at theirs.
+  """
+  if old is None:
+    return new
+  for field in ("benchmark", "seed"):
+    if old.get(field) != new.get(field):
+      raise CheckpointError(
+          f"results.json in this workdir holds {field} {old.get(field)!r}, this run "
+          f"{new.get(field)!r}; use a new --workdir")
+  runs = list(old["runs"]) + list(new["runs"])
+  offset = len(old["runs"])
+  fresh = {row_key(r): dict(r, run=r["run"] + offset) for r in new["rows"]}
+  rows = [fresh.pop(row_key(r), r) for r in old["rows"]]
+  rows += list(fresh.values())
+  return dict(new, rows=rows, runs=runs)
+
+
+def run_record(launcher, command, config, wall_seconds, methods):
+  return {"launcher": launcher, "command": command, "config": config.to_dict(),
+          "methods": list(methods), "wall_seconds": float(wall_seconds),
+          "versions": versions(),
+          "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
+
+
+def _settings_label(settings):
+  return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def to_markdown(results):
   unit = " (%)" if results["metric"] == "accuracy" else ""
-  lines = [f"# {results['benchmark']}: {results['metric']}{unit}, seed {results['seed']}", "",
-           "| method | shots | mean | 95% CI | tasks |", "|---|---|---|---|---|"]
+  lines = [f"# {results['benchmark']}: {results['metric']}{unit}, seed {results['seed']}", ""]
+  smoke = [str(i + 1) for i, run in enumerate(results["runs"])
+           if ":smoke" in (run.get("command") or "")]
+  if smoke:
+    lines += [f"**Run(s) {', '.join(smoke)} used a `:smoke` config variant: a seconds-long "
+              "check of the code, not a result.**", ""]
+  lines += ["| method | shots | mean | 95% CI | tasks | run |", "|---|---|---|---|---|---|"]
   for r in results["rows"]:
+    run = f"{r.get('run', 0) + 1}"
     if r.get("na"):
-      lines.append(f"| {r['method']} | {r['shots']} | n/a | n/a | {r['na']} |")
+      lines.append(f"| {r['method']} | {r['shots']} | n/a | n/a | {r['na']} | {run} |")
       continue
-    lines.append(f"| {r['method']} | {r['shots']} | {r['mean']:.4f} | {r['ci95']:.4f} | "
-                 f"{r['n_tasks']} |")
+    mean = "FAILED" if r.get("failed") else f"{r['mean']:.4f}"
+    ci = r["failed"] if r.get("failed") else f"{r['ci95']:.4f}"
+    lines.append(f"| {r['method']} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | {run} |")
   q = results.get("zoo_quality")
   if q:
     lines += ["", f"Zoo quality ({q['metric']} of each model on its own task): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
-  lines += ["", f"Wall time: {results['wall_seconds']:.1f} s on "
-            f"{results['versions']['backend']} ({results['versions']['device']})."]
+  lines += ["", "Runs (each row names the run that produced it):", ""]
+  settings_of = {}
+  for r in results["rows"]:
+    settings_of.setdefault(r.get("run", 0), []).append(r.get("metatest"))
+  for i, run in enumerate(results["runs"]):
+    v = run.get("versions") or {}
+    command = run.get("command") or "(called from Python)"
+    settings = [s for s in settings_of.get(i, []) if s is not None]
+    label = _settings_label(settings[0]) if settings else "n/a"
+    wall = run.get("wall_seconds")
+    lines.append(
+        f"{i + 1}. `{run.get('launcher')}`: `{command}`; meta-test {label}; "
+        + (f"{wall:.1f} s " if wall is not None else "")
+        + f"on {v.get('backend', '?')} ({v.get('device', '?')}, "
+        f"{v.get('device_count', '?')} device(s)); finished {run.get('finished') or '?'}; "
+        f"git {v.get('git')}.")
   return "\n".join(lines) + "\n"
 
 
-def write(workdir, results):
-  """Writes results.json and results.md atomically (md first, json last).
+def summary(results, workdir):
+  """What the launchers print at the end: the last run's rows and where the files are."""
+  last = len(results["runs"]) - 1
+  unit = "%" if results["metric"] == "accuracy" else results["metric"]
+  lines = ["", f"{results['benchmark']}, seed {results['seed']} ({unit}; "
+           f"{'lower' if results['metric'] == 'mse' else 'higher'} is better):",
+           f"  {'method':18s} {'shots':>5s} {'mean':>10s} {'95% CI':>9s}"]
+  for r in results["rows"]:
+    if r.get("run") != last:
+      continue
+    if r.get("na") or r.get("failed"):
+      value = "n/a: " + r["na"] if r.get("na") else "FAILED: " + r["failed"]
+      lines.append(f"  {r['method']:18s} {r['shots']:5d} {value}")
+    else:
+      lines.append(f"  {r['method']:18s} {r['shots']:5d} {r['mean']:10.4f} {r['ci95']:9.4f}")
+  lines.append(f"Every run's rows: {os.path.join(workdir, 'results.md')} "
+               f"(and results.json)")
+  return "\n".join(lines)
 
-  Only process 0 of a multi-host job writes.
+
+def write(workdir, results):
+  """Writes results.json and results.md, both or neither (process 0 only).
+
+  Both go to temporary files first; only when both are complete are they renamed into
+  place (json first, then md). A failed write (a full disk, a read-only folder) removes
+  the temporary files, leaves the earlier results as they were and raises ResultsError.
   """
   if jax.process_index() != 0:
     return
-  md = os.path.join(workdir, "results.md")
-  with open(md + ".tmp", "w") as f:
-    f.write(to_markdown(results))
-  os.replace(md + ".tmp", md)
-  checkpointing.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  paths = [os.path.join(workdir, "results.json"), os.path.join(workdir, "results.md")]
+  texts = [json.dumps(results, indent=1, sort_keys=True) + "\n", to_markdown(results)]
+  tmps = [p + ".tmp" for p in paths]
+  try:
+    for tmp, text in zip(tmps, texts):
+      with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    for tmp, path in zip(tmps, paths):
+      os.replace(tmp, path)
+  except OSError as e:
+    for tmp in tmps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+    raise ResultsError(f"could not write the results to {workdir}: {why}. The earlier "
+                       "results there are unchanged; free space (or fix the folder) and "
+                       "rerun the same command, which resumes from the checkpoints") from e
 
 
-def clear(workdir):
-  """Removes the results of an earlier run before a new one starts (process 0)."""
-  if jax.process_index() != 0:
-    return
-  for name in ("results.json", "results.md"):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      os.remove(path)
+class ResultsError(Dfl2lError, IOError):
+  """The results could not be written."""

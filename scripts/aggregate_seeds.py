@@ -53,9 +53,19 @@ def load(paths):
       raise SystemExit(f"error: {path} is not valid JSON ({e})") from None
     try:
       seed = run["seed"]
+      keys = [(r["method"], r["shots"]) for r in run["rows"]]
+      twice = sorted({k for k in keys if keys.count(k) > 1})
+      if twice:
+        raise SystemExit(
+            f"error: {path} holds {twice[0][0]}@{twice[0][1]} under several meta-test "
+            "settings (runs of launch.evaluate with other settings); aggregate one "
+            "setting: keep only its rows in a copy of the file")
       for r in run["rows"]:
         if r.get("na"):
           continue
+        if r.get("failed"):
+          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} failed "
+                           f"({r['failed']})")
         if not isinstance(r.get("mean"), (int, float)):
           raise KeyError(f"mean of {r['method']}@{r['shots']}")
         if not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):

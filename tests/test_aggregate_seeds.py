@@ -187,3 +187,14 @@ def test_refuses_a_truncated_results_file(tmp_path):
   (tmp_path / "s.json").write_text((tmp_path / "s.json").read_text()[:40])
   with pytest.raises(SystemExit, match=r"s\.json is not valid JSON"):
     helpers.load_script("aggregate_seeds").main([path])
+
+
+def test_refuses_failed_rows_and_rows_of_several_meta_test_settings(tmp_path):
+  _write(tmp_path / "s.json", 1, [("va", [50.0])])
+  _edit(tmp_path / "s.json", lambda run: run["rows"][0].update(
+      mean=None, per_task=[None], failed="non-finite on 1 of 1 tasks"))
+  with pytest.raises(SystemExit, match=r"va@10 failed \(non-finite on 1 of 1 tasks\)"):
+    helpers.load_script("aggregate_seeds").main([str(tmp_path / "s.json")])
+  _write(tmp_path / "t.json", 1, [("va", [50.0]), ("va", [40.0])])
+  with pytest.raises(SystemExit, match="va@10 under several meta-test settings"):
+    helpers.load_script("aggregate_seeds").main([str(tmp_path / "t.json")])

@@ -1,11 +1,16 @@
 """The run record: intervals over seeds and what produced a run (dfl2l_jax/results.py)."""
 
+import errno
+import json
 import math
+import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from dfl2l_jax import results
+from dfl2l_jax.errors import CheckpointError
 
 
 def test_t_interval_uses_student_t_with_n_minus_1_degrees_of_freedom():
@@ -40,3 +45,71 @@ def test_source_commit_names_the_checkout_and_its_local_changes(tmp_path):
   # A folder inside some other repository is not our checkout.
   assert results.source_commit(str(tmp_path / "dfl2l_jax")) is None
   assert results.versions()["git"] == results.source_commit()
+
+
+def _record(rows, seed=0):
+  return {"benchmark": "sinusoid", "metric": "mse", "seed": seed, "rows": rows,
+          "runs": [{"launcher": "offline", "command": "c", "versions": {}}],
+          "wall_seconds": 1.0, "versions": {}, "zoo_quality": None}
+
+
+def _row(method, shots, mean, steps=20, run=0):
+  r = results.row(method, shots, mean, 0.1, [mean])
+  r.update(metatest={"steps": steps}, run=run, launcher="offline")
+  return r
+
+
+def test_merge_replaces_only_rows_with_the_same_method_shots_and_settings():
+  old = _record([_row("va", 5, 1.0), _row("dfl2l", 5, 2.0), _row("va", 5, 3.0, steps=7)])
+  new = _record([_row("va", 5, 9.0), _row("maml", 5, 4.0)])
+  merged = results.merge(old, new)
+  got = [(r["method"], r["metatest"]["steps"], r["mean"], r["run"]) for r in merged["rows"]]
+  assert got == [("va", 20, 9.0, 1), ("dfl2l", 20, 2.0, 0), ("va", 7, 3.0, 0),
+                 ("maml", 20, 4.0, 1)]
+  assert len(merged["runs"]) == 2
+  assert results.merge(None, new) is new
+  with pytest.raises(CheckpointError, match="seed"):
+    results.merge(old, _record([], seed=1))
+
+
+def test_files_of_the_earlier_layout_are_upgraded_on_load(tmp_path):
+  legacy = {"benchmark": "sinusoid", "metric": "mse", "seed": 0, "setting": "offline",
+            "config": {"metatest": {"steps": 1000, "lr": 0.005, "batch_size": 100}},
+            "rows": [results.row("va", 5, 1.0, 0.1, [1.0])], "wall_seconds": 2.0,
+            "versions": {}}
+  (tmp_path / "results.json").write_text(json.dumps(legacy))
+  loaded = results.load(str(tmp_path))
+  assert loaded["rows"][0]["metatest"] == {"lr": 0.005, "steps": 1000}
+  assert loaded["runs"][0]["launcher"] == "offline"
+  assert results.load(str(tmp_path / "nothing")) is None
+
+
+def test_a_failed_write_leaves_the_earlier_files_and_no_temporaries(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  results.write(workdir, _record([_row("va", 5, 1.0)]))
+  before = {n: (tmp_path / n).read_bytes() for n in ("results.json", "results.md")}
+  real_open = open
+
+  def full_disk(path, mode="r", *a, **k):
+    if str(path).endswith("results.md.tmp") and "w" in mode:
+      raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return real_open(path, mode, *a, **k)
+
+  monkeypatch.setattr("builtins.open", full_disk)
+  with pytest.raises(results.ResultsError, match="disk is full.*unchanged"):
+    results.write(workdir, _record([_row("va", 5, 2.0)]))
+  monkeypatch.undo()
+  assert {n: (tmp_path / n).read_bytes() for n in before} == before
+  assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]
+
+
+def test_markdown_names_each_rows_run_and_flags_failures():
+  rec = _record([_row("va", 5, 1.0)])
+  rec["rows"].append(dict(_row("dfl2l", 5, 0.0), mean=None, ci95=None,
+                          failed="non-finite on 3 of 8 tasks"))
+  rec["runs"][0]["command"] = "python -m launch.offline --config=configs/sinusoid.py:smoke"
+  md = results.to_markdown(rec)
+  assert "| va | 5 | 1.0000 | 0.1000 | 1 | 1 |" in md
+  assert "| dfl2l | 5 | FAILED | non-finite on 3 of 8 tasks |" in md
+  assert "configs/sinusoid.py:smoke" in md and "steps=20" in md
+  assert "smoke" in md.split("Runs")[0]  # the table itself warns about a smoke run
