@@ -10,10 +10,17 @@ Layout of a workdir:
   fusion/<name>/  fusion state checkpoints of meta-trained methods, spec.json
   inits/<name>/   each method's theta_init
   metrics.jsonl   one JSON line per chunk of every phase
-  results.json, results.md   written last, atomically
+  results.json, results.md   every run's rows (results.py), written last, both or neither
+  .lock           held by the running process (workdir_lock.py)
+
+Every check (config, zoo and fusion specs of the workdir, a readable results.json)
+happens before anything in the workdir is replaced, and a run replaces only the
+results rows and initialisations it produced, at its end: a refused, failed or killed
+run leaves the earlier results as they were.
 """
 
 import os
+import tempfile
 import time
 import zlib
 
@@ -28,8 +35,9 @@ from dfl2l_jax import metrics
 from dfl2l_jax import results as results_lib
 from dfl2l_jax import sharding
 from dfl2l_jax import tasks
+from dfl2l_jax import workdir_lock
 from dfl2l_jax import zoo as zoo_lib
-from dfl2l_jax.errors import CheckpointError, NotApplicable, ZooError
+from dfl2l_jax.errors import CheckpointError, ConfigError, Dfl2lError, NotApplicable, ZooError
 
 log = metrics.log
 
@@ -44,15 +52,32 @@ def prepare(config, workdir=None, chosen=()):
   benchmark = tasks.get_benchmark(config)
   config_lib.validate_shots(config, benchmark)
   if workdir is not None:
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
   return benchmark
+
+
+class MetaTestError(Dfl2lError, FloatingPointError):
+  """A meta-test produced a non-finite metric."""
+
+
+def make_workdir(workdir):
+  """Creates `workdir` if needed; a clear error if it is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir} cannot be written ({e.strerror or e})") from e
 
 
 def pretrain(config, workdir, hooks=None):
   """Trains the zoo into workdir/zoo; returns (zoo, quality)."""
   benchmark = prepare(config, workdir)
-  writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
+  with workdir_lock.hold(workdir):
+    writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   log.info("zoo quality (%s on own task): mean %.4f min %.4f max %.4f",
                quality["metric"], quality["mean"], quality["min"], quality["max"])
@@ -72,26 +97,54 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes):
         steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
         gather_fn=benchmark.gather_episode, data=benchmark.data,
         mesh=sharding.make_mesh(config, sharding.TASKS))
-    if not np.all(np.isfinite(per_task)):
-      log.warning("%s at %d shots: %d of %d tasks have a non-finite metric", name,
-                      shots, int((~np.isfinite(per_task)).sum()), per_task.size)
-    mean, ci = adaptation.mean_ci95(per_task)
-    log.info("%s %d-shot: %s %.4f +- %.4f", name, shots, benchmark.metric, mean, ci)
-    rows.append(results_lib.row(name, shots, mean, ci, per_task))
+    bad = int((~np.isfinite(per_task)).sum())
+    if bad:
+      log.error("%s at %d shots: %d of %d tasks have a non-finite %s (the adaptation "
+                "diverged: lower config.metatest.lr)", name, shots, bad, per_task.size,
+                benchmark.metric)
+      r = results_lib.row(name, shots, float("nan"), float("nan"), per_task)
+      r.update(mean=None, ci95=None, failed=f"non-finite on {bad} of {per_task.size} tasks",
+               per_task=[v if np.isfinite(v) else None for v in r["per_task"]])
+    else:
+      mean, ci = adaptation.mean_ci95(per_task)
+      log.info("%s %d-shot: %s %.4f +- %.4f", name, shots, benchmark.metric, mean, ci)
+      r = results_lib.row(name, shots, mean, ci, per_task)
+    r["metatest"] = results_lib.metatest_settings(config)
+    rows.append(r)
   return rows
 
 
-def _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx):
-  out = {"benchmark": benchmark.name, "metric": benchmark.metric, "seed": config.seed,
-         "setting": setting, "config": config.to_dict(), "rows": rows,
+def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_idx, command,
+            previous, inits=None):
+  """Saves the run's initialisations, merges its rows into the workdir's results and
+  writes them; then fails if any row's meta-test was non-finite."""
+  for name, theta_init in (inits or {}).items():
+    checkpointing.save_tree(os.path.join(workdir, "inits", name), theta_init)
+  wall = time.perf_counter() - t0
+  for r in rows:
+    r["run"], r["launcher"] = 0, launcher
+  record = results_lib.run_record(launcher, command, config, wall,
+                                  sorted({r["method"] for r in rows}))
+  record["mesh"] = {axis: sharding.num_shards(sharding.make_mesh(config, axis))
+                    for axis in (sharding.MODELS, sharding.TASKS)}
+  new = {"benchmark": benchmark.name, "metric": benchmark.metric, "seed": config.seed,
+         "setting": launcher, "config": config.to_dict(), "rows": rows,
          "zoo_quality": quality, "split": {"n_s": len(s_idx), "n_q": len(q_idx)},
-         "wall_seconds": time.perf_counter() - t0, "versions": results_lib.versions()}
+         "wall_seconds": wall, "versions": record["versions"], "runs": [record]}
+  out = results_lib.merge(previous, new)
   results_lib.write(workdir, out)
-  log.info("wrote %s", os.path.join(workdir, "results.json"))
+  log.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
+  failed = [f"{r['method']} at {r['shots']} shots ({r['failed']})" for r in rows
+            if r.get("failed")]
+  if failed:
+    raise MetaTestError(
+        f"the meta-test diverged for {'; '.join(failed)}; the rows are marked FAILED in "
+        f"{os.path.join(workdir, 'results.md')}. Lower config.metatest.lr "
+        f"(now {config.metatest.lr}) or check the initialisation")
   return out
 
 
-def run(config, workdir, setting="offline", hooks=None):
+def run(config, workdir, setting="offline", hooks=None, command=None):
   """The whole pipeline for the launchers `offline` and `online`.
 
   Args:
@@ -100,20 +153,26 @@ def run(config, workdir, setting="offline", hooks=None):
     setting: "offline" or "online": picks the default methods when
       `config.methods` is empty.
     hooks: optional `hooks(phase, step)` called after every checkpointed chunk.
+    command: the command line that started the run, recorded with its rows.
 
   Returns:
-    The results dict also written to workdir/results.json.
+    The results dict also written to workdir/results.json (every run's rows).
   """
   t0 = time.perf_counter()
   chosen = methods_lib.resolve(config.methods, setting)
   benchmark = prepare(config, workdir, chosen)  # starts jax.distributed, validates.
-  results_lib.clear(workdir)
+  with workdir_lock.hold(workdir):
+    return _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
+
+
+def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0):
+  previous = results_lib.load(workdir)
   writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  rows = []
+  rows, inits = [], {}
   for method in chosen:
     ctx = methods_lib.MethodContext(
         config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
@@ -128,12 +187,13 @@ def run(config, workdir, setting="offline", hooks=None):
       zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
     except ZooError as e:
       raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
-    checkpointing.save_tree(os.path.join(workdir, "inits", method.name), theta_init)
+    inits[method.name] = theta_init
     rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
-  return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx)
+  return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
+                 command, previous, inits)
 
 
-def evaluate(config, workdir):
+def evaluate(config, workdir, command=None):
   """Meta-tests every initialisation saved in workdir/inits again.
 
   The zoo must match the config (it is checked, not retrained); the meta-test
@@ -141,10 +201,17 @@ def evaluate(config, workdir):
   """
   t0 = time.perf_counter()
   benchmark = prepare(config, workdir)
+  with workdir_lock.hold(workdir):
+    return _evaluate_locked(config, workdir, command, benchmark, t0)
+
+
+def _evaluate_locked(config, workdir, command, benchmark, t0):
+  previous = results_lib.load(workdir)
   inits_dir = os.path.join(workdir, "inits")
   zoo_dir = os.path.join(workdir, "zoo")
   if not os.path.isdir(zoo_dir):
     raise CheckpointError(f"{workdir} holds no zoo: run launch.offline or launch.online first")
+  checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
   with checkpointing.Checkpointer(zoo_dir) as ckpt:
     if ckpt.latest_step() != config.zoo.steps:
       raise CheckpointError(
@@ -159,14 +226,68 @@ def evaluate(config, workdir):
     names = wanted
   if not names:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
-  results_lib.clear(workdir)
   zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo.
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  rows = []
+  inits = {}
   for name in names:
-    theta_init = jax.device_put(checkpointing.load_tree(os.path.join(inits_dir, name), template))
+    theta_init = checkpointing.load_tree(os.path.join(inits_dir, name), template)
+    try:
+      zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
+    except ZooError as e:
+      raise CheckpointError(f"the saved initialisation of {name} in {inits_dir} is not "
+                            f"finite ({e}); rerun launch.offline to recompute it") from e
+    inits[name] = jax.device_put(theta_init)
+  rows = []
+  for name, theta_init in inits.items():
     rows += meta_test_rows(config, benchmark, name, theta_init, episodes)
-  return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx)
+  return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
+                 command, previous)
+
+
+def describe(config, workdir=None, setting="offline"):
+  """What `--dry_run` prints: the checked config, the methods and the workdir's state.
+
+  Validates everything a run validates before training (config, method sections, the
+  benchmark and its data) and checks the workdir's zoo against the config, but creates
+  and changes nothing.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  setting = setting or "offline"
+  chosen = methods_lib.resolve(config.methods, setting)
+  benchmark = prepare(config, None, chosen)
+  lines = ["Config (checked):", json.dumps(config.to_dict(), indent=1, default=str), "",
+           f"Benchmark: {benchmark.name}, metric {benchmark.metric}, shots "
+           f"{tuple(config.shots)}; {config.zoo.num_models} zoo models "
+           f"({config_lib.num_validation(config)} for meta-validation).",
+           f"Methods ({setting} launcher):"]
+  for m in chosen:
+    lines.append(f"  {m.name:16s} {m.description}"
+                 + ("  [reads the zoo tasks' data]" if m.uses_task_data else ""))
+  if workdir is None:
+    return "\n".join(lines + ["", "No --workdir given: nothing checked there."])
+  lines += ["", f"Workdir {workdir}:"]
+  if not os.path.isdir(workdir):
+    return "\n".join(lines + ["  does not exist yet; a run would create it."])
+  zoo_dir = os.path.join(workdir, "zoo")
+  steps = sorted(int(d) for d in (os.listdir(zoo_dir) if os.path.isdir(zoo_dir) else [])
+                 if d.isdigit())
+  try:
+    checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
+    if steps:
+      lines.append(f"  zoo: checkpoint at step {steps[-1]} of {config.zoo.steps} "
+                   "(a run resumes from it)")
+    else:
+      lines.append("  zoo: none yet (a run trains it)")
+  except Dfl2lError as e:
+    lines.append(f"  zoo: a run would be refused: {e}")
+  try:
+    previous = results_lib.load(workdir)
+    lines.append(f"  results.json: {len(previous['rows'])} rows from "
+                 f"{len(previous['runs'])} run(s), kept by a new run except the rows "
+                 "it recomputes" if previous else "  results.json: none yet")
+  except Dfl2lError as e:
+    lines.append(f"  results.json: a run would be refused: {e}")
+  return "\n".join(lines)

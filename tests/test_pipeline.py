@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,8 +42,13 @@ def test_results_json_has_the_promised_schema(finished_run):
   assert {"jax", "flax", "optax"} <= set(res["versions"])
   got = {(r["method"], r["shots"]) for r in res["rows"]}
   assert got == {(m, s) for m in ALL.split(",") for s in (5, 10)}
+  assert len(res["runs"]) == 1 and res["runs"][0]["launcher"] == "offline"
+  assert res["runs"][0]["versions"]["device_count"] == 4
+  assert res["runs"][0]["mesh"] == {"models": 4, "tasks": 4}
   for r in res["rows"]:
-    assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task"}
+    assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
+                      "run", "launcher"}
+    assert r["metatest"]["steps"] == 20 and r["run"] == 0
     assert r["n_tasks"] == len(r["per_task"]) == 8
     assert r["mean"] == pytest.approx(np.mean(r["per_task"]))
     assert r["ci95"] > 0
@@ -106,9 +112,10 @@ def test_truncated_zoo_checkpoint_is_reported(finished_run, tmp_path):
       for f in files:
         with open(os.path.join(root, f), "r+b") as fh:
           fh.truncate(10)
+  before = _files(workdir, "results.json", "results.md")
   with pytest.raises(CheckpointError, match="truncated or corrupt"):
     pipeline.run(helpers.smoke_config(), workdir, "offline")
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert _files(workdir, "results.json", "results.md") == before
   for _ in range(20):  # let the failed reads' callbacks fire while this test is running
     gc.collect()
     time.sleep(0.05)
@@ -175,6 +182,7 @@ def test_launcher_runs_end_to_end(tmp_path):
   assert res["seed"] == 3 and res["config"]["fusion"]["gamma"] == 0.5
   assert {r["method"] for r in res["rows"]} == {"dfl2l_online", "finetune"}
   assert "ETA" in out.stderr
+  assert "dfl2l_online" in out.stdout and "results.md" in out.stdout  # the summary
 
 
 def test_pretrain_then_evaluate_without_inits_fails_cleanly(tmp_path):
@@ -223,3 +231,107 @@ def test_sensitivity_grid_reproduces_the_run_at_its_own_gamma_and_k(finished_run
   assert set(cells) - set(before) == {"seed=0 gamma=1 K=3"}
   assert all(cells[k] == before[k] for k in before)
   capsys.readouterr()
+
+
+def _files(workdir, *names):
+  out = {}
+  for n in names:
+    with open(os.path.join(workdir, n), "rb") as f:
+      out[n] = f.read()
+  return out
+
+
+def test_a_refused_run_leaves_the_results_untouched(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  before = _files(workdir, "results.json", "results.md")
+  with pytest.raises(CheckpointError, match="seed"):
+    pipeline.run(helpers.smoke_config(seed=3), workdir, "offline")
+  with pytest.raises(CheckpointError, match="zoo.steps"):
+    pipeline.evaluate(helpers.smoke_config(zoo__steps=150), workdir)
+  assert _files(workdir, "results.json", "results.md") == before
+
+
+def test_runs_with_other_methods_or_settings_add_rows_and_keep_the_others(finished_run,
+                                                                          tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  first = _per_task(finished_run[1])
+  pipeline.run(helpers.smoke_config(methods="finetune"), workdir, "offline",
+               command="python -m launch.offline --config.methods=finetune")
+  out = pipeline.evaluate(helpers.smoke_config(metatest__steps=7), workdir,
+                          command="python -m launch.evaluate --config.metatest.steps=7")
+  rows = out["rows"]
+  # The first run's rows are all still there, finetune's recomputed to the same values.
+  steps20 = {(r["method"], r["shots"]): r["per_task"] for r in rows
+             if r["metatest"]["steps"] == 20}
+  assert steps20 == first
+  assert {r["run"] for r in rows if r["method"] == "finetune" and
+          r["metatest"]["steps"] == 20} == {1}
+  steps7 = {(r["method"], r["shots"]) for r in rows if r["metatest"]["steps"] == 7}
+  assert steps7 == set(first)  # every saved init, at the new settings
+  assert [r["launcher"] for r in out["runs"]] == ["offline", "offline", "evaluate"]
+  with open(os.path.join(workdir, "results.md")) as f:
+    md = f.read()
+  assert "--config.metatest.steps=7" in md and "steps=7" in md and "steps=20" in md
+  assert md.count("| dfl2l | 5 |") == 2
+
+
+def test_a_diverging_meta_test_fails_the_run_and_marks_its_rows(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  with pytest.raises(pipeline.MetaTestError, match=r"va at 5 shots.*metatest.lr"):
+    pipeline.evaluate(helpers.smoke_config(methods="va", metatest__lr=1e6), workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  failed = [r for r in res["rows"] if r.get("failed")]
+  assert {(r["method"], r["shots"]) for r in failed} == {("va", 5), ("va", 10)}
+  assert all(r["mean"] is None for r in failed)
+  assert len(res["rows"]) == len(finished_run[1]["rows"]) + 2  # the good rows kept
+
+
+def test_evaluate_refuses_a_non_finite_saved_initialisation(finished_run, tmp_path):
+  from dfl2l_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  init_dir = os.path.join(workdir, "inits", "va")
+  theta = jax.tree.map(np.array, checkpointing.load_tree(init_dir, None))
+  theta["Dense_0"]["bias"][0] = np.nan
+  checkpointing.save_tree(init_dir, theta)
+  before = _files(workdir, "results.json")
+  with pytest.raises(CheckpointError, match="initialisation of va.*not finite"):
+    pipeline.evaluate(helpers.smoke_config(methods="va"), workdir)
+  assert _files(workdir, "results.json") == before
+
+
+def test_an_unreadable_results_file_is_refused_before_any_work(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    f.write('{"rows": [')
+  with pytest.raises(CheckpointError, match="results.json is unreadable"):
+    pipeline.evaluate(helpers.smoke_config(), workdir)
+
+
+def test_saved_initialisations_load_with_their_model(finished_run):
+  from dfl2l_jax import inits  # pylint: disable=g-import-not-at-top
+  workdir, results = finished_run
+  assert inits.available(workdir) == sorted(ALL.split(","))
+  init = inits.load(workdir, "va")
+  y = init.apply(init.params, jnp.linspace(-5, 5, 7)[:, None])
+  assert y.shape == (7, 1) and np.all(np.isfinite(y))
+  assert init.model.hidden == tuple(results["config"]["model"]["hidden"])
+  with pytest.raises(CheckpointError, match="no initialisation of 'nope'"):
+    inits.load(workdir, "nope")
+
+
+def test_impossible_model_widths_are_refused(tmp_path):
+  with pytest.raises(ConfigError, match="model.hidden"):
+    pipeline.run(helpers.smoke_config(model__hidden=(0,)), str(tmp_path / "w"), "offline")
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("x")
+  with pytest.raises(ConfigError, match="is a file"):
+    pipeline.run(helpers.smoke_config(), str(path), "offline")
