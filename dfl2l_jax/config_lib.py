@@ -76,6 +76,12 @@ def validate(config):
         f"config.zoo.val_fraction={vf} of {config.zoo.num_models} models leaves "
         f"{config.zoo.num_models - n_q} meta-training and {n_q} meta-validation models; "
         "both must be at least 1")
+  if "hidden" in config.get("model", {}):
+    hidden = config.model.hidden
+    if (not isinstance(hidden, (tuple, list)) or not hidden
+        or any(not _is_int(h) or h <= 0 for h in hidden)):
+      raise ConfigError(f"config.model.hidden must be a non-empty tuple of positive ints "
+                        f"(units per hidden layer), got {hidden!r}")
   shots = tuple(config.shots)
   if not shots or any(not _is_int(s) or s <= 0 for s in shots):
     raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")

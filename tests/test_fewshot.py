@@ -55,6 +55,10 @@ def test_too_many_shots_and_ways_are_rejected():
     fewshot.make_benchmark(helpers.fewshot_config(), loader).make_episodes(16)
   with pytest.raises(ConfigError, match="classes"):
     fewshot.make_benchmark(helpers.fewshot_config(zoo__ways=9), loader)
+  # 7 ways fit the 8 training classes but not the 6 test classes: refused when the benchmark
+  # is built, before the zoo is trained (it used to fail only at the meta-test).
+  with pytest.raises(ConfigError, match="zoo.ways=7: a test task needs 7 classes.* has 6"):
+    fewshot.make_benchmark(helpers.fewshot_config(zoo__ways=7), loader)
   with pytest.raises(ConfigError, match="cannot serve"):
     fewshot.make_benchmark(helpers.fewshot_config(data__dataset="cifar_fs"), loader)
   with pytest.raises(ConfigError, match="bn_impl"):

@@ -165,6 +165,9 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
   train_table = class_table(np.asarray(train_labels), len(train_names))
   test_table = class_table(np.asarray(test_labels), len(test_names))
   ways = config.zoo.ways
+  if ways > test_table.shape[0]:
+    raise ConfigError(f"config.zoo.ways={ways}: a test task needs {ways} classes, but the "
+                      f"meta-test split has {test_table.shape[0]}")
   zoo_tasks = sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table)
   mean = train_images.reshape(-1, 3).mean(0) / 255.0
   std = train_images.reshape(-1, 3).std(0) / 255.0
