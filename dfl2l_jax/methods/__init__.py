@@ -18,14 +18,17 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
 
 
 def resolve(names: str, setting: str):
-  """Methods named in a comma-separated string; '' gives the setting's defaults."""
+  """Methods named in a comma-separated string; '' gives the setting's defaults, 'all'
+  every method."""
   if not names.strip():
     return [m for m in METHODS.values() if setting in m.settings]
+  if names.strip() == "all":
+    return list(METHODS.values())
   out = []
   for name in (n.strip() for n in names.split(",")):
     if name not in METHODS:
       raise ConfigError(f"unknown method {name!r} in config.methods; available: "
-                        f"{', '.join(METHODS)}")
+                        f"{', '.join(METHODS)} (or 'all')")
     if name in (m.name for m in out):
       raise ConfigError(f"method {name!r} is named twice in config.methods")
     out.append(METHODS[name])

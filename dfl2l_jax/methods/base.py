@@ -85,9 +85,12 @@ class Method:
     description: one line for the results table and docs.
     validate: optional `(config) -> None` that raises ConfigError naming a bad
       value of the method's own config section; called before any training.
+    uses_task_data: True for the methods that read the zoo tasks' training data
+      (the MAML baselines); the data-free methods read only the zoo's parameters.
   """
   name: str
   settings: Tuple[str, ...]
   make_init: Callable
   description: str = ""
   validate: Optional[Callable] = None
+  uses_task_data: bool = False

@@ -183,11 +183,13 @@ def online_maml(ctx: base.MethodContext, name: str = "oml"):
 
 MAML = base.Method(
     "maml", ("baseline",), lambda ctx: offline_maml(ctx, False, "maml").params,
-    "MAML (Finn et al. 2017), meta-trained on the zoo tasks' own data", validate_maml)
+    "MAML (Finn et al. 2017), meta-trained on the zoo tasks' own data", validate_maml,
+    uses_task_data=True)
 FOMAML = base.Method(
     "fomaml", ("baseline",), lambda ctx: offline_maml(ctx, True, "fomaml").params,
-    "first-order MAML, meta-trained on the zoo tasks' own data", validate_maml)
+    "first-order MAML, meta-trained on the zoo tasks' own data", validate_maml,
+    uses_task_data=True)
 OML = base.Method(
     "oml", ("baseline",), lambda ctx: online_maml(ctx).params,
     "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
-    "arrive", validate_oml)
+    "arrive", validate_oml, uses_task_data=True)
