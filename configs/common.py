@@ -82,6 +82,17 @@ def merging():
   return m
 
 
+def zoo_features():
+  """The zoo as a frozen feature ensemble (methods/zoo_features.py)."""
+  z = ml_collections.ConfigDict()
+  # Ridge strength relative to the mean feature energy, chosen per shot count on
+  # meta-validation pseudo tasks (the Q models label random inputs), never on test tasks.
+  z.ridge_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+  z.val_query = 100                     # pseudo-query inputs per meta-validation model
+  z.val_repeats = 5                     # pseudo tasks per meta-validation model
+  return z
+
+
 def mesh():
   """Devices (jax.sharding) and hosts (jax.distributed): dfl2l_jax/sharding.py, BUILD.md.
 

@@ -65,6 +65,7 @@ def make(protocol, ways, arg=None):
                        support_size=0, query_size=0)        # whole zoo batches
   c.oml = common.oml()
   c.merging = common.merging()
+  c.zoo_features = common.zoo_features()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

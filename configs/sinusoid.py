@@ -54,6 +54,7 @@ def get_config(arg=None):
   c.oml = common.oml()
   c.oml.steps_per_arrival = 100
   c.merging = common.merging()
+  c.zoo_features = common.zoo_features()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

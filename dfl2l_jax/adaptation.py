@@ -128,6 +128,57 @@ def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, b
   return np.asarray(sharding_lib.to_host(per_task), np.float64)
 
 
+@functools.partial(jax.jit, static_argnames=("score", "gather_fn", "batch_size"))
+def _learner_test(state, episodes, data, *, score, gather_fn, batch_size):
+  def one_task(ep):
+    support, query = gather_fn(ep, data)
+    return score(state, support, query)
+  return jax.lax.map(one_task, episodes, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("score", "gather_fn", "n_tasks"))
+def _learner_test_sharded(state, batches, data, *, score, gather_fn, n_tasks):
+  def one_task(ep):
+    support, query = gather_fn(ep, data)
+    return score(state, support, query)
+  return jax.lax.map(jax.vmap(one_task), batches).reshape(-1)[:n_tasks]
+
+
+def score_learner(learner, episodes, *, batch_size, gather_fn=None, data=None, mesh=None):
+  """The meta-test of a `methods.base.Learner`: its score on every task of `episodes`.
+
+  The same tasks, batching and sharding as `meta_test`; the learner sees each task's
+  support set and is scored on its query set. Returns the per-task metric (numpy).
+  """
+  gather_fn = gather_fn or tasks_base.gather_arrays
+  eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  n_tasks = next(iter(eps.values())).shape[0]
+  if mesh is None:
+    per_task = _learner_test(learner.state, eps, data, score=learner.score,
+                             gather_fn=gather_fn, batch_size=int(min(batch_size, n_tasks)))
+    return np.asarray(jax.device_get(per_task), np.float64)
+  n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
+  eps = sharding_lib.pad_rows(eps, n_batches * global_batch)
+  eps = {k: v.reshape((n_batches, global_batch) + v.shape[1:]) for k, v in eps.items()}
+  sharding = NamedSharding(mesh, P(None, sharding_lib.axis_of(mesh)))
+  eps = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+         for k, v in eps.items()}
+  per_task = _learner_test_sharded(
+      sharding_lib.put_replicated(learner.state, mesh), eps,
+      sharding_lib.put_replicated(data, mesh), score=learner.score, gather_fn=gather_fn,
+      n_tasks=n_tasks)
+  return np.asarray(sharding_lib.to_host(per_task), np.float64)
+
+
+def adaptation_cost(steps, n_support, n_query):
+  """Per-task test-time cost of Algorithm 3 for one initialisation: S full-batch steps on
+  the support set (a forward and a backward pass per example), then one forward pass per
+  query example (and per support example, which give networks with BatchNorm their
+  statistics)."""
+  return {"networks": 1, "forward": int(steps * n_support + n_query + n_support),
+          "backward": int(steps * n_support)}
+
+
 def _device_keys(episodes):
   """Keys of numeric arrays with a leading task axis (drops plot-only extras)."""
   n = len(next(iter(episodes.values())))

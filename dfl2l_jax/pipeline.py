@@ -88,15 +88,32 @@ def method_key(config, name):
   return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+def episode_sizes(benchmark, episodes):
+  """(support, query) examples of one test task, read from its first episode."""
+  keys = adaptation._device_keys(episodes)  # pylint: disable=protected-access
+  support, query = benchmark.gather_episode({k: episodes[k][0] for k in keys}, benchmark.data)
+  return int(np.shape(support["x"])[0]), int(np.shape(query["x"])[0])
+
+
 def meta_test_rows(config, benchmark, name, theta_init, episodes):
+  """Meta-tests one method's product at every shot count: an initialisation by
+  Algorithm 3, a `methods.Learner` by its own score; one row per shot count."""
   rows = []
   mt = config.metatest
+  mesh = sharding.make_mesh(config, sharding.TASKS)
   for shots, eps in episodes.items():
-    per_task = adaptation.meta_test(
-        theta_init, eps, loss_fn=benchmark.loss_fn, metric_fn=benchmark.metric_fn,
-        steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
-        gather_fn=benchmark.gather_episode, data=benchmark.data,
-        mesh=sharding.make_mesh(config, sharding.TASKS))
+    n_support, n_query = episode_sizes(benchmark, eps)
+    if isinstance(theta_init, methods_lib.Learner):
+      per_task = adaptation.score_learner(
+          theta_init, eps, batch_size=mt.batch_size, gather_fn=benchmark.gather_episode,
+          data=benchmark.data, mesh=mesh)
+      cost = theta_init.cost(n_support, n_query)
+    else:
+      per_task = adaptation.meta_test(
+          theta_init, eps, loss_fn=benchmark.loss_fn, metric_fn=benchmark.metric_fn,
+          steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
+          gather_fn=benchmark.gather_episode, data=benchmark.data, mesh=mesh)
+      cost = adaptation.adaptation_cost(mt.steps, n_support, n_query)
     bad = int((~np.isfinite(per_task)).sum())
     if bad:
       log.error("%s at %d shots: %d of %d tasks have a non-finite %s (the adaptation "
@@ -110,6 +127,7 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes):
       log.info("%s %d-shot: %s %.4f +- %.4f", name, shots, benchmark.metric, mean, ci)
       r = results_lib.row(name, shots, mean, ci, per_task)
     r["metatest"] = results_lib.metatest_settings(config)
+    r["cost"] = cost
     rows.append(r)
   return rows
 
@@ -183,6 +201,9 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
       log.warning("%s is not applicable here: %s", method.name, e)
       rows += [results_lib.na_row(method.name, shots, str(e)) for shots in config.shots]
       continue
+    if isinstance(theta_init, methods_lib.Learner):  # nothing to save: rebuilt from the zoo
+      rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
+      continue
     try:
       zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
     except ZooError as e:
@@ -218,13 +239,19 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
           f"the zoo in {zoo_dir} is unfinished (step {ckpt.latest_step()} of "
           f"{config.zoo.steps}): finish it with launch.pretrain or launch.offline first")
   names = sorted(os.listdir(inits_dir)) if os.path.isdir(inits_dir) else []
+  learners = []  # learner methods are rebuilt from the zoo, not loaded
   if config.methods.strip():
-    wanted = [m.name for m in methods_lib.resolve(config.methods, "offline")]
+    wanted = methods_lib.resolve(config.methods, "offline")
+    learners = [m for m in wanted if m.learner]
+    for m in learners:
+      if m.validate is not None:
+        m.validate(config)
+    wanted = [m.name for m in wanted if not m.learner]
     missing = [n for n in wanted if n not in names]
     if missing:
       raise CheckpointError(f"{inits_dir} has no initialisation for {', '.join(missing)}")
     names = wanted
-  if not names:
+  if not names and not learners:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
   zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo.
   quality = zoo_lib.zoo_quality(zoo, benchmark)
@@ -240,6 +267,14 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
       raise CheckpointError(f"the saved initialisation of {name} in {inits_dir} is not "
                             f"finite ({e}); rerun launch.offline to recompute it") from e
     inits[name] = jax.device_put(theta_init)
+  for method in learners:
+    ctx = methods_lib.MethodContext(
+        config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
+        key=method_key(config, method.name), workdir=workdir)
+    try:
+      inits[method.name] = method.make_init(ctx)
+    except NotApplicable as e:
+      raise ConfigError(f"{method.name} is not applicable here: {e}") from e
   rows = []
   for name, theta_init in inits.items():
     rows += meta_test_rows(config, benchmark, name, theta_init, episodes)

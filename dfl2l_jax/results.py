@@ -181,6 +181,14 @@ def run_record(launcher, command, config, wall_seconds, methods):
           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
 
 
+def cost_label(cost):
+  """'1 net, 5,105 fwd + 5,000 bwd': networks held, example passes through one network."""
+  if not cost:
+    return ""
+  return (f"{cost['networks']} net{'s' if cost['networks'] != 1 else ''}, "
+          f"{cost['forward']:,} fwd + {cost['backward']:,} bwd")
+
+
 def _settings_label(settings):
   return ", ".join(f"{k}={v}" for k, v in settings.items())
 
@@ -193,20 +201,24 @@ def to_markdown(results):
   if smoke:
     lines += [f"**Run(s) {', '.join(smoke)} used a `:smoke` config variant: a seconds-long "
               "check of the code, not a result.**", ""]
-  lines += ["| method | shots | mean | 95% CI | tasks | run |", "|---|---|---|---|---|---|"]
+  lines += ["| method | shots | mean | 95% CI | tasks | test-time cost per task | run |",
+            "|---|---|---|---|---|---|---|"]
   for r in results["rows"]:
     run = f"{r.get('run', 0) + 1}"
     if r.get("na"):
-      lines.append(f"| {r['method']} | {r['shots']} | n/a | n/a | {r['na']} | {run} |")
+      lines.append(f"| {r['method']} | {r['shots']} | n/a | n/a | {r['na']} | | {run} |")
       continue
     mean = "FAILED" if r.get("failed") else f"{r['mean']:.4f}"
     ci = r["failed"] if r.get("failed") else f"{r['ci95']:.4f}"
-    lines.append(f"| {r['method']} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | {run} |")
+    lines.append(f"| {r['method']} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | "
+                 f"{cost_label(r.get('cost'))} | {run} |")
   q = results.get("zoo_quality")
   if q:
     lines += ["", f"Zoo quality ({q['metric']} of each model on its own task): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
-  lines += ["", "Runs (each row names the run that produced it):", ""]
+  lines += ["", "Test-time cost: networks a learner holds, and forward and backward passes "
+            "per task, each one example through one network.",
+            "", "Runs (each row names the run that produced it):", ""]
   settings_of = {}
   for r in results["rows"]:
     settings_of.setdefault(r.get("run", 0), []).append(r.get("metatest"))

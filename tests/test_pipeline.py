@@ -47,7 +47,10 @@ def test_results_json_has_the_promised_schema(finished_run):
   assert res["runs"][0]["mesh"] == {"models": 4, "tasks": 4}
   for r in res["rows"]:
     assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
-                      "run", "launcher"}
+                      "run", "launcher", "cost"}
+    # Algorithm 3's cost: 20 steps on the K support points, then the 100 query points.
+    assert r["cost"] == {"networks": 1, "forward": 20 * r["shots"] + 100 + r["shots"],
+                         "backward": 20 * r["shots"]}
     assert r["metatest"]["steps"] == 20 and r["run"] == 0
     assert r["n_tasks"] == len(r["per_task"]) == 8
     assert r["mean"] == pytest.approx(np.mean(r["per_task"]))
@@ -335,3 +338,20 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   path.write_text("x")
   with pytest.raises(ConfigError, match="is a file"):
     pipeline.run(helpers.smoke_config(), str(path), "offline")
+
+
+def test_a_learner_method_is_meta_tested_beside_the_inits_which_stay_identical(finished_run,
+                                                                              tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  out = pipeline.evaluate(helpers.smoke_config(methods="zoo_features,va"), workdir)
+  new = [r for r in out["rows"] if r["run"] == 1]
+  assert {(r["method"], r["shots"]) for r in new} == {(m, s) for m in ("zoo_features", "va")
+                                                      for s in (5, 10)}
+  for r in new:
+    if r["method"] == "va":
+      assert r["per_task"] == _per_task(finished_run[1])[("va", r["shots"])]
+    else:
+      assert r["cost"] == {"networks": 10, "forward": 10 * (r["shots"] + 100), "backward": 0}
+      assert np.all(np.isfinite(r["per_task"])) and r["n_tasks"] == 8
+  assert not os.path.exists(os.path.join(workdir, "inits", "zoo_features"))

@@ -109,7 +109,10 @@ def test_markdown_names_each_rows_run_and_flags_failures():
                           failed="non-finite on 3 of 8 tasks"))
   rec["runs"][0]["command"] = "python -m launch.offline --config=configs/sinusoid.py:smoke"
   md = results.to_markdown(rec)
-  assert "| va | 5 | 1.0000 | 0.1000 | 1 | 1 |" in md
+  assert "| va | 5 | 1.0000 | 0.1000 | 1 |  | 1 |" in md
+  rec["rows"][0]["cost"] = {"networks": 1, "forward": 5105, "backward": 5000}
+  assert "| va | 5 | 1.0000 | 0.1000 | 1 | 1 net, 5,105 fwd + 5,000 bwd | 1 |" in (
+      results.to_markdown(rec))
   assert "| dfl2l | 5 | FAILED | non-finite on 3 of 8 tasks |" in md
   assert "configs/sinusoid.py:smoke" in md and "steps=20" in md
   assert "smoke" in md.split("Runs")[0]  # the table itself warns about a smoke run

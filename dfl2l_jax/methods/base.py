@@ -1,9 +1,12 @@
-"""The method interface: a zoo and a config in, an initialisation out.
+"""The method interface: a zoo and a config in, an initialisation (or a learner) out.
 
 A method is a `Method(name, settings, make_init)`. `make_init(ctx)` receives a
 `MethodContext` and returns theta_init, the parameter pytree of one target
 network, which the harness then meta-tests with Algorithm 3 exactly like every
-other method's. Methods that meta-train (dfl2l) keep their state under
+other method's. A method may instead return a `Learner`: support set in, query
+metric out (for example the zoo used as a feature ensemble with a head fitted on
+the support set); the harness runs it over the same test tasks, and reports each
+row's test-time cost per task either way. Methods that meta-train (dfl2l) keep their state under
 `ctx.workdir` through `ctx.checkpointer(...)`, so they resume after a kill.
 
 Adding a method is one module that builds a `Method` and registers it in
@@ -75,18 +78,38 @@ class MethodContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Learner:
+  """What a method returns when its product is not one initialisation.
+
+  Attributes:
+    state: a pytree of arrays the learner carries (for example the zoo's parameters).
+    score: `(state, support, query) -> scalar`, the benchmark's metric on `query`
+      after learning from `support` ({"x", "y"} of one test task). Pure and traceable:
+      the harness vmaps it over tasks as it does Algorithm 3. Must be a stable object
+      (a module-level function), since it is a static argument of a compiled call.
+    cost: `(n_support, n_query) -> dict` of per-task test-time cost: "networks" held,
+      "forward" and "backward" passes, each counted per example through one network.
+  """
+  state: Any
+  score: Callable
+  cost: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """A named way of producing an initialisation from a zoo.
 
   Attributes:
     name: the name used in config.methods and results.json.
     settings: the launchers that run it by default ("offline", "online").
-    make_init: `(MethodContext) -> theta_init`.
+    make_init: `(MethodContext) -> theta_init`, or a `Learner`.
     description: one line for the results table and docs.
     validate: optional `(config) -> None` that raises ConfigError naming a bad
       value of the method's own config section; called before any training.
     uses_task_data: True for the methods that read the zoo tasks' training data
       (the MAML baselines); the data-free methods read only the zoo's parameters.
+    learner: True when `make_init` returns a `Learner` (rebuilt from the zoo by
+      launch.evaluate, not saved under inits/).
   """
   name: str
   settings: Tuple[str, ...]
@@ -94,3 +117,4 @@ class Method:
   description: str = ""
   validate: Optional[Callable] = None
   uses_task_data: bool = False
+  learner: bool = False

@@ -1,0 +1,144 @@
+"""zoo_features: the zoo used in function space, as a frozen feature ensemble.
+
+Parameter fusion (DFL2L, VA, OT, merging) keeps one network and discards what the zoo's
+models compute. Here the N zoo models stay, and a new task is learned by a head fitted
+on the support set over their outputs: no task data, no meta-training.
+
+Regression (sinusoid): the features of an input x are the N zoo models' outputs
+phi(x) = (f_1(x), ..., f_N(x)). The head is ridge regression with an unpenalised
+intercept, fitted on the K support points in its dual form (K x K, so K < N is fine):
+
+    G = Phi_c Phi_c^T,   alpha = (G + lambda I)^-1 (y - mean y),
+    prediction(x) = (phi(x) - mean phi) Phi_c^T alpha + mean y,
+
+Phi_c the support features centred by their mean, lambda = lambda_rel * trace(G) / K
+(scale-free). lambda_rel is chosen per shot count from `zoo_features.ridge_grid` on
+meta-validation pseudo tasks, never on test tasks: each meta-validation model f_q
+(the split's Q) labels K support and `zoo_features.val_query` query inputs drawn
+uniformly from the benchmark's input domain, the meta-training models S give the
+features, and the lambda_rel of the lowest mean pseudo-query MSE is kept. At test
+time all N models give features.
+
+Test-time cost per task: N networks, N (K + Q) forward passes, no backward pass.
+Image benchmarks (penultimate features, nearest class centroid) are not implemented
+yet: the method is n/a there, with that reason.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfl2l_jax import metrics
+from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.methods import base
+
+FIELDS = ("ridge_grid", "val_query", "val_repeats")
+
+
+def features(apply, zoo, x):
+  """(n, N): every zoo model's scalar output at each of the n inputs x (n, 1)."""
+  return jax.vmap(lambda p: apply(p, x)[:, 0])(zoo).T
+
+
+def ridge_fit_predict(phi_s, y_s, phi_q, lam_rel):
+  """Dual ridge with an unpenalised intercept; predictions at phi_q (see the module doc)."""
+  mu_phi, mu_y = phi_s.mean(0), y_s.mean()
+  phi_c = phi_s - mu_phi
+  gram = phi_c @ phi_c.T
+  k = gram.shape[0]
+  lam = lam_rel * jnp.trace(gram) / k + 1e-12
+  alpha = jnp.linalg.solve(gram + lam * jnp.eye(k, dtype=gram.dtype), y_s - mu_y)
+  return (phi_q - mu_phi) @ (phi_c.T @ alpha) + mu_y
+
+
+def _score(apply, state, support, query):
+  zoo, lams = state["zoo"], state["lam_rel"]
+  lam_rel = lams[str(support["x"].shape[0])]  # shapes are static: one lambda per shot count
+  pred = ridge_fit_predict(features(apply, zoo, support["x"]), support["y"][:, 0],
+                           features(apply, zoo, query["x"]), lam_rel)
+  return jnp.mean(jnp.square(pred - query["y"][:, 0]))
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(apply):
+  """One stable score function per network (a static argument of the compiled meta-test)."""
+  return functools.partial(_score, apply)
+
+
+def select_ridge(apply, zoo_s, zoo_q, shots, grid, domain, n_query, repeats, seed):
+  """lambda_rel of the lowest mean query MSE on meta-validation pseudo tasks (module doc).
+
+  Returns ({shots: lambda_rel}, {shots: [mean MSE per grid value]}).
+  """
+  rng = np.random.default_rng(seed)
+  n_q = jax.tree.leaves(zoo_q)[0].shape[0]
+  chosen, table = {}, {}
+  for k in shots:
+    x = rng.uniform(*domain, size=(repeats, n_q, k + n_query, 1)).astype(np.float32)
+
+    @jax.jit
+    def losses(x):
+      def one(q_params, xs):
+        y = apply(q_params, xs)[:, 0]
+        phi = features(apply, zoo_s, xs)
+        return jnp.stack([
+            jnp.mean(jnp.square(ridge_fit_predict(phi[:k], y[:k], phi[k:], lam) - y[k:]))
+            for lam in grid])
+      return jax.vmap(lambda xr: jax.vmap(one)(zoo_q, xr))(x)  # (repeats, n_q, grid)
+
+    mse = np.asarray(losses(jnp.asarray(x)), np.float64).reshape(-1, len(grid))
+    mean = np.where(np.isfinite(mse), mse, np.inf).mean(0)
+    if not np.isfinite(mean).any():
+      raise FloatingPointError(f"zoo_features: every ridge value diverged at {k} shots")
+    chosen[k] = float(grid[int(np.argmin(mean))])
+    table[k] = [float(v) for v in mean]
+  return chosen, table
+
+
+def zoo_features(ctx: base.MethodContext):
+  if ctx.benchmark.metric != "mse" or "domain" not in ctx.benchmark.spec:
+    raise NotApplicable("zoo_features is implemented for regression (sinusoid) only so far; "
+                        "the image form (penultimate features, nearest class centroid) is not")
+  zc = ctx.config.zoo_features
+  grid = tuple(float(v) for v in zc.ridge_grid)
+  apply = ctx.benchmark.apply
+  chosen, table = select_ridge(
+      apply, ctx.zoo_s, ctx.zoo_q, tuple(int(s) for s in ctx.config.shots), grid,
+      tuple(ctx.benchmark.spec["domain"]), int(zc.val_query), int(zc.val_repeats),
+      seed=[int(ctx.config.seed), 17])
+  for k, lam in chosen.items():
+    metrics.log.info("zoo_features: %d shots, lambda_rel %.0e chosen on meta-validation pseudo "
+                  "tasks (pseudo-query MSE per grid value: %s)", k, lam,
+                  ", ".join(f"{v:.4g}" for v in table[k]))
+    if ctx.writer is not None:
+      ctx.writer.write_scalars(0, {f"zoo_features/lambda_rel_{k}": lam})
+  n = jax.tree.leaves(ctx.zoo)[0].shape[0]
+  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo),
+           "lam_rel": {str(k): jnp.float32(v) for k, v in chosen.items()}}
+  cost = lambda n_support, n_query: {"networks": n, "forward": n * (n_support + n_query),
+                                     "backward": 0}
+  return base.Learner(state=state, score=_scorer(apply), cost=cost)
+
+
+def validate(config):
+  if "zoo_features" not in config:
+    raise ConfigError("config has no zoo_features section (configs/common.py: zoo_features())")
+  zc = config.zoo_features
+  grid = tuple(zc.ridge_grid)
+  if not grid or any(not isinstance(v, (int, float)) or not v > 0 or v != v for v in grid):
+    raise ConfigError(f"config.zoo_features.ridge_grid must be positive numbers, got {grid!r}")
+  for field in ("val_query", "val_repeats"):
+    v = zc[field]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      raise ConfigError(f"config.zoo_features.{field} must be a positive int, got {v!r}")
+  if min(config.shots) < 2:
+    raise ConfigError("zoo_features fits a ridge head with an intercept: it needs at least 2 "
+                      f"support points, and config.shots has {min(config.shots)}")
+
+
+ZOO_FEATURES = base.Method(
+    "zoo_features", (), zoo_features,
+    "the zoo as a frozen feature ensemble: a ridge head on the N models' outputs, fitted on "
+    "the support set (regression)", validate, learner=True)

@@ -1,0 +1,85 @@
+"""The zoo as a feature ensemble (methods/zoo_features.py) and the learner meta-test."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfl2l_jax import adaptation
+from dfl2l_jax import sharding
+from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.methods import base
+from dfl2l_jax.methods import zoo_features as zf
+from tests import helpers
+
+
+def test_dual_ridge_equals_the_primal_with_an_unpenalised_intercept():
+  rng = np.random.default_rng(0)
+  phi_s, phi_q = rng.normal(size=(20, 5)), rng.normal(size=(7, 5))
+  y = rng.normal(size=20)
+  lam_rel = 0.3
+  c = phi_s - phi_s.mean(0)
+  lam = lam_rel * np.trace(c @ c.T) / 20
+  w = np.linalg.solve(c.T @ c + lam * np.eye(5), c.T @ (y - y.mean()))
+  want = (phi_q - phi_s.mean(0)) @ w + y.mean()
+  with jax.enable_x64(True):
+    got = zf.ridge_fit_predict(jnp.asarray(phi_s), jnp.asarray(y), jnp.asarray(phi_q), lam_rel)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+def _shifted_sines(n):
+  """A 'zoo' of n functions sin(x + 2 pi i / n): their span holds every a sin(x + b) + c."""
+  apply = lambda p, x: jnp.sin(x + p["phase"])
+  return apply, {"phase": jnp.arange(n, dtype=jnp.float32) * (2 * np.pi / n)}
+
+
+def _episodes(n_tasks, k, q, seed=0):
+  rng = np.random.default_rng(seed)
+  a, b, c = (rng.uniform(0.1, 5, n_tasks), rng.uniform(0, 6.3, n_tasks),
+             rng.uniform(0, 3, n_tasks))
+  x = rng.uniform(-5, 5, size=(n_tasks, k + q, 1)).astype(np.float32)
+  y = (a[:, None, None] * np.sin(x + b[:, None, None]) + c[:, None, None]).astype(np.float32)
+  return {"support_x": x[:, :k], "support_y": y[:, :k], "query_x": x[:, k:],
+          "query_y": y[:, k:]}
+
+
+def test_tasks_in_the_span_of_the_zoo_are_learned_from_five_points():
+  apply, zoo = _shifted_sines(8)
+  learner = base.Learner({"zoo": zoo, "lam_rel": {"5": jnp.float32(1e-6)}},
+                         zf._scorer(apply), None)  # pylint: disable=protected-access
+  mse = adaptation.score_learner(learner, _episodes(6, 5, 50), batch_size=4)
+  assert mse.shape == (6,) and np.all(mse < 1e-3), mse
+
+
+def test_learner_meta_test_equals_a_loop_and_does_not_depend_on_devices():
+  apply, zoo = _shifted_sines(5)
+  score = zf._scorer(apply)  # pylint: disable=protected-access
+  learner = base.Learner({"zoo": zoo, "lam_rel": {"4": jnp.float32(0.1)}}, score, None)
+  eps = _episodes(7, 4, 9, seed=1)
+  got = adaptation.score_learner(learner, eps, batch_size=3)
+  for m in range(7):
+    one = score(learner.state, {"x": eps["support_x"][m], "y": eps["support_y"][m]},
+                {"x": eps["query_x"][m], "y": eps["query_y"][m]})
+    assert got[m] == pytest.approx(float(one), rel=1e-5)
+  on_mesh = adaptation.score_learner(learner, eps, batch_size=3,
+                                     mesh=sharding.make_mesh(None, sharding.TASKS))
+  np.testing.assert_allclose(on_mesh, got, rtol=1e-5)
+
+
+def test_ridge_strength_is_chosen_on_meta_validation_pseudo_tasks_only():
+  apply, zoo = _shifted_sines(6)
+  zoo_q = {"phase": jnp.asarray([0.3, 1.1], jnp.float32)}  # in the span of zoo_s's functions
+  grid = (1e-6, 1e-2, 10.0)
+  chosen, table = zf.select_ridge(apply, zoo, zoo_q, (5, 10), grid, (-5.0, 5.0), 20, 2,
+                                  seed=[0, 1])
+  assert set(chosen) == {5, 10} and all(v in grid for v in chosen.values())
+  assert chosen[5] < 10.0 and table[5][-1] > table[5][0]  # heavy ridge is worst here
+  again, _ = zf.select_ridge(apply, zoo, zoo_q, (5, 10), grid, (-5.0, 5.0), 20, 2, seed=[0, 1])
+  assert again == chosen
+
+
+def test_bad_settings_are_refused():
+  with pytest.raises(ConfigError, match="ridge_grid"):
+    zf.validate(helpers.smoke_config(zoo_features__ridge_grid=(0.1, -1.0)))
+  with pytest.raises(ConfigError, match="at least 2 support points"):
+    zf.validate(helpers.smoke_config(shots=(1, 5)))
