@@ -141,6 +141,9 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
   wall = time.perf_counter() - t0
   for r in rows:
     r["run"], r["launcher"] = 0, launcher
+    method = methods_lib.METHODS.get(r["method"])
+    if method is not None and methods_lib.base.uses_task_data(method, config):
+      r["uses_task_data"] = True
   record = results_lib.run_record(launcher, command, config, wall,
                                   sorted({r["method"] for r in rows}))
   record["mesh"] = {axis: sharding.num_shards(sharding.make_mesh(config, axis))
@@ -192,9 +195,7 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
   rows, inits = [], {}
   for method in chosen:
-    ctx = methods_lib.MethodContext(
-        config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
-        key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks)
+    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks)
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -212,6 +213,17 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
     rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
   return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
                  command, previous, inits)
+
+
+def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
+                   hooks=None):
+  """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
+  data (methods.base.DataFreeBenchmark), so reading it raises."""
+  if not methods_lib.base.uses_task_data(method, config):
+    benchmark = methods_lib.base.DataFreeBenchmark(benchmark, method.name)
+  return methods_lib.MethodContext(
+      config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
+      key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks)
 
 
 def evaluate(config, workdir, command=None):
@@ -268,9 +280,7 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
                             f"finite ({e}); rerun launch.offline to recompute it") from e
     inits[name] = jax.device_put(theta_init)
   for method in learners:
-    ctx = methods_lib.MethodContext(
-        config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
-        key=method_key(config, method.name), workdir=workdir)
+    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir)
     try:
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:
@@ -300,7 +310,8 @@ def describe(config, workdir=None, setting="offline"):
            f"Methods ({setting} launcher):"]
   for m in chosen:
     lines.append(f"  {m.name:16s} {m.description}"
-                 + ("  [reads the zoo tasks' data]" if m.uses_task_data else ""))
+                 + ("  [reads the zoo tasks' data]"
+                    if methods_lib.base.uses_task_data(m, config) else ""))
   if workdir is None:
     return "\n".join(lines + ["", "No --workdir given: nothing checked there."])
   lines += ["", f"Workdir {workdir}:"]

@@ -210,12 +210,15 @@ def to_markdown(results):
       continue
     mean = "FAILED" if r.get("failed") else f"{r['mean']:.4f}"
     ci = r["failed"] if r.get("failed") else f"{r['ci95']:.4f}"
-    lines.append(f"| {r['method']} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | "
+    name = r["method"] + (" *" if r.get("uses_task_data") else "")
+    lines.append(f"| {name} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | "
                  f"{cost_label(r.get('cost'))} | {run} |")
   q = results.get("zoo_quality")
   if q:
     lines += ["", f"Zoo quality ({q['metric']} of each model on its own task): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
+  if any(r.get("uses_task_data") for r in results["rows"]):
+    lines += ["", "\\* read the zoo tasks' training data (not data-free)."]
   lines += ["", "Test-time cost: networks a learner holds, and forward and backward passes "
             "per task, each one example through one network.",
             "", "Runs (each row names the run that produced it):", ""]

@@ -128,7 +128,8 @@ def list_methods():
   print("Methods (--config.methods=a,b,...; 'all' for every one; '' for the launcher's "
         "defaults):")
   for m in methods.METHODS.values():
-    data = "  [reads the zoo tasks' data]" if m.uses_task_data else ""
+    data = ("  [reads the zoo tasks' data]" if m.uses_task_data is True else
+            "  [reads the zoo tasks' data in some settings]" if m.uses_task_data else "")
     print(f"  {m.name:16s} {m.description}{data}")
 
 

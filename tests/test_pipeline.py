@@ -1,5 +1,6 @@
 """End-to-end tests of the sinusoid pipeline on the smoke config (seconds each)."""
 
+import dataclasses
 import gc
 import json
 import os
@@ -355,3 +356,33 @@ def test_a_learner_method_is_meta_tested_beside_the_inits_which_stay_identical(f
       assert r["cost"] == {"networks": 10, "forward": 10 * (r["shots"] + 100), "backward": 0}
       assert np.all(np.isfinite(r["per_task"])) and r["n_tasks"] == 8
   assert not os.path.exists(os.path.join(workdir, "inits", "zoo_features"))
+
+
+def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tmp_path):
+  """The data-free contract: a method not declared to read the zoo tasks' data gets a
+  benchmark whose zoo_tasks, batch_fn, zoo_eval_fn and data raise; every such method must
+  still produce its initialisation or learner (and the MAML baselines must not)."""
+  from dfl2l_jax import methods  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax import tasks  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  config = helpers.smoke_config()
+  benchmark = tasks.get_benchmark(config)
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo
+  s_idx, q_idx = zoo_lib.split(config)
+  free = [m for m in methods.METHODS.values() if not methods.base.uses_task_data(m, config)]
+  assert {"dfl2l", "va", "ota", "ties", "zoo_features"} <= {m.name for m in free}
+  for method in free:
+    ctx = pipeline.method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir)
+    assert isinstance(ctx.benchmark, methods.base.DataFreeBenchmark)
+    product = method.make_init(ctx)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(
+        product.state if isinstance(product, methods.Learner) else product)), method.name
+  ctx = pipeline.method_context(config, benchmark, methods.METHODS["maml"], zoo, s_idx, q_idx,
+                                None)
+  assert ctx.benchmark is benchmark  # declared to read the data: gets it
+  guarded = methods.base.DataFreeBenchmark(benchmark, "maml")
+  with pytest.raises(methods.base.DataFreeViolation, match="maml is declared data-free"):
+    methods.METHODS["maml"].make_init(dataclasses.replace(ctx, benchmark=guarded))
+  ties_data = helpers.smoke_config(merging__scale_criterion="zoo_data")
+  assert methods.base.uses_task_data(methods.METHODS["ties"], ties_data)

@@ -116,3 +116,6 @@ def test_markdown_names_each_rows_run_and_flags_failures():
   assert "| dfl2l | 5 | FAILED | non-finite on 3 of 8 tasks |" in md
   assert "configs/sinusoid.py:smoke" in md and "steps=20" in md
   assert "smoke" in md.split("Runs")[0]  # the table itself warns about a smoke run
+  rec["rows"].append(dict(_row("maml", 5, 2.0), uses_task_data=True))
+  md = results.to_markdown(rec)
+  assert "| maml * | 5 | 2.0000 |" in md and "read the zoo tasks' training data" in md

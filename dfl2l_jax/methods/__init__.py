@@ -1,6 +1,7 @@
 """The registry of methods, by the names used in `config.methods` and results."""
 
 from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.methods import base
 from dfl2l_jax.methods import dfl2l
 from dfl2l_jax.methods import maml
 from dfl2l_jax.methods import merging

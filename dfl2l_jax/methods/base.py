@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from dfl2l_jax import checkpointing
+from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.tasks import base as tasks_base
 
 
@@ -77,6 +78,43 @@ class MethodContext:
     return checkpointing.Checkpointer(directory)
 
 
+# What a benchmark knows about the zoo tasks' own training data.
+TASK_DATA_FIELDS = ("zoo_tasks", "batch_fn", "zoo_eval_fn", "data")
+
+
+class DataFreeViolation(Dfl2lError, PermissionError):
+  """A method declared data-free read the zoo tasks' data."""
+
+
+class DataFreeBenchmark:
+  """A benchmark with the zoo tasks' data removed: what a data-free method receives.
+
+  Everything else (the network, `apply`, `init_params`, the losses, `spec`) reads through;
+  `zoo_tasks`, `batch_fn`, `zoo_eval_fn` and `data` raise DataFreeViolation naming the
+  method, so a method that claims to use only the zoo's parameters provably does.
+  """
+
+  def __init__(self, benchmark, method):
+    object.__setattr__(self, "_benchmark", benchmark)
+    object.__setattr__(self, "_method", method)
+
+  def __getattr__(self, name):
+    if name in TASK_DATA_FIELDS:
+      raise DataFreeViolation(
+          f"method {self._method} is declared data-free (Method.uses_task_data) but read "
+          f"benchmark.{name}, the zoo tasks' data")
+    return getattr(self._benchmark, name)
+
+  def __setattr__(self, name, value):
+    raise AttributeError("a benchmark is read-only")
+
+
+def uses_task_data(method, config):
+  """Whether `method` reads the zoo tasks' data under `config`."""
+  flag = method.uses_task_data
+  return bool(flag(config) if callable(flag) else flag)
+
+
 @dataclasses.dataclass(frozen=True)
 class Learner:
   """What a method returns when its product is not one initialisation.
@@ -107,7 +145,9 @@ class Method:
     validate: optional `(config) -> None` that raises ConfigError naming a bad
       value of the method's own config section; called before any training.
     uses_task_data: True for the methods that read the zoo tasks' training data
-      (the MAML baselines); the data-free methods read only the zoo's parameters.
+      (the MAML baselines), or `(config) -> bool` where a setting decides; the
+      others are data-free: the harness hands them a `DataFreeBenchmark`, which
+      raises if they read the zoo tasks' data.
     learner: True when `make_init` returns a `Learner` (rebuilt from the zoo by
       launch.evaluate, not saved under inits/).
   """
@@ -116,5 +156,5 @@ class Method:
   make_init: Callable
   description: str = ""
   validate: Optional[Callable] = None
-  uses_task_data: bool = False
+  uses_task_data: Any = False
   learner: bool = False

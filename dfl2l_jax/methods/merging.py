@@ -277,11 +277,16 @@ def validate_ties(config):
     raise ConfigError(f"config.merging.ties_density must be in (0, 1], got {d!r}")
 
 
+def _reads_zoo_data(config):
+  """lambda chosen on the Q models' own data ("zoo_data") reads the zoo tasks' data."""
+  return config.merging.scale_criterion == "zoo_data"
+
+
 TASK_ARITHMETIC = base.Method(
     "task_arithmetic", ("baseline",), task_arithmetic_init,
     "task arithmetic (Ilharco et al. 2023): shared init + lambda * sum of task vectors",
-    validate_task_arithmetic)
+    validate_task_arithmetic, uses_task_data=_reads_zoo_data)
 TIES = base.Method(
     "ties", ("baseline",), ties_init,
     "TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint mean of task vectors",
-    validate_ties)
+    validate_ties, uses_task_data=_reads_zoo_data)
