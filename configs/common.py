@@ -93,6 +93,15 @@ def zoo_features():
   return z
 
 
+def zoo_maml():
+  """MAML on pseudo tasks labelled by the zoo (methods/maml.py, zoo_maml); its steps,
+  batches and rates are config.maml's."""
+  z = ml_collections.ConfigDict()
+  z.start = "va"                        # va: from the zoo's average | random
+  z.first_order = False                 # second-order meta-gradient by default
+  return z
+
+
 def mesh():
   """Devices (jax.sharding) and hosts (jax.distributed): dfl2l_jax/sharding.py, BUILD.md.
 

@@ -66,6 +66,7 @@ def make(protocol, ways, arg=None):
   c.oml = common.oml()
   c.merging = common.merging()
   c.zoo_features = common.zoo_features()
+  c.zoo_maml = common.zoo_maml()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

@@ -55,6 +55,7 @@ def get_config(arg=None):
   c.oml.steps_per_arrival = 100
   c.merging = common.merging()
   c.zoo_features = common.zoo_features()
+  c.zoo_maml = common.zoo_maml()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

@@ -331,3 +331,16 @@ def test_defaults_validate_and_methods_run_only_when_named():
     assert not names & {"maml", "fomaml", "oml"}
   assert [m.name for m in methods_lib.resolve("maml,fomaml,oml", "offline")] == [
       "maml", "fomaml", "oml"]
+
+
+def test_pseudo_tasks_are_zoo_models_labelling_inputs_of_the_domain():
+  from dfl2l_jax.methods import maml as maml_methods  # pylint: disable=g-import-not-at-top
+  net = models.MLP(hidden=(4,), out=1)
+  apply = lambda p, x: net.apply({"params": p}, x)
+  batch_fn = maml_methods.pseudo_batch_fn(apply, (-2.0, 3.0), 16)
+  assert maml_methods.pseudo_batch_fn(apply, (-2.0, 3.0), 16) is batch_fn  # compiled once
+  params = net.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
+  batch = batch_fn(params, jax.random.key(1), None)
+  assert batch["x"].shape == (16, 1) and batch["y"].shape == (16, 1)
+  assert float(batch["x"].min()) >= -2.0 and float(batch["x"].max()) <= 3.0
+  np.testing.assert_allclose(batch["y"], apply(params, batch["x"]), rtol=1e-6)

@@ -17,7 +17,7 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
                                 merging.TASK_ARITHMETIC, merging.TIES, mfgp.MFGP,
                                 maml.MAML, maml.FOMAML, maml.OML,
                                 ot_fusion.OTA, weight_matching.WEIGHT_MATCHING,
-                                zoo_features.ZOO_FEATURES)}
+                                zoo_features.ZOO_FEATURES, maml.ZOO_MAML)}
 
 
 def resolve(names: str, setting: str):

@@ -42,6 +42,7 @@ import optax
 
 from dfl2l_jax import loops
 from dfl2l_jax import maml as maml_lib
+from dfl2l_jax import errors as base_errors
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
@@ -102,6 +103,9 @@ def hparams(mc, first_order, member_loop) -> maml_lib.MamlHParams:
       query_size=mc.query_size, member_loop=member_loop)
 
 
+_READ = object()  # _run's default: read the benchmark's data
+
+
 @functools.lru_cache(maxsize=16)
 def _chunk(batch_fn, loss_fn, outer_lr, hp, index_fn):
   """The compiled chunk, shared by runs with the same benchmark and settings."""
@@ -109,13 +113,18 @@ def _chunk(batch_fn, loss_fn, outer_lr, hp, index_fn):
                              optimizer=optax.adam(outer_lr), hp=hp)
 
 
-def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks):
-  """Runs the meta-training loop, checkpointed under workdir/fusion/<name>."""
+def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks, start=None, data=_READ):
+  """Runs the meta-training loop, checkpointed under workdir/fusion/<name>.
+
+  `start`: the initial parameters (default: the benchmark's random init from ctx.key);
+  `data`: what batch_fn reads (default: the benchmark's data).
+  """
   mc = ctx.config.maml
   optimizer = optax.adam(mc.outer_lr)
-  state = maml_lib.init_state(ctx.benchmark.init_params(ctx.key), optimizer)
+  start = ctx.benchmark.init_params(ctx.key) if start is None else start
+  state = maml_lib.init_state(start, optimizer)
   key = jax.random.fold_in(ctx.key, 1)
-  data = ctx.benchmark.data
+  data = ctx.benchmark.data if data is _READ else data
 
   def run_chunk(st, start, length):
     return chunk(st, run_chunk_tasks(start, length), data, key, length=length)
@@ -130,10 +139,14 @@ def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks):
       ckpt.close()
 
 
-def _spec(ctx, name, num_tasks, first_order):
+def _spec_common(ctx, name, num_tasks, first_order):
   return {"method": name, "maml": ctx.config.maml.to_dict(), "seed": ctx.config.seed,
           "num_tasks": int(num_tasks), "first_order": first_order,
-          "zoo_batch_size": ctx.config.zoo.batch_size, "benchmark": ctx.benchmark.spec}
+          "zoo_batch_size": ctx.config.zoo.batch_size}
+
+
+def _spec(ctx, name, num_tasks, first_order):
+  return dict(_spec_common(ctx, name, num_tasks, first_order), benchmark=ctx.benchmark.spec)
 
 
 def offline_maml(ctx: base.MethodContext, first_order: bool = False, name: str = "maml"):
@@ -181,6 +194,58 @@ def online_maml(ctx: base.MethodContext, name: str = "oml"):
   return _run(ctx, name, spec, n * spa, chunk, chunk_tasks)
 
 
+@functools.lru_cache(maxsize=8)
+def pseudo_batch_fn(apply, domain, batch_size):
+  """A `batch_fn` over zoo models: `batch_size` inputs drawn uniformly from the input
+  domain, labelled by the model (`task` is one zoo model's parameters)."""
+  lo, hi = domain
+
+  def batch_fn(task, key, data):
+    del data
+    x = jax.random.uniform(key, (batch_size, 1), minval=lo, maxval=hi)
+    return {"x": x, "y": apply(task, x)}
+  return batch_fn
+
+
+def zoo_maml(ctx: base.MethodContext, name="zoo_maml"):
+  """MAML on pseudo tasks: each zoo model labels inputs drawn from the input domain.
+
+  Data-free: reads the zoo's parameters and the benchmark's input domain, never the zoo
+  tasks' data. The settings of `config.maml` (steps, batches, rates), and of
+  `config.zoo_maml`: `start` ("va": the zoo's average, "random": the benchmark's init)
+  and `first_order`. Every zoo model (S and Q) is a meta-training task, as in `maml`.
+  """
+  if ctx.benchmark.metric != "mse" or "domain" not in ctx.benchmark.spec:
+    raise base_errors.NotApplicable(
+        "zoo_maml labels pseudo-inputs from a regression benchmark's input domain; for "
+        "images pseudo-inputs need model inversion (not implemented yet)")
+  mc, zc = ctx.config.maml, ctx.config.zoo_maml
+  n = jax.tree.leaves(ctx.zoo)[0].shape[0]
+  batch_fn = pseudo_batch_fn(ctx.benchmark.apply, tuple(ctx.benchmark.spec["domain"]),
+                             int(ctx.config.zoo.batch_size))
+  hp = hparams(mc, bool(zc.first_order), "vmap")
+  chunk = _chunk(batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
+                 maml_lib.UniformTasks(n, mc.meta_batch_size))
+  start = (jax.tree.map(lambda x: x.mean(0), ctx.zoo) if zc.start == "va" else None)
+  zoo = jax.device_put(ctx.zoo)
+  spec = dict(_spec_common(ctx, name, n, bool(zc.first_order)), zoo_maml=zc.to_dict(),
+              benchmark=ctx.benchmark.spec)
+  return _run(ctx, name, spec, mc.meta_steps, chunk, lambda start_, length: zoo,
+              start=start, data=None).params
+
+
+def validate_zoo_maml(config):
+  validate_maml(config)
+  if "zoo_maml" not in config:
+    raise ConfigError("config has no zoo_maml section (configs/common.py: zoo_maml())")
+  if config.zoo_maml.start not in ("va", "random"):
+    raise ConfigError(f"config.zoo_maml.start must be 'va' or 'random', got "
+                      f"{config.zoo_maml.start!r}")
+  if not isinstance(config.zoo_maml.first_order, bool):
+    raise ConfigError(f"config.zoo_maml.first_order must be true or false, got "
+                      f"{config.zoo_maml.first_order!r}")
+
+
 MAML = base.Method(
     "maml", ("baseline",), lambda ctx: offline_maml(ctx, False, "maml").params,
     "MAML (Finn et al. 2017), meta-trained on the zoo tasks' own data", validate_maml,
@@ -193,3 +258,7 @@ OML = base.Method(
     "oml", ("baseline",), lambda ctx: online_maml(ctx).params,
     "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
     "arrive", validate_oml, uses_task_data=True)
+ZOO_MAML = base.Method(
+    "zoo_maml", (), zoo_maml,
+    "MAML on pseudo tasks: zoo models label inputs drawn from the input domain (data-free; "
+    "regression)", validate_zoo_maml)
