@@ -102,6 +102,16 @@ def zoo_maml():
   return z
 
 
+def zoo_distill():
+  """One network distilled from the zoo on pseudo-inputs (methods/zoo_distill.py)."""
+  z = ml_collections.ConfigDict()
+  z.steps = 3000                        # Adam steps
+  z.batch_size = 64                     # pseudo-inputs per step, shared by every head
+  z.lr = 1e-3
+  z.chunk_steps = 500                   # steps per compiled chunk (and checkpoint)
+  return z
+
+
 def mesh():
   """Devices (jax.sharding) and hosts (jax.distributed): dfl2l_jax/sharding.py, BUILD.md.
 

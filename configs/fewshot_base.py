@@ -67,6 +67,7 @@ def make(protocol, ways, arg=None):
   c.merging = common.merging()
   c.zoo_features = common.zoo_features()
   c.zoo_maml = common.zoo_maml()
+  c.zoo_distill = common.zoo_distill()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

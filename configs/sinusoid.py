@@ -56,6 +56,7 @@ def get_config(arg=None):
   c.merging = common.merging()
   c.zoo_features = common.zoo_features()
   c.zoo_maml = common.zoo_maml()
+  c.zoo_distill = common.zoo_distill()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()
@@ -75,6 +76,8 @@ def get_config(arg=None):
     c.maml.meta_steps = 20
     c.maml.chunk_steps = 10
     c.oml.steps_per_arrival = 2
+    c.zoo_distill.steps = 100
+    c.zoo_distill.chunk_steps = 50
     c.metatest.num_tasks = 8
     c.metatest.steps = 20
     c.metatest.batch_size = 4

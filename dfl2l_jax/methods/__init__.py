@@ -9,6 +9,7 @@ from dfl2l_jax.methods import mfgp
 from dfl2l_jax.methods import ot_fusion
 from dfl2l_jax.methods import simple
 from dfl2l_jax.methods import weight_matching
+from dfl2l_jax.methods import zoo_distill
 from dfl2l_jax.methods import zoo_features
 from dfl2l_jax.methods.base import Learner, Method, MethodContext  # noqa: F401
 
@@ -17,7 +18,8 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
                                 merging.TASK_ARITHMETIC, merging.TIES, mfgp.MFGP,
                                 maml.MAML, maml.FOMAML, maml.OML,
                                 ot_fusion.OTA, weight_matching.WEIGHT_MATCHING,
-                                zoo_features.ZOO_FEATURES, maml.ZOO_MAML)}
+                                zoo_features.ZOO_FEATURES, maml.ZOO_MAML,
+                                zoo_distill.ZOO_DISTILL)}
 
 
 def resolve(names: str, setting: str):
