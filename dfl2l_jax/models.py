@@ -168,9 +168,11 @@ class Conv4(nn.Module):
   `conv_impl` ("xla": `nn.Conv`; "patches": `PatchConv3x3`), `pool_impl`
   (see `max_pool_2x2`) and `bn_impl` ("flax": `nn.BatchNorm`; "fused":
   `FusedBatchNorm`, the same function and variables with a hand-written
-  backward pass; equal up to float rounding). `bn=False` drops BatchNorm (then no BatchNorm_i
-  parameters): only for like-for-like speed comparisons with BatchNorm-free
-  yardsticks (benchmarks/ensemble_vs_torch.py).
+  backward pass; equal up to float rounding). `bn=False` drops BatchNorm (then
+  no BatchNorm_i parameters): only for like-for-like speed comparisons with
+  BatchNorm-free yardsticks (benchmarks/ensemble_vs_torch.py). `head=False`
+  returns the flattened features of the last block instead of the logits (the
+  same parameters, the head's unused): a network as a feature extractor.
   """
   ways: int = 5
   filters: int = 16
@@ -178,6 +180,7 @@ class Conv4(nn.Module):
   pool_impl: str = "reshape"
   bn_impl: str = "flax"
   bn: bool = True
+  head: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -197,6 +200,8 @@ class Conv4(nn.Module):
           raise ValueError(f"bn_impl must be one of {BN_IMPLS}, got {self.bn_impl!r}")
       x = nn.relu(x)
       x = max_pool_2x2(x, self.pool_impl)
+    if not self.head:
+      return x.reshape(x.shape[0], -1)
     return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))
 
 

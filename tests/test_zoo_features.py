@@ -83,3 +83,24 @@ def test_bad_settings_are_refused():
     zf.validate(helpers.smoke_config(zoo_features__ridge_grid=(0.1, -1.0)))
   with pytest.raises(ConfigError, match="at least 2 support points"):
     zf.validate(helpers.smoke_config(shots=(1, 5)))
+
+
+def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  bench = fewshot.make_benchmark(helpers.fewshot_config(), helpers.synthetic_image_loader())
+  zoo = jax.vmap(bench.init_params)(jax.random.split(jax.random.key(0), 3))
+  ctx = base.MethodContext(config=helpers.fewshot_config(), benchmark=bench, zoo=zoo,
+                           s_idx=np.arange(2), q_idx=np.arange(2, 3), key=jax.random.key(1))
+  learner = zf.zoo_features(ctx)
+  eps = bench.make_episodes(4)
+  acc = adaptation.score_learner(learner, eps, batch_size=2, gather_fn=bench.gather_episode,
+                                 data=bench.data)
+  # 3-way tasks of class-coloured noise: random Conv4 features separate them well.
+  assert acc.shape == (eps["support_idx"].shape[0],) and acc.mean() > 80, acc
+  assert learner.cost(12, 15) == {"networks": 3, "forward": 3 * (24 + 15), "backward": 0}
+  # Feature vectors of each model have unit length (every model weighs the same).
+  support, _ = bench.gather_episode({k: v[0] for k, v in eps.items()
+                                     if isinstance(v, np.ndarray)}, bench.data)
+  f = zf.image_features(bench.model.clone(head=False), zoo, support["x"], support["x"])
+  norms = np.linalg.norm(np.asarray(f).reshape(f.shape[0], 3, -1), axis=-1)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-4)

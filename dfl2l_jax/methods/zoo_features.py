@@ -20,8 +20,16 @@ features, and the lambda_rel of the lowest mean pseudo-query MSE is kept. At tes
 time all N models give features.
 
 Test-time cost per task: N networks, N (K + Q) forward passes, no backward pass.
-Image benchmarks (penultimate features, nearest class centroid) are not implemented
-yet: the method is n/a there, with that reason.
+
+Classification (Conv4 zoos): the features of an image are every zoo model's flattened
+last-block activations (`models.Conv4(head=False)`), each model's BatchNorm normalised
+with the statistics of the task's support set (as every method's evaluation does;
+docs/method.md, "BatchNorm"), each model's feature vector scaled to unit length so that
+every model weighs the same, and all N concatenated. The head is the nearest class
+centroid of the support features (squared Euclidean distance): nothing is fitted or
+chosen, so no selection is involved. Cost per task: N networks, N (2 K R + Q R)
+forward passes (one support pass gives the statistics). A logistic-regression head is
+not implemented.
 """
 
 import functools
@@ -31,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dfl2l_jax import metrics
+from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import base
 
@@ -97,10 +106,50 @@ def select_ridge(apply, zoo_s, zoo_q, shots, grid, domain, n_query, repeats, see
   return chosen, table
 
 
+def image_features(net, zoo, x, reference):
+  """(n, N * D): every zoo model's unit-length last-block features of the images x, its
+  BatchNorm normalised with the statistics of `reference`; models one after another."""
+  def one(params):
+    f = models.apply_with_reference(net, params, x, reference)
+    return f / (jnp.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+  feats = jax.lax.map(one, zoo)  # (N, n, D)
+  return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
+
+
+def _centroid_score(net, ways, state, support, query):
+  zoo = state["zoo"]
+  f_s = image_features(net, zoo, support["x"], support["x"])
+  f_q = image_features(net, zoo, query["x"], support["x"])
+  onehot = jax.nn.one_hot(support["y"], ways, dtype=f_s.dtype)  # (n_s, R)
+  centroids = (onehot.T @ f_s) / onehot.sum(0)[:, None]
+  dist = (jnp.sum(f_q**2, 1, keepdims=True) - 2 * f_q @ centroids.T
+          + jnp.sum(centroids**2, 1)[None])
+  return 100.0 * jnp.mean(jnp.argmin(dist, -1) == query["y"])
+
+
+@functools.lru_cache(maxsize=8)
+def _centroid_scorer(net, ways):
+  return functools.partial(_centroid_score, net.clone(head=False), ways)
+
+
+def zoo_features_images(ctx):
+  net = ctx.benchmark.model
+  if not isinstance(net, models.Conv4):
+    raise NotApplicable(f"zoo_features for classification needs a Conv4 zoo, got "
+                        f"{type(net).__name__}")
+  n = jax.tree.leaves(ctx.zoo)[0].shape[0]
+  cost = lambda n_support, n_query: {"networks": n,
+                                     "forward": n * (2 * n_support + n_query), "backward": 0}
+  return base.Learner(state={"zoo": jax.tree.map(jnp.asarray, ctx.zoo)},
+                      score=_centroid_scorer(net, int(ctx.benchmark.spec["ways"])), cost=cost)
+
+
 def zoo_features(ctx: base.MethodContext):
-  if ctx.benchmark.metric != "mse" or "domain" not in ctx.benchmark.spec:
-    raise NotApplicable("zoo_features is implemented for regression (sinusoid) only so far; "
-                        "the image form (penultimate features, nearest class centroid) is not")
+  if ctx.benchmark.metric == "accuracy":
+    return zoo_features_images(ctx)
+  if "domain" not in ctx.benchmark.spec:
+    raise NotApplicable("zoo_features needs a regression benchmark with an input domain "
+                        "or a Conv4 classification zoo")
   zc = ctx.config.zoo_features
   grid = tuple(float(v) for v in zc.ridge_grid)
   apply = ctx.benchmark.apply
@@ -133,12 +182,13 @@ def validate(config):
     v = zc[field]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       raise ConfigError(f"config.zoo_features.{field} must be a positive int, got {v!r}")
-  if min(config.shots) < 2:
+  if config.benchmark == "sinusoid" and min(config.shots) < 2:
     raise ConfigError("zoo_features fits a ridge head with an intercept: it needs at least 2 "
                       f"support points, and config.shots has {min(config.shots)}")
 
 
 ZOO_FEATURES = base.Method(
     "zoo_features", (), zoo_features,
-    "the zoo as a frozen feature ensemble: a ridge head on the N models' outputs, fitted on "
-    "the support set (regression)", validate, learner=True)
+    "the zoo as a frozen feature ensemble: a head on the N models' outputs or features "
+    "(ridge for regression, nearest class centroid for images), fitted on the support set",
+    validate, learner=True)
