@@ -3,7 +3,7 @@ r"""10-way few-shot classification, Mini-ImageNet protocol (paper Section 5.3, T
   python -m launch.offline --config=configs/miniimagenet_10way.py --workdir=/tmp/miniimagenet_10way \
       --config.data.manual_dir=/path/to/mini-imagenet
 
-Online: launch.online with the same flags. Variants: ':smoke' (a minute on CPU)
+Online: launch.online with the same flags. Variants: ':smoke' (a few minutes on a 2-core CPU)
 """
 
 from configs import fewshot_base
