@@ -35,7 +35,7 @@ sys.path.insert(0, REPO)
 from dfl2l_jax import results as results_lib  # noqa: E402
 
 
-def load(paths):
+def load(paths, keep=None):
   """results.json of each workdir (or a results JSON file given directly).
 
   Runs of the same seed (e.g. methods added to a seed in a second workdir) are
@@ -51,6 +51,10 @@ def load(paths):
         run = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise SystemExit(f"error: {path} is not valid JSON ({e})") from None
+    if keep is not None:
+      run["rows"] = [r for r in run.get("rows", []) if keep(r)]
+      if not run["rows"]:
+        raise SystemExit(f"error: {path} has no row with the --metatest settings")
     try:
       seed = run["seed"]
       keys = [(r["method"], r["shots"]) for r in run["rows"]]
@@ -262,6 +266,42 @@ def commits(runs):
   return ", ".join(f"{(c[:12] + c[40:]) if c else 'unrecorded'}: {k}" for c, k in order)
 
 
+def select_metatest(spec):
+  """'k=v,...' -> a predicate on a row's recorded meta-test settings (None: every row)."""
+  if not spec.strip():
+    return None
+  want = {}
+  for item in spec.split(","):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"error: --metatest takes k=v pairs, got {item!r}")
+    want[key.strip()] = value.strip()
+  def keep(row):
+    got = row.get("metatest") or {}
+    return all(k in got and str(got[k]) == v for k, v in want.items())
+  return keep
+
+
+def ratios(runs, baseline):
+  """Per seed, each method's mean over the baseline's mean; mean and t interval over seeds."""
+  per = collections.defaultdict(list)
+  for r in runs:
+    rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
+    for (method, shots), row in rows.items():
+      base = rows.get((baseline, shots))
+      if base is not None and method != baseline:
+        per[(method, shots)].append(row["mean"] / base["mean"])
+  lines = [f"Ratio of means (method / {baseline}), per seed, then over seeds:", "",
+           f"| method | shots | mean ratio | 95% CI (seeds, t) | {baseline} / method | "
+           "per seed |", "|---|---|---|---|---|---|"]
+  for (method, shots), v in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    ci = results_lib.t_interval95(v)
+    lines.append(f"| {method} | {shots} | {np.mean(v):.4g} | "
+                 f"{'n/a' if len(v) < 2 else f'{ci:.2g}'} | {1 / np.mean(v):.3g}x | "
+                 f"{', '.join(f'{x:.3g}' for x in v)} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+",
@@ -272,16 +312,24 @@ def main(argv=None):
                       help="also tabulate paired per-task differences against this method")
   parser.add_argument("--per-seed", action="store_true",
                       help="also tabulate each seed's mean difference to the baseline")
+  parser.add_argument("--metatest", default="", metavar="K=V,...",
+                      help="only rows meta-tested with these settings (e.g. "
+                      "steps=1000,step_rule=sgd), for workdirs that hold several")
+  parser.add_argument("--ratios", action="store_true",
+                      help="also tabulate each method's mean over seeds of (its mean / the "
+                      "baseline's mean), for metrics such as MSE")
   parser.add_argument("--save-merged", default=None, metavar="DIR",
                       help="write each seed, its files merged, to DIR/seedN.json")
   args = parser.parse_args(argv)
-  runs = load(args.workdirs)
+  runs = load(args.workdirs, select_metatest(args.metatest))
   if args.save_merged:
     save_merged(runs, args.save_merged)
   text = table(runs)
   if args.baseline:
     text += "\nPaired against " + args.baseline + " (same tasks, same seeds):\n\n"
     text += paired(runs, args.baseline, args.per_seed)
+    if args.ratios:
+      text += "\n" + ratios(runs, args.baseline)
   print(text)
   if args.out:
     with open(args.out, "w") as f:

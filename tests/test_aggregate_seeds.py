@@ -198,3 +198,21 @@ def test_refuses_failed_rows_and_rows_of_several_meta_test_settings(tmp_path):
   _write(tmp_path / "t.json", 1, [("va", [50.0]), ("va", [40.0])])
   with pytest.raises(SystemExit, match="va@10 under several meta-test settings"):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "t.json")])
+
+
+def test_metatest_filter_and_ratio_table(tmp_path, capsys):
+  _write(tmp_path / "a.json", 1, [("va", [4.0, 6.0]), ("zf", [0.5, 0.5]), ("va", [9.0])])
+  _edit(tmp_path / "a.json", lambda run: [r.update(metatest={"steps": s}) for r, s in
+                                          zip(run["rows"], (10, 10, 20))])
+  _write(tmp_path / "b.json", 2, [("va", [2.0]), ("zf", [1.0])])
+  _edit(tmp_path / "b.json", lambda run: [r.update(metatest={"steps": 10})
+                                          for r in run["rows"]])
+  helpers.load_script("aggregate_seeds").main(
+      [str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--metatest", "steps=10",
+       "--ratios"])
+  out = capsys.readouterr().out
+  # seed 1: 0.5 / 5 = 0.1; seed 2: 1 / 2 = 0.5; mean 0.3, VA/method 3.33x.
+  assert "| zf | 10 | 0.3 |" in out and "3.33x" in out and "0.1, 0.5" in out
+  with pytest.raises(SystemExit, match="no row with the --metatest"):
+    helpers.load_script("aggregate_seeds").main([str(tmp_path / "b.json"),
+                                                 "--metatest", "steps=20"])
