@@ -76,6 +76,7 @@ def make(protocol, ways, arg=None):
   c.metatest.query_per_class = 15
   c.metatest.steps = 100                # S of Algorithm 3
   c.metatest.lr = 0.1                   # alpha of Algorithm 3
+  c.metatest.step_bound = 0.0           # 0: fixed-rate SGD (the bound is not measured on images)
   c.metatest.batch_size = 10            # tasks vmapped together (memory: 84x84 activations)
 
   if "smoke" in variants:

@@ -25,14 +25,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.tasks import base as tasks_base
 
 
-def adapt(params, support, loss_fn, steps, lr):
-  """S steps of SGD with rate alpha on one task's support set (lines 5-8)."""
+def adapt(params, support, loss_fn, steps, lr, step_bound=0.0):
+  """S steps of SGD with rate alpha on one task's support set (lines 5-8).
+
+  `step_bound` = 0: the fixed rate alpha. `step_bound` = c in (0, 2): each step's rate is
+  alpha_t = min(alpha, c / lambda_t), lambda_t the top Hessian eigenvalue (in magnitude)
+  of the support loss at theta_{t-1}, tracked by one warm-started power-iteration step per
+  step (20 at the start). Equal to fixed-rate SGD wherever alpha lambda_t <= c, and never
+  past the stability edge 2 / lambda_t, where plain gradient descent turns chaotic and
+  the adapted network (so a reported mean) depends on float rounding. Why and how much:
+  docs/method.md, "Meta-test (Algorithm 3)".
+  """
+  if step_bound:
+    return _bounded_adapt(params, support, loss_fn, steps, lr, step_bound)
   grad_fn = jax.grad(loss_fn)
 
   def body(p, _):
@@ -43,35 +55,65 @@ def adapt(params, support, loss_fn, steps, lr):
   return params
 
 
-def _task_metric(theta_init, ep, *, data, lr, loss_fn, metric_fn, gather_fn, steps):
+POWER_INIT_STEPS = 20  # power-iteration steps for lambda_0 before the first SGD step
+
+
+def _bounded_adapt(params, support, loss_fn, steps, lr, step_bound):
+  flat, unravel = ravel_pytree(params)
+  grad = jax.grad(lambda w: loss_fn(unravel(w), support))
+
+  def power(w, v):
+    """(gradient at w, next power-iteration vector, |lambda| estimate): one jvp of grad."""
+    g, hv = jax.jvp(grad, (w,), (v,))
+    lam = jnp.linalg.norm(hv)
+    return g, hv / (lam + 1e-30), lam
+
+  v = jnp.full_like(flat, 1.0 / math.sqrt(flat.size))
+  v, _ = jax.lax.scan(lambda v, _: (power(flat, v)[1], None), v, None,
+                      length=POWER_INIT_STEPS)
+
+  def body(carry, _):
+    w, v = carry
+    g, v, lam = power(w, v)
+    alpha = jnp.minimum(lr, step_bound / (lam + 1e-30))
+    return (w - alpha * g, v), None
+
+  (flat, _), _ = jax.lax.scan(body, (flat, v), None, length=steps)
+  return unravel(flat)
+
+
+def _task_metric(theta_init, ep, *, data, lr, loss_fn, metric_fn, gather_fn, steps,
+                 step_bound=0.0):
   """Algorithm 3 for one episode: adapt on its support set, score its query set."""
   support, query = gather_fn(ep, data)
-  adapted = adapt(theta_init, support, loss_fn, steps, lr)
+  adapted = adapt(theta_init, support, loss_fn, steps, lr, step_bound)
   return metric_fn(adapted, query, support)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
-                                             "batch_size"))
+                                             "batch_size", "step_bound"))
 def _meta_test(theta_init, episodes, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
-               batch_size):
+               batch_size, step_bound=0.0):
   one_task = functools.partial(_task_metric, theta_init, data=data, lr=lr, loss_fn=loss_fn,
-                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps)
+                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps,
+                               step_bound=step_bound)
   return jax.lax.map(one_task, episodes, batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
-                                             "n_tasks"))
+                                             "n_tasks", "step_bound"))
 def _meta_test_sharded(theta_init, batches, data, lr, *, loss_fn, metric_fn, gather_fn, steps,
-                       n_tasks):
+                       n_tasks, step_bound=0.0):
   """batches: episodes laid out (n_batches, global batch, ...), axis 1 sharded."""
   one_task = functools.partial(_task_metric, theta_init, data=data, lr=lr, loss_fn=loss_fn,
-                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps)
+                               metric_fn=metric_fn, gather_fn=gather_fn, steps=steps,
+                               step_bound=step_bound)
   per_task = jax.lax.map(jax.vmap(one_task), batches)
   return per_task.reshape(-1)[:n_tasks]
 
 
 def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
-              gather_fn=None, data=None, mesh=None):
+              gather_fn=None, data=None, mesh=None, step_bound=0.0):
   """Algorithm 3 for all tasks of `episodes`; returns the per-task metric (numpy).
 
   Args:
@@ -88,18 +130,22 @@ def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size
     data: arrays shared by all episodes (e.g. the test images).
     mesh: a 1-D mesh (sharding.make_mesh) whose devices split the tasks; the
       batch is rounded up to a multiple of its device count. None: one device.
+    step_bound: 0 for fixed-rate SGD; c in (0, 2) bounds each step by c / lambda_max
+      (see `adapt`).
   """
   if gather_fn is None:
     gather_fn = tasks_base.gather_arrays
   if mesh is not None:
     return _meta_test_on_mesh(theta_init, episodes, loss_fn=loss_fn, metric_fn=metric_fn,
                               steps=steps, lr=lr, batch_size=batch_size,
-                              gather_fn=gather_fn, data=data, mesh=mesh)
+                              gather_fn=gather_fn, data=data, mesh=mesh,
+                              step_bound=step_bound)
   eps = {k: jnp.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
   n_tasks = jax.tree.leaves(eps)[0].shape[0]
   per_task = _meta_test(theta_init, eps, data, jnp.float32(lr), loss_fn=loss_fn,
                         metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps),
-                        batch_size=int(min(batch_size, n_tasks)))
+                        batch_size=int(min(batch_size, n_tasks)),
+                        **_bound_kwarg(step_bound))
   return np.asarray(jax.device_get(per_task), np.float64)
 
 
@@ -110,8 +156,14 @@ def task_layout(n_tasks, batch_size, num_devices):
   return -(-n_tasks // global_batch), global_batch
 
 
+def _bound_kwarg(step_bound):
+  """The compiled functions get `step_bound` only when it is set, so that fixed-rate runs
+  hit exactly the compiled program (and cache entries) they always did."""
+  return {"step_bound": float(step_bound)} if step_bound else {}
+
+
 def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
-                       gather_fn, data, mesh):
+                       gather_fn, data, mesh, step_bound=0.0):
   eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
   n_tasks = next(iter(eps.values())).shape[0]
   n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
@@ -124,7 +176,8 @@ def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, b
   per_task = _meta_test_sharded(
       sharding_lib.put_replicated(theta_init, mesh), eps,
       sharding_lib.put_replicated(data, mesh), jnp.float32(lr), loss_fn=loss_fn,
-      metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps), n_tasks=n_tasks)
+      metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps), n_tasks=n_tasks,
+      **_bound_kwarg(step_bound))
   return np.asarray(sharding_lib.to_host(per_task), np.float64)
 
 
@@ -170,13 +223,15 @@ def score_learner(learner, episodes, *, batch_size, gather_fn=None, data=None, m
   return np.asarray(sharding_lib.to_host(per_task), np.float64)
 
 
-def adaptation_cost(steps, n_support, n_query):
+def adaptation_cost(steps, n_support, n_query, step_bound=0.0):
   """Per-task test-time cost of Algorithm 3 for one initialisation: S full-batch steps on
   the support set (a forward and a backward pass per example), then one forward pass per
   query example (and per support example, which give networks with BatchNorm their
-  statistics)."""
-  return {"networks": 1, "forward": int(steps * n_support + n_query + n_support),
-          "backward": int(steps * n_support)}
+  statistics). A bounded step (`step_bound`) adds a Hessian-vector product per step,
+  counted as one more forward and backward pass, and POWER_INIT_STEPS of them first."""
+  passes = steps if not step_bound else 2 * steps + POWER_INIT_STEPS
+  return {"networks": 1, "forward": int(passes * n_support + n_query + n_support),
+          "backward": int(passes * n_support)}
 
 
 def _device_keys(episodes):

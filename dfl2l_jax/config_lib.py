@@ -82,6 +82,11 @@ def validate(config):
         or any(not _is_int(h) or h <= 0 for h in hidden)):
       raise ConfigError(f"config.model.hidden must be a non-empty tuple of positive ints "
                         f"(units per hidden layer), got {hidden!r}")
+  if "step_bound" in config.metatest:
+    c = config.metatest.step_bound
+    if not _is_real(c) or not 0 <= c < 2:
+      raise ConfigError(f"config.metatest.step_bound must be 0 (fixed-rate SGD) or in (0, 2) "
+                        f"(each step at most c / lambda_max), got {c!r}")
   shots = tuple(config.shots)
   if not shots or any(not _is_int(s) or s <= 0 for s in shots):
     raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")

@@ -112,8 +112,10 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes):
       per_task = adaptation.meta_test(
           theta_init, eps, loss_fn=benchmark.loss_fn, metric_fn=benchmark.metric_fn,
           steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
-          gather_fn=benchmark.gather_episode, data=benchmark.data, mesh=mesh)
-      cost = adaptation.adaptation_cost(mt.steps, n_support, n_query)
+          gather_fn=benchmark.gather_episode, data=benchmark.data, mesh=mesh,
+          step_bound=mt.get("step_bound", 0.0))
+      cost = adaptation.adaptation_cost(mt.steps, n_support, n_query,
+                                        mt.get("step_bound", 0.0))
     bad = int((~np.isfinite(per_task)).sum())
     if bad:
       log.error("%s at %d shots: %d of %d tasks have a non-finite %s (the adaptation "

@@ -100,6 +100,8 @@ def load_config(spec, workdir, seed):
   config = config_lib.load_config_file(spec or "configs/sinusoid.py", REPO)
   if spec is None and recorded is not None:
     config_lib.update_from_dict(config, recorded)
+    if "step_bound" not in recorded.get("metatest", {}):  # a run made before the bound
+      config.metatest.step_bound = 0.0
   elif recorded is not None:
     diffs = config_lib.dict_diff(recorded, json.loads(json.dumps(config.to_dict())))
     diffs = [d for d in diffs if not d.startswith(("methods:", "seed:"))]
@@ -131,7 +133,7 @@ def available_methods(workdir, wanted):
   return [m for m in METHOD_ORDER if m in saved] + [m for m in saved if m not in METHOD_ORDER]
 
 
-def adapt_all(theta_init, episodes, benchmark, steps, lr, batch_size):
+def adapt_all(theta_init, episodes, benchmark, steps, lr, batch_size, step_bound=0.0):
   """Algorithm 3 on every task's support set, batched exactly as the meta-test.
 
   Tasks go through `lax.map` with the meta-test's `batch_size`, as in
@@ -145,7 +147,7 @@ def adapt_all(theta_init, episodes, benchmark, steps, lr, batch_size):
 
   def one_task(ep):
     return adaptation.adapt(theta_init, {"x": ep["support_x"], "y": ep["support_y"]},
-                            benchmark.loss_fn, steps, lr)
+                            benchmark.loss_fn, steps, lr, step_bound)
 
   eps = {k: jnp.asarray(episodes[k]) for k in ("support_x", "support_y")}
   size = int(min(batch_size, eps["support_x"].shape[0]))
@@ -267,7 +269,8 @@ def main(argv=None):
     eps = select_tasks(all_eps, task_ids)
     fits = {}
     for m in methods:
-      adapted = adapt_all(inits[m], all_eps, benchmark, steps, lr, config.metatest.batch_size)
+      adapted = adapt_all(inits[m], all_eps, benchmark, steps, lr, config.metatest.batch_size,
+                          config.metatest.get("step_bound", 0.0))
       adapted = jax.tree.map(lambda x: x[jnp.asarray(task_ids)], adapted)
       fits[m] = curves_and_mse(adapted, eps, x_grid, benchmark)
     panels[shots] = (eps, fits)

@@ -70,3 +70,62 @@ def test_episodes_are_reproducible_and_nested():
   np.testing.assert_array_equal(ten["query_x"], a["query_x"])
   # Support and query points are disjoint draws.
   assert not np.isin(a["support_x"], a["query_x"]).any()
+
+
+# Reproducibility of the reported means (docs/method.md, "Meta-test"): with the default
+# sinusoid protocol, a one-ulp nudge of theta_init or 4 devices instead of 1 must move a
+# reported mean by less than a tenth of its 95% interval. Plain SGD at the same rate fails
+# this on the same tasks (the mean of this init moves by 0.13-0.16 of its interval, single
+# tasks by up to ~90%): it runs past the stability edge on most tasks.
+
+def _stability_setting():
+  from configs import sinusoid as sinusoid_config  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax import pipeline  # pylint: disable=g-import-not-at-top
+  config = sinusoid_config.get_config()
+  bench = tasks.get_benchmark(config)
+  theta = bench.init_params(pipeline.method_key(config, "finetune"))  # seed 0's finetune init
+  return config, bench, theta, bench.make_episodes(5)
+
+
+def _per_task(config, bench, theta, eps, devices=1):
+  from dfl2l_jax import sharding  # pylint: disable=g-import-not-at-top
+  mt = config.metatest
+  return adaptation.meta_test(theta, eps, loss_fn=bench.loss_fn, metric_fn=bench.metric_fn,
+                              steps=mt.steps, lr=mt.lr, batch_size=mt.batch_size,
+                              mesh=sharding.make_mesh(None, sharding.TASKS, devices),
+                              step_bound=mt.step_bound)
+
+
+def _ulp(tree, to):
+  return jax.tree.map(lambda x: jnp.asarray(np.nextafter(np.asarray(x), np.float32(to))), tree)
+
+
+def test_reported_means_are_stable_under_a_one_ulp_nudge_and_the_device_count():
+  config, bench, theta, eps = _stability_setting()
+  assert config.metatest.step_bound > 0  # the default protocol is the bounded one
+  base = _per_task(config, bench, theta, eps)
+  mean, half_width = adaptation.mean_ci95(base)
+  moved = {"+1 ulp": _per_task(config, bench, _ulp(theta, np.inf), eps),
+           "-1 ulp": _per_task(config, bench, _ulp(theta, -np.inf), eps),
+           "4 devices": _per_task(config, bench, theta, eps, devices=4)}
+  for name, v in moved.items():
+    assert abs(v.mean() - mean) < 0.1 * half_width, (name, v.mean(), mean, half_width)
+  # Only the batch layout differs between 1 and 4 devices: every task agrees to rounding.
+  np.testing.assert_allclose(moved["4 devices"], base, rtol=1e-4)
+
+
+def test_bounded_steps_are_plain_sgd_below_the_stability_edge_and_smaller_above():
+  _, bench, theta, eps = _stability_setting()
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+  task = int(np.argmin(eps["a"]))  # the smallest amplitude: a flat support loss
+  support = {"x": jnp.asarray(eps["support_x"][task]), "y": jnp.asarray(eps["support_y"][task])}
+  np.testing.assert_allclose(
+      flat(adaptation.adapt(theta, support, bench.loss_fn, 50, 0.001, step_bound=1.9)),
+      flat(adaptation.adapt(theta, support, bench.loss_fn, 50, 0.001)), rtol=1e-5, atol=1e-6)
+  # A huge rate: plain SGD diverges, the bounded step stays finite and lowers the loss.
+  task = int(np.argmax(eps["a"]))
+  support = {"x": jnp.asarray(eps["support_x"][task]), "y": jnp.asarray(eps["support_y"][task])}
+  plain = adaptation.adapt(theta, support, bench.loss_fn, 200, 1.0)
+  bounded = adaptation.adapt(theta, support, bench.loss_fn, 200, 1.0, step_bound=1.9)
+  assert not np.all(np.isfinite(flat(plain))) or float(bench.loss_fn(plain, support)) > 1e3
+  assert float(bench.loss_fn(bounded, support)) < float(bench.loss_fn(theta, support))
