@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 B=benchmarks
 export PYTHONUNBUFFERED=1
 if [ -n "${SMALL:-}" ]; then
-  M="--small"; MT="--tasks 8 --steps 5"; HW32="--hw 32 --batch-sizes 4,8"; HW84="--hw 32 --batch-sizes 8"
+  ZF=3; M="--small"; MT="--tasks 8 --steps 5"; HW32="--hw 32 --batch-sizes 4,8"; HW84="--hw 32 --batch-sizes 8"
   FU="--small"; SC="--small"; TT="--torch-tasks 2 --torch-vmap-batch 2"; EN="--small"
 else
   M=""; MT="--tasks 600 --steps 100"; HW32="--hw 32 --batch-sizes 100,600"; HW84="--hw 84 --batch-sizes 100,300"
@@ -33,7 +33,7 @@ if [ -d .yardsticks ]; then
 else
   echo "== ensemble skipped: no .yardsticks/ (copy ../shared/bench's scripts there)"
 fi
-run metatest32 70 python $B/metatest_throughput.py $MT $HW32 --repeats 1 --torch $TT
+run metatest32 70 python $B/metatest_throughput.py $MT $HW32 --repeats 1 --torch $TT --zoo-features ${ZF:-100}
 run metatest84 80 python $B/metatest_throughput.py $MT $HW84 --repeats 1 --torch $TT
 run fusion 35 python $B/fusion_throughput.py $FU --repeats 1
 run scaling 90 python $B/scaling.py $SC --workdir /tmp/dfl2l_scaling

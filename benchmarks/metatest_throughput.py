@@ -1,7 +1,8 @@
 r"""Meta-test throughput (Algorithm 3): tasks/s of `adaptation.meta_test` on Conv4-16.
 
   python benchmarks/metatest_throughput.py [--tasks 600] [--steps 100] [--hw 32,84]
-      [--batch-sizes 10,50,150] [--torch] [--torch-tasks 60] [--bn-impl flax] [--small]
+      [--batch-sizes 10,50,150] [--torch] [--torch-tasks 60] [--bn-impl flax]
+      [--zoo-features 100] [--small]
 
 The image setting of the paper's Tables 2-3 at its meta-test: 5-way 10-shot tasks
 with 15 query images per class, Conv4 with 16 filters, S steps of full-batch SGD
@@ -21,6 +22,10 @@ first runs benchmarks/torch_metatest.py (the PyTorch yardstick, same protocol)
 in a subprocess on the same machine with the same sizes and prints a line per
 size with the measured ratio ours / torch (best batch size vs each torch
 variant). The subprocess keeps the two frameworks from competing for GPU memory.
+With `--zoo-features N`, also the `zoo_features` learner (methods/zoo_features.py) of a
+random N-model Conv4 zoo on the same tasks (features of every model, BatchNorm from the
+support set, nearest centroid; no adaptation steps), and its tasks/s over the best
+Algorithm 3 batch size of the same run.
 """
 
 import argparse
@@ -39,6 +44,8 @@ import numpy as np  # noqa: E402
 from configs import fewshot_base  # noqa: E402
 from dfl2l_jax import adaptation  # noqa: E402
 from dfl2l_jax import results  # noqa: E402
+from dfl2l_jax.methods import base as methods_base  # noqa: E402
+from dfl2l_jax.methods import zoo_features  # noqa: E402
 from dfl2l_jax.tasks import fewshot  # noqa: E402
 
 WAYS, SHOTS, QUERY = 5, 10, 15
@@ -108,6 +115,35 @@ def measure(size, tasks, steps, batch_sizes, repeats, bn_impl="flax"):
   return max(rows, key=lambda r: r["tasks_per_s"])
 
 
+def measure_zoo_features(size, tasks, n_models, batch_size, repeats, init_best):
+  """tasks/s of the zoo_features learner with a random n_models zoo, beside Algorithm 3."""
+  config, bench, _, episodes = make_setting(size, tasks, 1)
+  del config
+  zoo = jax.vmap(bench.init_params)(jax.random.split(jax.random.key(1), n_models))
+  learner = methods_base.Learner(
+      {"zoo": zoo}, zoo_features._centroid_scorer(bench.model, WAYS), None)  # pylint: disable=protected-access
+  run = lambda: adaptation.score_learner(learner, episodes, batch_size=batch_size,
+                                         gather_fn=bench.gather_episode, data=bench.data)
+  t0 = time.perf_counter()
+  run()
+  first = time.perf_counter() - t0
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run()
+    best = min(best, time.perf_counter() - t0)
+  row = {"benchmark": "zoo_features_throughput", "size": size, "tasks": tasks,
+         "zoo_models": n_models, "batch_size": min(batch_size, tasks),
+         "seconds": round(best, 4), "compile_and_first_run_s": round(first, 2),
+         "tasks_per_s": round(tasks / best, 2),
+         "algorithm3_tasks_per_s": init_best["tasks_per_s"],
+         "algorithm3_steps": init_best["steps"],
+         "ratio_zoo_features_over_algorithm3": round(tasks / best / init_best["tasks_per_s"], 3),
+         "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+         "cpu": results.cpu_model(), "date": _now()}
+  print(json.dumps(row), flush=True)
+
+
 def run_torch(size, args):
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_metatest.py")
   cmd = [sys.executable, script, "--tasks", str(args.torch_tasks), "--steps", str(args.steps),
@@ -136,6 +172,8 @@ def main():
   parser.add_argument("--torch-vmap-batch", type=int, default=50)
   parser.add_argument("--bn-impl", default="flax", choices=("flax", "fused"),
                       help="config.model.bn_impl of our side")
+  parser.add_argument("--zoo-features", type=int, default=0, metavar="N",
+                      help="also time the zoo_features learner with an N-model zoo")
   parser.add_argument("--small", action="store_true",
                       help="seconds on a CPU: 8 tasks, 5 steps, 32x32, batch sizes 1,8")
   args = parser.parse_args()
@@ -148,6 +186,9 @@ def main():
   for size in sizes:
     best = measure(size, args.tasks, args.steps,
                    [int(b) for b in args.batch_sizes.split(",")], args.repeats, args.bn_impl)
+    if args.zoo_features:
+      measure_zoo_features(size, args.tasks, args.zoo_features, best["batch_size"],
+                           args.repeats, best)
     for t in torch_rows[size]:
       print(json.dumps({
           "benchmark": "metatest_ratio", "size": size, "steps": args.steps,
