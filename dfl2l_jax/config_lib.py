@@ -144,17 +144,31 @@ def dict_diff(found, wanted, prefix=""):
   return []
 
 
+# Fields added after runs were recorded, with the value that reproduces what those runs
+# did (a recorded config without the field ran the old behaviour, not today's default).
+_BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0}
+
+
 def update_from_dict(config, values):
   """Sets the fields of `config` from a JSON dict, e.g. a run's recorded config.
 
   Lists become tuples where the config declares a tuple; keys the config does
-  not have (fields of an older version) are ignored.
+  not have (fields of an older version) are ignored; fields the recorded run did not
+  have yet take the value that reproduces it (`_BEFORE_FIELD_EXISTED`).
   """
+  _update(config, values)
+  for (section, field), old in _BEFORE_FIELD_EXISTED.items():
+    if (section in config and field in config[section] and section in values
+        and field not in values[section]):
+      config[section][field] = old
+
+
+def _update(config, values):
   for key, value in values.items():
     if key not in config:
       continue
     if isinstance(value, dict):
-      update_from_dict(config[key], value)
+      _update(config[key], value)
     else:
       config[key] = tuple(value) if isinstance(config[key], tuple) else value
 

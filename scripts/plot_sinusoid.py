@@ -100,8 +100,6 @@ def load_config(spec, workdir, seed):
   config = config_lib.load_config_file(spec or "configs/sinusoid.py", REPO)
   if spec is None and recorded is not None:
     config_lib.update_from_dict(config, recorded)
-    if "step_bound" not in recorded.get("metatest", {}):  # a run made before the bound
-      config.metatest.step_bound = 0.0
   elif recorded is not None:
     diffs = config_lib.dict_diff(recorded, json.loads(json.dumps(config.to_dict())))
     diffs = [d for d in diffs if not d.startswith(("methods:", "seed:"))]
