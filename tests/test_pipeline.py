@@ -49,9 +49,11 @@ def test_results_json_has_the_promised_schema(finished_run):
   for r in res["rows"]:
     assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
                       "run", "launcher", "cost"}
-    # Algorithm 3's cost: 20 steps on the K support points, then the 100 query points.
-    assert r["cost"] == {"networks": 1, "forward": 20 * r["shots"] + 100 + r["shots"],
-                         "backward": 20 * r["shots"]}
+    # Algorithm 3's cost: 20 bounded steps (each a gradient and a Hessian-vector product,
+    # after 20 power-iteration steps) on the K support points, then the 100 query points.
+    passes = 2 * 20 + 20
+    assert r["cost"] == {"networks": 1, "forward": passes * r["shots"] + 100 + r["shots"],
+                         "backward": passes * r["shots"]}
     assert r["metatest"]["steps"] == 20 and r["run"] == 0
     assert r["n_tasks"] == len(r["per_task"]) == 8
     assert r["mean"] == pytest.approx(np.mean(r["per_task"]))
@@ -284,8 +286,10 @@ def test_runs_with_other_methods_or_settings_add_rows_and_keep_the_others(finish
 def test_a_diverging_meta_test_fails_the_run_and_marks_its_rows(finished_run, tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(finished_run[0], workdir)
+  # Fixed-rate SGD at an absurd rate diverges (the bounded step would not).
   with pytest.raises(pipeline.MetaTestError, match=r"va at 5 shots.*metatest.lr"):
-    pipeline.evaluate(helpers.smoke_config(methods="va", metatest__lr=1e6), workdir)
+    pipeline.evaluate(helpers.smoke_config(methods="va", metatest__lr=1e6,
+                                           metatest__step_bound=0.0), workdir)
   with open(os.path.join(workdir, "results.json")) as f:
     res = json.load(f)
   failed = [r for r in res["rows"] if r.get("failed")]
