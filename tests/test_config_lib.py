@@ -18,3 +18,22 @@ def test_a_recorded_config_reproduces_its_run_including_fields_it_predates():
   with config.unlocked():
     config_lib.update_from_dict(config, sinusoid_config.get_config().to_dict())
   assert config.metatest.step_bound == 1.9
+
+
+def test_the_field_protocol_configs_state_the_field_settings_and_validate():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from configs import dfml_cifarfs, dfml_miniimagenet  # pylint: disable=g-import-not-at-top
+  full = dfml_cifarfs.get_config()
+  assert (full.shots, full.model.filters, full.zoo.shared_init, full.zoo.num_models,
+          full.zoo.ways, full.metatest.num_tasks, full.metatest.query_per_class) == (
+              (1, 5), 32, False, 100, 5, 600, 15)
+  assert dfml_cifarfs.get_config("proxy").data.dataset == "mini_imagenet32"
+  reduced = dfml_miniimagenet.get_config("reduced")
+  assert (reduced.zoo.num_models, reduced.metatest.num_tasks, reduced.model.filters) == (
+      40, 50, 32)
+  for c in (full, reduced, dfml_cifarfs.get_config("proxy,smoke")):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="unknown config variants"):
+    dfml_cifarfs.get_config("fast")
+  with pytest.raises(ValueError, match="proxy variant exists for the CIFAR-FS"):
+    dfml_miniimagenet.get_config("proxy")
