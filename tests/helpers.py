@@ -33,7 +33,14 @@ def toy_zoo(n, key=1, spread=1.0, rank=2):
 
 
 def smoke_config(**overrides):
-  """The sinusoid smoke config, unlocked for overrides like zoo__steps=10."""
+  """The sinusoid smoke config, unlocked for overrides like zoo__steps=10.
+
+  With the meta-test's fixed-rate SGD (step_bound 0) unless overridden: the bounded step
+  costs a compilation of its own in every pipeline run, and it is tested where it matters
+  (tests/test_adaptation.py, and the launcher runs of tests/test_launch.py and
+  test_pipeline.py, which use configs/sinusoid.py:smoke as it is).
+  """
+  overrides.setdefault("metatest__step_bound", 0.0)
   return override(sinusoid_config.get_config("smoke"), **overrides)
 
 

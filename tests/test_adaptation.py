@@ -129,3 +129,11 @@ def test_bounded_steps_are_plain_sgd_below_the_stability_edge_and_smaller_above(
   bounded = adaptation.adapt(theta, support, bench.loss_fn, 200, 1.0, step_bound=1.9)
   assert not np.all(np.isfinite(flat(plain))) or float(bench.loss_fn(plain, support)) > 1e3
   assert float(bench.loss_fn(bounded, support)) < float(bench.loss_fn(theta, support))
+
+
+def test_the_cost_of_a_bounded_step_counts_its_hessian_vector_products():
+  assert adaptation.adaptation_cost(20, 5, 100) == {"networks": 1, "forward": 205,
+                                                    "backward": 100}
+  passes = 2 * 20 + adaptation.POWER_INIT_STEPS
+  assert adaptation.adaptation_cost(20, 5, 100, step_bound=1.9) == {
+      "networks": 1, "forward": passes * 5 + 105, "backward": passes * 5}
