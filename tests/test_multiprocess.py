@@ -77,7 +77,7 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     first = json.load(f)
 
   # One process with the 4 devices of conftest.py, the same config.
-  config = helpers.smoke_config(methods="dfl2l,va")
+  config = helpers.smoke_config(methods="dfl2l,va", metatest__step_bound=1.9)  # as the launcher
   single = pipeline.run(config, str(tmp_path / "one"), "offline")
   got, want = _means(first), _means(single)
   assert got.keys() == want.keys()
