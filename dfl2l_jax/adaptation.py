@@ -162,17 +162,26 @@ def _bound_kwarg(step_bound):
   return {"step_bound": float(step_bound)} if step_bound else {}
 
 
-def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
-                       gather_fn, data, mesh, step_bound=0.0):
+def _tasks_on_mesh(episodes, batch_size, mesh):
+  """(episodes laid out (n_batches, global batch, ...) with axis 1 sharded, n_tasks).
+
+  The tasks are padded with copies of real ones to fill the last batch; each process
+  builds only its own devices' tasks.
+  """
   eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
   n_tasks = next(iter(eps.values())).shape[0]
   n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
   eps = sharding_lib.pad_rows(eps, n_batches * global_batch)
   eps = {k: v.reshape((n_batches, global_batch) + v.shape[1:]) for k, v in eps.items()}
-  # Each process builds only its devices' tasks; theta_init and data are replicated.
   sharding = NamedSharding(mesh, P(None, sharding_lib.axis_of(mesh)))
   eps = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
          for k, v in eps.items()}
+  return eps, n_tasks
+
+
+def _meta_test_on_mesh(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size,
+                       gather_fn, data, mesh, step_bound=0.0):
+  eps, n_tasks = _tasks_on_mesh(episodes, batch_size, mesh)
   per_task = _meta_test_sharded(
       sharding_lib.put_replicated(theta_init, mesh), eps,
       sharding_lib.put_replicated(data, mesh), jnp.float32(lr), loss_fn=loss_fn,
@@ -210,12 +219,7 @@ def score_learner(learner, episodes, *, batch_size, gather_fn=None, data=None, m
     per_task = _learner_test(learner.state, eps, data, score=learner.score,
                              gather_fn=gather_fn, batch_size=int(min(batch_size, n_tasks)))
     return np.asarray(jax.device_get(per_task), np.float64)
-  n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
-  eps = sharding_lib.pad_rows(eps, n_batches * global_batch)
-  eps = {k: v.reshape((n_batches, global_batch) + v.shape[1:]) for k, v in eps.items()}
-  sharding = NamedSharding(mesh, P(None, sharding_lib.axis_of(mesh)))
-  eps = {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-         for k, v in eps.items()}
+  eps, n_tasks = _tasks_on_mesh(episodes, batch_size, mesh)
   per_task = _learner_test_sharded(
       sharding_lib.put_replicated(learner.state, mesh), eps,
       sharding_lib.put_replicated(data, mesh), score=learner.score, gather_fn=gather_fn,
