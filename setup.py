@@ -33,7 +33,7 @@ setup(
     package_data={"dfl2l_jax.data": ["*.json"]},
     extras_require={
         # The data-layer tests build tiny tfds datasets, so tests need the data extra too.
-        "test": ["pytest>=8", "tensorflow-datasets>=4.9.10", "importlib_resources>=7.1",
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "tensorflow-datasets>=4.9.10", "importlib_resources>=7.1",
                  "pillow>=13.0"],
         "plots": ["matplotlib>=3.8"],
         # The image benchmarks read their data through tensorflow-datasets

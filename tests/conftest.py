@@ -1,8 +1,8 @@
 """Test setup: several fake CPU devices before JAX starts, so sharding can be tested.
 
 Also a persistent compilation cache for this session only: the pipeline tests run
-the same small programs many times through freshly built `jit`s, and XLA
-compilation dominates their time.
+the same small programs many times through freshly built `jit`s (and the launcher
+tests in fresh processes), and XLA compilation dominates their time.
 """
 
 import atexit
@@ -20,5 +20,7 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The launchers the tests start as subprocesses use the same cache (tests/helpers.launch).
+os.environ["DFL2L_TEST_XLA_CACHE"] = _CACHE
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,6 +1,8 @@
 """Small hand-made objects shared by the tests."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,30 @@ def toy_zoo(n, key=1, spread=1.0, rank=2):
     basis = rng.normal(size=(rank,) + leaf.shape).astype(np.float32)
     out.append(jnp.asarray(np.asarray(leaf)[None] + spread * np.tensordot(z, basis, 1)))
   return jax.tree.unflatten(treedef, out)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**extra):
+  """The environment of a launcher subprocess: the CPU, and the session's compilation cache.
+
+  The subprocesses share the test session's cache (tests/conftest.py): the
+  launcher tests run the same smoke programs in many fresh processes.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cache = os.environ.get("DFL2L_TEST_XLA_CACHE")
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(extra)
+  return env
+
+
+def launch(module, *args, timeout=300):
+  """Runs `python -m module args` from the repository root, as a user would."""
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def smoke_config(**overrides):

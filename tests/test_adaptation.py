@@ -100,6 +100,7 @@ def _ulp(tree, to):
   return jax.tree.map(lambda x: jnp.asarray(np.nextafter(np.asarray(x), np.float32(to))), tree)
 
 
+@pytest.mark.slow
 def test_reported_means_are_stable_under_a_one_ulp_nudge_and_the_device_count():
   config, bench, theta, eps = _stability_setting()
   assert config.metatest.step_bound > 0  # the default protocol is the bounded one

@@ -97,6 +97,7 @@ def test_cnn_zoo_trainer_improves_accuracy(bench):
   assert losses[-5:].mean() < losses[:5].mean()
 
 
+@pytest.mark.slow
 def test_meta_test_adapts_and_reports_accuracy_in_percent(bench):
   params = bench.init_params(jax.random.key(1))
   eps = bench.make_episodes(4)

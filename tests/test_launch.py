@@ -2,29 +2,21 @@
 
 import errno
 import os
-import subprocess
-import sys
 
 import pytest
 
 from dfl2l_jax import methods
 from launch import common
+from tests import helpers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/sinusoid.py:smoke"
 
 
-def _launch(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
-
-
 def test_help_shows_the_main_flags_and_the_method_list_names_every_method():
-  out = _launch("launch.offline", "--help")
+  out = helpers.launch("launch.offline", "--help")
   for flag in ("--config:", "--workdir:", "dry_run:", "list_methods:"):
     assert flag in out.stdout, out.stdout
-  out = _launch("launch.offline", "--list_methods")
+  out = helpers.launch("launch.offline", "--list_methods")
   assert out.returncode == 0
   for name in methods.METHODS:
     assert f"  {name} " in out.stdout
@@ -38,7 +30,7 @@ def test_help_shows_the_main_flags_and_the_method_list_names_every_method():
     (("--config.seed=abc",), "--config.seed=abc: invalid literal"),
 ])
 def test_bad_flags_end_in_one_error_line_and_exit_1(tmp_path, args, message):
-  out = _launch("launch.offline", SMOKE, f"--workdir={tmp_path / 'w'}", *args)
+  out = helpers.launch("launch.offline", SMOKE, f"--workdir={tmp_path / 'w'}", *args)
   assert out.returncode == 1
   assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
   assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
@@ -53,7 +45,7 @@ def test_bad_config_paths_variants_and_workdirs_end_in_one_error_line(tmp_path):
       (("--config=configs/sinusoid.py:bad", f"--workdir={tmp_path}"), "unknown variant 'bad'"),
       ((SMOKE, f"--workdir={afile}"), "is a file, not a folder"),
       ((SMOKE,), "--workdir is required")]:
-    out = _launch("launch.offline", *args)
+    out = helpers.launch("launch.offline", *args)
     assert out.returncode == 1, out.stderr
     assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
@@ -61,11 +53,11 @@ def test_bad_config_paths_variants_and_workdirs_end_in_one_error_line(tmp_path):
 
 def test_dry_run_checks_and_describes_without_creating_anything(tmp_path):
   workdir = tmp_path / "w"
-  out = _launch("launch.online", SMOKE, f"--workdir={workdir}", "--dry_run")
+  out = helpers.launch("launch.online", SMOKE, f"--workdir={workdir}", "--dry_run")
   assert out.returncode == 0, out.stderr
   assert "dfl2l_online" in out.stdout and "does not exist yet" in out.stdout
   assert not workdir.exists()
-  out = _launch("launch.online", SMOKE, "--dry_run", "--config.methods=all")
+  out = helpers.launch("launch.online", SMOKE, "--dry_run", "--config.methods=all")
   assert out.returncode == 0 and all(f"  {m} " in out.stdout for m in methods.METHODS)
 
 

@@ -120,19 +120,23 @@ def test_fused_batch_norm_conv4_equals_flax_batch_norm():
   x = jax.random.normal(jax.random.key(12), (6, 16, 16, 3))
   flax_bn = models.Conv4(ways=3, filters=4, conv_impl="patches")
   fused = models.Conv4(ways=3, filters=4, conv_impl="patches", bn_impl="fused")
-  variables = flax_bn.init(jax.random.key(13), x)
-  assert jax.tree.map(jnp.shape, fused.init(jax.random.key(13), x)) == jax.tree.map(
-      jnp.shape, variables)
+  variables = jax.jit(flax_bn.init)(jax.random.key(13), x)
+  assert jax.tree.map(jnp.shape, jax.eval_shape(fused.init, jax.random.key(13), x)) == (
+      jax.tree.map(jnp.shape, variables))
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(14), p.shape),
                         variables["params"])
-  _close(models.apply_train_mode(flax_bn, params, x), models.apply_train_mode(fused, params, x))
-  _close(models.apply_with_reference(flax_bn, params, x[:2], x),
-         models.apply_with_reference(fused, params, x[:2], x))
-  _, stats = fused.apply({"params": params}, x, train=True, mutable=["batch_stats"])
-  _, ref_stats = flax_bn.apply({"params": params}, x, train=True, mutable=["batch_stats"])
-  _close(stats, ref_stats)
   loss = lambda net: lambda p: jnp.sum(jnp.sin(models.apply_train_mode(net, p, x)))
-  ref, got = jax.jit(lambda p: [jax.grad(loss(n))(p) for n in (flax_bn, fused)])(params)
+
+  @jax.jit  # one compiled program: op-by-op flax applies would compile every op alone
+  def outputs(p):
+    return [(models.apply_train_mode(n, p, x), models.apply_with_reference(n, p, x[:2], x),
+             n.apply({"params": p}, x, train=True, mutable=["batch_stats"])[1],
+             jax.grad(loss(n))(p)) for n in (flax_bn, fused)]
+
+  (ref_y, ref_yr, ref_stats, ref), (y, yr, stats, got) = outputs(params)
+  _close(y, ref_y)
+  _close(yr, ref_yr)
+  _close(stats, ref_stats)
   # The conv biases feeding BatchNorm have true gradient 0: compare on the gradients' scale.
   for r, g in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(r).max())))
