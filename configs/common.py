@@ -112,6 +112,36 @@ def zoo_distill():
   return z
 
 
+def inversion():
+  """Model inversion of the zoo's CNNs, DeepInversion (dfl2l_jax/inversion.py).
+
+  Defaults after Yin et al. 2020's CIFAR settings where they carry over (Adam on the
+  images, jitter and flips, TV and L2 priors, a BatchNorm term); steps and images are
+  cut for the CPU. Chosen a priori, never on test tasks.
+  """
+  i = ml_collections.ConfigDict()
+  i.images_per_class = 10               # synthetic images per class of each zoo model
+  i.steps = 300                         # Adam steps on the images
+  i.lr = 0.1
+  i.bn_weight = 0.05                    # BatchNorm-statistics matching
+  i.tv_weight = 1e-3                    # total variation (smoothness)
+  i.l2_weight = 1e-4
+  i.jitter = 2                          # random circular shift, pixels each way
+  i.flip = True                         # random horizontal flip
+  i.chunk_steps = 50                    # steps per compiled chunk (and checkpoint)
+  return i
+
+
+def inversion_maml():
+  """MAML on pseudo episodes of inverted images (methods/inversion_maml.py); its steps,
+  batches and rates are config.maml's."""
+  z = ml_collections.ConfigDict()
+  z.start = "va"                        # va: from the zoo's average | random
+  z.first_order = False
+  z.label_perms = 8                     # label permutations per zoo model
+  return z
+
+
 def mesh():
   """Devices (jax.sharding) and hosts (jax.distributed): dfl2l_jax/sharding.py, BUILD.md.
 

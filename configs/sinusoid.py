@@ -57,6 +57,8 @@ def get_config(arg=None):
   c.zoo_features = common.zoo_features()
   c.zoo_maml = common.zoo_maml()
   c.zoo_distill = common.zoo_distill()
+  c.inversion = common.inversion()
+  c.inversion_maml = common.inversion_maml()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

@@ -195,9 +195,12 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
+  bn_stats = (zoo_lib.bn_stats(config, benchmark, zoo, workdir)
+              if any(m.needs_bn_stats for m in chosen) else None)
   rows, inits = [], {}
   for method in chosen:
-    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks)
+    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks,
+                         bn_stats)
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -218,14 +221,15 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
 
 
 def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
-                   hooks=None):
+                   hooks=None, bn_stats=None):
   """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
   data (methods.base.DataFreeBenchmark), so reading it raises."""
   if not methods_lib.base.uses_task_data(method, config):
     benchmark = methods_lib.base.DataFreeBenchmark(benchmark, method.name)
   return methods_lib.MethodContext(
       config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
-      key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks)
+      key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks,
+      zoo_bn_stats=bn_stats if method.needs_bn_stats else None)
 
 
 def evaluate(config, workdir, command=None):

@@ -123,6 +123,55 @@ def check_finite(zoo):
           f"parameter {jax.tree_util.keystr(path)}; retrain or drop it")
 
 
+def _bn_stats_program(benchmark):
+  return jax.jit(lambda z, t, d: jax.lax.map(
+      lambda a: benchmark.zoo_bn_stats_fn(a[0], a[1], d), (z, t)))
+
+
+def bn_population_stats(zoo, benchmark):
+  """Every zoo model's BatchNorm population statistics, computed from its own training
+  data (benchmark.zoo_bn_stats_fn), one model after another; None without BatchNorm.
+
+  A pytree {"BatchNorm_i": {"mean", "var"}} with a leading model axis: the running
+  statistics a pretrained CNN checkpoint carries, which model inversion matches.
+  """
+  if benchmark.zoo_bn_stats_fn is None:
+    return None
+  tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
+  return sharding_lib.to_host(_bn_stats_program(benchmark)(zoo, tasks, benchmark.data))
+
+
+def bn_stats(config, benchmark, zoo, workdir=None):
+  """The finished zoo's BatchNorm population statistics, saved beside it.
+
+  Computed once from the zoo tasks' data by the zoo's producer (this module), saved in
+  workdir/zoo_bn_stats/stats under the zoo's spec, and loaded from there afterwards;
+  methods get them through their context, without the data. None for networks without
+  BatchNorm. Nothing else reads them: the results of every other method are unchanged.
+  """
+  if benchmark.zoo_bn_stats_fn is None:
+    return None
+  if workdir is None:
+    return bn_population_stats(zoo, benchmark)
+  directory = os.path.join(workdir, "zoo_bn_stats")
+  stats_dir = os.path.join(directory, "stats")
+  spec = dict(zoo_spec(config, benchmark), zoo_steps=config.zoo.steps)
+  checkpointing.check_spec(directory, spec, "zoo's BatchNorm statistics")
+  checkpointing.write_spec(directory, spec)
+  with checkpointing.Checkpointer(stats_dir, max_to_keep=1) as ckpt:
+    complete = ckpt.latest_step() is not None
+  if complete:
+    shapes = jax.eval_shape(_bn_stats_program(benchmark), zoo,
+                            jax.tree.map(jnp.asarray, benchmark.zoo_tasks), benchmark.data)
+    stats = checkpointing.load_tree(
+        stats_dir, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+  else:  # new, or a save that was killed: compute (again)
+    stats = bn_population_stats(zoo, benchmark)
+    checkpointing.save_tree(stats_dir, stats)
+  check_finite(stats)
+  return stats
+
+
 def zoo_quality(zoo, benchmark):
   """Each zoo model's metric on its own task's held-out data: mean, min, max."""
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)

@@ -56,7 +56,13 @@ def _config(manual_dir, data_dir, **overrides):
     c.zoo.chunk_steps = 10
     c.zoo.bn_reference = 3
     c.fusion.chunk_steps = 3
-    c.methods = "dfl2l,va"   # the online loop and finetune are covered by the sinusoid tests
+    # The online loop and finetune are covered by the sinusoid tests; inversion_maml is the
+    # image-only method (BatchNorm statistics saved with the zoo, inversion, MAML).
+    c.methods = "dfl2l,va,inversion_maml"
+    c.inversion.steps = 4
+    c.inversion.chunk_steps = 2
+    c.inversion.images_per_class = 2
+    c.inversion_maml.first_order = True
     # One device: the sharded paths are tested in test_sharding.py and by the
     # sinusoid pipeline tests; sharded Conv4 programs would double this test's time.
     c.mesh.num_devices = 1
@@ -72,6 +78,7 @@ def source(tmp_path_factory):
   return str(root / "manual"), str(root / "tfds")
 
 
+@pytest.mark.slow
 def test_image_pipeline_runs_and_resumes_to_identical_results(source, tmp_path):
   manual, data_dir = source
   config = _config(manual, data_dir)
@@ -83,6 +90,9 @@ def test_image_pipeline_runs_and_resumes_to_identical_results(source, tmp_path):
   for r in first["rows"]:
     assert r["n_tasks"] == 4 and all(0 <= v <= 100 + 1e-3 for v in r["per_task"])
   assert 0 <= first["zoo_quality"]["mean"] <= 100 + 1e-3
+  for path in ("zoo_bn_stats/spec.json", "inversion_grid.png", "fusion/inversion/summary.json",
+               "inits/inversion_maml"):
+    assert os.path.exists(tmp_path / "a" / path), path
 
   class Stop(Exception):
     pass

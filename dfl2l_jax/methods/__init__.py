@@ -3,6 +3,7 @@
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import dfl2l
+from dfl2l_jax.methods import inversion_maml
 from dfl2l_jax.methods import maml
 from dfl2l_jax.methods import merging
 from dfl2l_jax.methods import mfgp
@@ -19,7 +20,7 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
                                 maml.MAML, maml.FOMAML, maml.OML,
                                 ot_fusion.OTA, weight_matching.WEIGHT_MATCHING,
                                 zoo_features.ZOO_FEATURES, maml.ZOO_MAML,
-                                zoo_distill.ZOO_DISTILL)}
+                                zoo_distill.ZOO_DISTILL, inversion_maml.INVERSION_MAML)}
 
 
 def resolve(names: str, setting: str):

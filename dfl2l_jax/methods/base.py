@@ -42,6 +42,9 @@ class MethodContext:
     workdir: run directory (None: no checkpoints, e.g. in tests).
     writer: metrics writer with `write_scalars(step, dict)`.
     hooks: called as `hooks(phase, step)` after each checkpointed chunk.
+    zoo_bn_stats: the zoo's BatchNorm population statistics ({"BatchNorm_i":
+      {"mean", "var"}}, leading model axis), part of the zoo as a pretrained CNN
+      checkpoint carries them; given to methods with `needs_bn_stats`, else None.
   """
   config: Any
   benchmark: tasks_base.Benchmark
@@ -52,6 +55,7 @@ class MethodContext:
   workdir: Optional[str] = None
   writer: Any = None
   hooks: Optional[Callable] = None
+  zoo_bn_stats: Any = None
 
   @property
   def zoo_s(self):
@@ -150,6 +154,8 @@ class Method:
       raises if they read the zoo tasks' data.
     learner: True when `make_init` returns a `Learner` (rebuilt from the zoo by
       launch.evaluate, not saved under inits/).
+    needs_bn_stats: True when the method reads `ctx.zoo_bn_stats` (model
+      inversion); the pipeline then computes them once with the zoo.
   """
   name: str
   settings: Tuple[str, ...]
@@ -158,3 +164,4 @@ class Method:
   validate: Optional[Callable] = None
   uses_task_data: Any = False
   learner: bool = False
+  needs_bn_stats: bool = False

@@ -42,6 +42,10 @@ class Benchmark:
       support_x, support_y, query_x, query_y.
     member_loop: how the ensemble trainer runs the zoo's members, "vmap" or
       "map" (see ensemble.make_ensemble_chunk).
+    zoo_bn_stats_fn: `(params, task, data) -> batch_stats`, a zoo model's
+      BatchNorm population statistics over its own training data (what a
+      pretrained CNN checkpoint carries as running statistics); None for
+      networks without BatchNorm.
   """
   name: str
   metric: str
@@ -58,6 +62,7 @@ class Benchmark:
   data: Any = None
   gather_episode: Callable = None
   member_loop: str = "vmap"
+  zoo_bn_stats_fn: Callable = None
 
   def __post_init__(self):
     if self.gather_episode is None:

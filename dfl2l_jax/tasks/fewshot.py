@@ -205,6 +205,25 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
                                          img(task["train_idx"][:, :n_ref]))
     return accuracy(logits, labels)
 
+  def zoo_bn_stats_fn(params, task, data):
+    """Population statistics of each BatchNorm input over the model's training images:
+    the mean over training batches (classes interleaved, `zoo.batch_size` images, the
+    remainder dropped) of the batch means, and of the batch second moments minus the
+    squared population mean; each batch normalised by its own statistics, as in training."""
+    idx = task["train_idx"].T.reshape(-1)  # position-major: every batch mixes the classes
+    size = min(batch_size, idx.shape[0])
+    batches = idx[:(idx.shape[0] // size) * size].reshape(-1, size)
+
+    def one(b):
+      x = normalise(data["train_images"][b], data["mean"], data["std"])
+      _, state = net.apply({"params": params}, x, train=True, mutable=["batch_stats"])
+      st = state["batch_stats"]
+      return {k: {"mean": v["mean"], "sq": v["var"] + v["mean"] ** 2} for k, v in st.items()}
+
+    moments = jax.tree.map(lambda a: a.mean(0), jax.lax.map(one, batches))
+    return {k: {"mean": v["mean"], "var": jnp.maximum(v["sq"] - v["mean"] ** 2, 0.0)}
+            for k, v in moments.items()}
+
   def gather_episode(ep, data):
     img = lambda idx: normalise(data["test_images"][idx], data["mean"], data["std"])
     return ({"x": img(ep["support_idx"]), "y": ep["support_y"]},
@@ -224,4 +243,5 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
             "filters": config.model.filters, "ways": ways,
             "image_shape": list(train_images.shape[1:]),
             "train_classes": list(train_names), "test_classes": list(test_names)},
-      data=data, gather_episode=gather_episode, member_loop=member_loop)
+      data=data, gather_episode=gather_episode, member_loop=member_loop,
+      zoo_bn_stats_fn=zoo_bn_stats_fn)

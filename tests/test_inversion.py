@@ -1,0 +1,166 @@
+"""Model inversion (DeepInversion) of a Conv4 zoo, and inversion_maml, on synthetic images."""
+
+import dataclasses
+import json
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfl2l_jax import inversion
+from dfl2l_jax import methods
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.methods import inversion_maml as im
+from dfl2l_jax.tasks import fewshot
+from tests import helpers
+
+pytestmark = pytest.mark.xdist_group("inversion")  # one worker: the module's zoo, compiled once
+
+HP = inversion.InversionHParams(images_per_class=3, lr=0.1, bn_weight=1.0, tv_weight=1e-3,
+                                l2_weight=1e-4, jitter=1, flip=True)
+
+
+def _config(**overrides):
+  base = dict(zoo__num_models=3, inversion_maml__first_order=True, inversion__steps=6, inversion__chunk_steps=3, inversion__images_per_class=3,
+              maml__meta_steps=2, maml__chunk_steps=1, maml__meta_batch_size=2,
+              maml__support_size=6, maml__query_size=6)
+  return helpers.fewshot_config(**dict(base, **overrides))
+
+
+@pytest.fixture(scope="module")
+def image_zoo():
+  """A benchmark of class-coloured noise images and a zoo of 3 random Conv4s with the
+  BatchNorm population statistics their producer computes from their training data."""
+  bench = fewshot.make_benchmark(_config(), helpers.synthetic_image_loader())
+  zoo = jax.jit(jax.vmap(bench.init_params))(jax.random.split(jax.random.key(0), 3))
+  return bench, zoo, zoo_lib.bn_population_stats(zoo, bench)
+
+
+def test_first_layer_population_statistics_are_the_moments_over_the_training_images(image_zoo):
+  """BatchNorm_0's input (the first convolution of the normalised images) depends on no
+  batch: its population mean and variance are exactly the moments over every image used."""
+  bench, zoo, stats = image_zoo
+  assert set(stats) == {f"BatchNorm_{i}" for i in range(4)}
+  m = 1
+  params = jax.tree.map(lambda x: x[m], zoo)
+  idx = bench.zoo_tasks["train_idx"][m].T.reshape(-1)
+  used = idx[:(len(idx) // min(len(idx), 32)) * min(len(idx), 32)]  # zoo.batch_size 32
+  x = fewshot.normalise(bench.data["train_images"][used], bench.data["mean"], bench.data["std"])
+  _, h = inversion.forward_with_bn_inputs(bench.model, params, jax.tree.map(
+      lambda s: s[m], stats), x)
+  h0 = np.asarray(h[0], np.float64).reshape(-1, h[0].shape[-1])
+  np.testing.assert_allclose(stats["BatchNorm_0"]["mean"][m], h0.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["BatchNorm_0"]["var"][m], h0.var(0), rtol=1e-3, atol=1e-5)
+  assert all(np.all(v["var"] >= 0) for v in stats.values())
+
+
+def test_inversion_vmapped_over_the_zoo_equals_one_model_at_a_time_and_learns(image_zoo):
+  bench, zoo, stats = image_zoo
+  ways = 3
+  chunk, optimizer = inversion.make_chunk(bench.model, ways, HP)
+  images = inversion.init_images(jax.random.key(5), 3, ways, HP, (16, 16, 3))
+  key = jax.random.key(6)
+
+  def run(rows, steps):
+    sub = lambda t: jax.tree.map(lambda x: x[rows], t)
+    state = inversion.InversionState(images[rows], optimizer.init(images[rows]), jnp.int32(0))
+    return chunk(state, sub(zoo), sub(stats), jnp.asarray(rows), key, length=steps)
+
+  together, hist = run(np.arange(3), 12)
+  for m in range(3):
+    alone, _ = run(np.array([m]), 12)
+    np.testing.assert_allclose(alone.images[0], together.images[m], rtol=2e-4, atol=2e-5)
+  loss = np.asarray(hist["loss_mean"])
+  assert loss[-1] < 0.7 * loss[0], loss
+  assert hist["bn_mean"][-1] < hist["bn_mean"][0]
+  before = inversion.own_accuracy(bench.model, zoo, stats, images, ways, 3)
+  after = inversion.own_accuracy(bench.model, zoo, stats, together.images, ways, 3)
+  assert after.mean() > before.mean() and after.mean() > 70, (before, after)
+
+
+def test_png_grid_is_a_readable_image(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 5, 8, 8, 3))
+  picture = inversion.grid(inversion.to_uint8(images), 2, 5, pad=2)
+  assert picture.shape == (2 * 10 + 2, 5 * 10 + 2, 3)
+  path = str(tmp_path / "g.png")
+  inversion.write_png(path, picture)
+  np.testing.assert_array_equal(np.asarray(Image.open(path)), picture)
+  # Each tile is its image min-max scaled to 0..255.
+  tile = picture[2:10, 12:20]
+  assert tile.min() == 0 and tile.max() == 255
+  with pytest.raises(ValueError, match="uint8"):
+    inversion.write_png(path, picture[..., 0])
+  assert zlib.crc32(open(path, "rb").read()) != 0
+
+
+def _ctx(bench, zoo, stats, config, tmp_path, method=im.INVERSION_MAML):
+  return methods.MethodContext(
+      config=config, benchmark=methods.base.DataFreeBenchmark(bench, method.name), zoo=zoo,
+      s_idx=np.arange(2), q_idx=np.arange(2, 3), key=jax.random.key(3),
+      workdir=str(tmp_path), zoo_bn_stats=stats)
+
+
+def test_inversion_maml_runs_without_the_zoo_tasks_data_and_resumes(image_zoo, tmp_path):
+  bench, zoo, stats = image_zoo
+  config = _config()
+  ctx = _ctx(bench, zoo, stats, config, tmp_path)
+  theta = im.INVERSION_MAML.make_init(ctx)  # data-free: reading the data would raise
+  template = bench.init_params(jax.random.key(0))
+  assert jax.tree.structure(theta) == jax.tree.structure(template)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(tmp_path / "inversion_grid.png"))
+  assert grid.shape == (3 * 18 + 2, 9 * 18 + 2, 3)  # 3 models x (3 classes x 3 images)
+  with open(tmp_path / "fusion" / "inversion" / "summary.json") as f:
+    summary = json.load(f)
+  assert len(summary["own_accuracy_per_model"]) == 3
+  assert 0 <= summary["own_accuracy_mean"] <= 100
+  # A second call restores both phases from their final checkpoints: the same init.
+  again = im.INVERSION_MAML.make_init(ctx)
+  for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_inversion_needs_bn_statistics_and_a_classifier_zoo(image_zoo, tmp_path):
+  bench, zoo, _ = image_zoo
+  with pytest.raises(ConfigError, match="BatchNorm population statistics"):
+    im.invert_zoo(_ctx(bench, zoo, None, _config(), tmp_path))
+  sin = helpers.smoke_config()
+  from dfl2l_jax import tasks  # pylint: disable=g-import-not-at-top
+  sbench = tasks.get_benchmark(sin)
+  szoo = jax.vmap(sbench.init_params)(jax.random.split(jax.random.key(0), 2))
+  assert zoo_lib.bn_population_stats(szoo, sbench) is None  # an MLP has no BatchNorm
+  with pytest.raises(NotApplicable, match="classifier zoo"):
+    im.invert_zoo(dataclasses.replace(_ctx(sbench, szoo, None, sin, tmp_path)))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("inversion__steps", 0, "inversion.steps"),
+    ("inversion__lr", float("nan"), "inversion.lr"),
+    ("inversion__jitter", -1, "inversion.jitter"),
+    ("inversion__tv_weight", -0.1, "inversion.tv_weight"),
+    ("inversion_maml__start", "zoo", "inversion_maml.start"),
+    ("inversion_maml__label_perms", 0, "label_perms"),
+])
+def test_bad_inversion_settings_are_refused(field, value, match):
+  with pytest.raises(ConfigError, match=match):
+    im.validate(_config(**{field: value}))
+
+
+def test_pseudo_episodes_permute_labels_and_draw_from_one_model():
+  models, perms = im.label_permutations(0, 4, 3, 5)
+  assert models.tolist() == [m for m in range(4) for _ in range(5)]
+  assert all(sorted(p) == [0, 1, 2] for p in perms) and len({tuple(p) for p in perms}) > 1
+  data = jnp.arange(4 * 3 * 2, dtype=jnp.float32).reshape(4, 6, 1, 1, 1)  # value = index
+  batch_fn = im.pseudo_episode_batch_fn(3, 2, 50)
+  task = {"model": jnp.int32(2), "perm": jnp.array([2, 0, 1], jnp.int32)}
+  b = batch_fn(task, jax.random.key(0), data)
+  flat = np.asarray(b["x"]).reshape(-1).astype(int)
+  assert np.all(flat // 6 == 2)                     # only model 2's images
+  cls = (flat % 6) // 2                              # class-major rows: class = pos // P
+  np.testing.assert_array_equal(np.asarray(b["y"]), np.array([2, 0, 1])[cls])
