@@ -5,7 +5,7 @@
 #   bash scripts/image_tables.sh SETTING SEED [METHOD ...]
 #
 # SETTING: cf5 | cf10 (CIFAR-FS protocol on Mini-ImageNet@32, the `proxy` config variant) or
-# mi5 | mi10 (Mini-ImageNet at 84x84). METHODs default to all fourteen. Each method's
+# mi5 | mi10 (Mini-ImageNet at 84x84). METHODs default to every registered method. Each method's
 # results.json is kept as WORKDIR/results_METHOD.json; a method whose file exists is skipped,
 # so rerunning the same command continues where a killed run stopped (the zoo and each method's
 # meta-training resume from their checkpoints). Then, over every seed of the setting:
@@ -33,7 +33,9 @@ if ! [[ $SEED =~ ^[0-9]+$ ]]; then
   echo "error: SEED must be a non-negative integer, got '$SEED'" >&2
   exit 2
 fi
-ALL="va dfl2l dfl2l_online maml oml finetune mfgp task_arithmetic ties fomaml ota weight_matching dfl2l_no_dro dfl2l_mle"
+# Every registered method (dfl2l_jax/methods/__init__.py), in registry order; PYTHON: the
+# interpreter that has the project installed (default: python).
+ALL=$("${PYTHON:-python}" -c 'from dfl2l_jax import methods; print(" ".join(methods.METHODS))')
 METHODS=${*:-$ALL}
 
 DATA=${DATA:-../shared/data/mini-imagenet}

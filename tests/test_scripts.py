@@ -5,6 +5,7 @@ import importlib
 import os
 import shlex
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ SCRIPT = os.path.join(REPO, "scripts", "image_tables.sh")
 
 def _run(*args, **env):
   return subprocess.run(["bash", SCRIPT, *args], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, **env})
+                        env={**os.environ, "PYTHON": sys.executable, **env})
 
 
 def _dry_run(*args):
@@ -61,6 +62,14 @@ def test_image_tables_overrides_name_config_fields(setting):
 def test_image_tables_rejects_bad_arguments(args, message):
   out = _dry_run(*args)
   assert out.returncode == 2 and message in out.stderr
+
+
+def test_image_tables_runs_every_registered_method_by_default():
+  from dfl2l_jax import methods  # pylint: disable=g-import-not-at-top
+  out = _dry_run("cf5", "1")
+  assert out.returncode == 0, out.stderr
+  named = [a.split("=", 1)[1] for a in shlex.split(out.stdout) if a.startswith("--config.methods=")]
+  assert named == list(methods.METHODS)
 
 
 def test_image_tables_refuses_a_missing_data_folder(tmp_path):
