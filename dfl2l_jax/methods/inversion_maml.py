@@ -157,18 +157,15 @@ def validate_inversion(config):
     raise ConfigError("config has no inversion section (configs/common.py: inversion())")
   ic = config.inversion
   for field in ("steps", "chunk_steps", "images_per_class"):
-    v = ic[field]
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-      raise ConfigError(f"config.inversion.{field} must be a positive int, got {v!r}")
-  if not isinstance(ic.jitter, int) or isinstance(ic.jitter, bool) or ic.jitter < 0:
+    maml_methods._check_positive_int(config, "inversion", field)  # pylint: disable=protected-access
+  maml_methods._check_positive_real(config, "inversion", "lr")  # pylint: disable=protected-access
+  if not maml_methods._is_int(ic.jitter) or ic.jitter < 0:  # pylint: disable=protected-access
     raise ConfigError(f"config.inversion.jitter must be an int >= 0, got {ic.jitter!r}")
-  for field, positive in (("lr", True), ("bn_weight", False), ("tv_weight", False),
-                          ("l2_weight", False)):
+  for field in ("bn_weight", "tv_weight", "l2_weight"):
     v = ic[field]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-    if not ok or (v <= 0 if positive else v < 0):
-      raise ConfigError(f"config.inversion.{field} must be a {'positive' if positive else 'non-negative'} "
-                        f"finite number, got {v!r}")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+      raise ConfigError(f"config.inversion.{field} must be a non-negative finite number, "
+                        f"got {v!r}")
   if not isinstance(ic.flip, bool):
     raise ConfigError(f"config.inversion.flip must be true or false, got {ic.flip!r}")
 
@@ -185,9 +182,7 @@ def validate(config):
   if not isinstance(ic.first_order, bool):
     raise ConfigError(f"config.inversion_maml.first_order must be true or false, got "
                       f"{ic.first_order!r}")
-  v = ic.label_perms
-  if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-    raise ConfigError(f"config.inversion_maml.label_perms must be a positive int, got {v!r}")
+  maml_methods._check_positive_int(config, "inversion_maml", "label_perms")  # pylint: disable=protected-access
 
 
 INVERSION_MAML = base.Method(
