@@ -17,18 +17,15 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dfl2l_jax import models as models_lib  # noqa: E402
-from dfl2l_jax import permutations as perm_lib  # noqa: E402
-from dfl2l_jax.methods import ot_fusion  # noqa: E402
-from dfl2l_jax.methods import weight_matching as wm  # noqa: E402
+from dfl2l_jax import models as models_lib
+from dfl2l_jax import permutations as perm_lib
+from dfl2l_jax.methods import ot_fusion
+from dfl2l_jax.methods import weight_matching as wm
 
 
 def make_zoo(net, x, n, kind, seed=0):

@@ -1,6 +1,6 @@
 r"""Conv4 zoo training throughput: the ensemble trainer vs the same models one by one.
 
-  python benchmarks/conv_zoo_throughput.py [--models 100] [--batch 64] [--sizes 32,84] [--steps 3]
+  python -m benchmarks.conv_zoo_throughput [--models 100] [--batch 64] [--sizes 32,84] [--steps 3]
 
 For each image size: N Conv4-16 models (5-way, synthetic data, Adam, BatchNorm from
 batch statistics) trained by `ensemble.make_ensemble_chunk` with the levers
@@ -12,21 +12,17 @@ Prints one JSON line per size: images/s of both and their ratio.
 import argparse
 import datetime
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from dfl2l_jax import ensemble  # noqa: E402
-from dfl2l_jax import results  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
-from dfl2l_jax.tasks import fewshot  # noqa: E402
-from tests import helpers  # noqa: E402
+from dfl2l_jax import ensemble
+from dfl2l_jax import results
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.tasks import fewshot
+from tests import helpers
 
 
 def _best(fn, repeats=2):

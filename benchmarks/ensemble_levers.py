@@ -1,6 +1,6 @@
 r"""Throughput of the Conv4 zoo trainer under each implementation lever, in one run.
 
-  python benchmarks/ensemble_levers.py [--models 10] [--batch 32] [--size 32] [--steps 5]
+  python -m benchmarks.ensemble_levers [--models 10] [--batch 32] [--size 32] [--steps 5]
 
 Levers: convolution as XLA's conv or as patches + matmul (models.PatchConv3x3),
 members vmapped or `lax.map`-ped (ensemble.make_ensemble_chunk). Each
@@ -12,21 +12,17 @@ JSON line per lever with images/s and the ratio to plain (xla, vmap).
 import argparse
 import datetime
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from dfl2l_jax import ensemble  # noqa: E402
-from dfl2l_jax import results  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
-from dfl2l_jax.tasks import fewshot  # noqa: E402
-from tests import helpers  # noqa: E402
+from dfl2l_jax import ensemble
+from dfl2l_jax import results
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.tasks import fewshot
+from tests import helpers
 
 
 def measure(args, conv_impl, member_loop):

@@ -21,20 +21,16 @@ device, date. At the defaults (100 models, config.zoo.steps = 4000 steps,
 import argparse
 import datetime
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import sinusoid as sinusoid_config  # noqa: E402
-from dfl2l_jax import ensemble  # noqa: E402
-from dfl2l_jax import tasks  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
+from configs import sinusoid as sinusoid_config
+from dfl2l_jax import ensemble
+from dfl2l_jax import tasks
+from dfl2l_jax import zoo as zoo_lib
 
 RTOL = 1e-4         # per-step losses of the first CHECK_STEPS steps, every member.
 ATOL = 1e-5

@@ -1,18 +1,22 @@
 r"""Our Conv4-16 ensemble trainer step beside the PyTorch and plain-JAX yardsticks, in one run.
 
-  python benchmarks/ensemble_vs_torch.py --small            # 10 models x 32, 32x32 (CPU)
-  python benchmarks/ensemble_vs_torch.py                    # 100 models x 64, 32x32 and 84x84
-  python benchmarks/ensemble_vs_torch.py --bench-dir ../shared/bench --rounds 3 \
+  python -m benchmarks.ensemble_vs_torch --bench-dir DIR --small  # 10 models x 32, 32x32 (CPU)
+  python -m benchmarks.ensemble_vs_torch --bench-dir DIR   # 100 models x 64, 32x32 and 84x84
+  python -m benchmarks.ensemble_vs_torch --bench-dir DIR --rounds 3 \
       --variants like:patches:reshape:map,real:auto --out /tmp/rows.jsonl
+  python -m benchmarks.ensemble_vs_torch --small --no-torch --no-naive   # ours only
 
-On a GPU machine that cannot see ../shared, copy the two yardstick scripts into an
-ignored folder of the checkout (`.yardsticks/`) and pass `--bench-dir .yardsticks`;
-the earlier default set of eight GPU variants at 32x32 and 84x84 took about 2.5
-minutes on an H200, compiles included (numbers: results/performance.md); today's
-six are not yet timed on a GPU.
+Run from the repository root (it imports tests/helpers.py). The earlier default set
+of eight GPU variants at 32x32 and 84x84 took about 2.5 minutes on an H200,
+compiles included (numbers: results/performance.md); today's six are not yet timed
+on a GPU.
 
-The yardsticks are not part of the project: `--bench-dir` names the folder that
-holds them. `torch_ensemble_step.py` runs as a subprocess (a Python loop over
+The yardsticks are not part of the project: `--bench-dir DIR` (or the environment
+variable DFL2L_BENCH_DIR) names a folder holding the two yardstick scripts,
+`torch_ensemble_step.py` and `jax_naive_ensemble_step.py`; it is required unless
+both `--no-torch` and `--no-naive` are given. (benchmarks/gpu_session.sh passes the
+ignored folder `.yardsticks/` of the checkout, which is carried to the device.)
+`torch_ensemble_step.py` runs as a subprocess (a Python loop over
 the models and torch.func vmap; on CPU also with OMP_NUM_THREADS=1, since a
 2-thread OpenMP pool collapses on a shared machine); `jax_naive_ensemble_step.py`
 is imported and its `bench(n_models, batch, hw, steps)` called.
@@ -50,18 +54,16 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from dfl2l_jax import ensemble  # noqa: E402
-from dfl2l_jax import models  # noqa: E402
-from dfl2l_jax import results  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
-from dfl2l_jax.tasks import fewshot  # noqa: E402
-from tests import helpers  # noqa: E402
+from dfl2l_jax import ensemble
+from dfl2l_jax import models
+from dfl2l_jax import results
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.tasks import fewshot
+from tests import helpers
 
 CPU_VARIANTS = ("like:xla:window:vmap", "like:patches:window:map", "like:patches:reshape:vmap",
                 "like:patches:reshape:map", "real:patches:window:map", "real:auto")
@@ -249,8 +251,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--small", action="store_true",
                       help="10 models x 32 at 32x32 (the yardsticks' `small`)")
-  parser.add_argument("--bench-dir", default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
+  parser.add_argument("--bench-dir", default=os.environ.get("DFL2L_BENCH_DIR", ""), metavar="DIR",
+                      help="folder holding the yardstick scripts torch_ensemble_step.py and "
+                           "jax_naive_ensemble_step.py (default: $DFL2L_BENCH_DIR); needed "
+                           "unless --no-torch and --no-naive")
   parser.add_argument("--variants", default="",
                       help="comma-separated kind:conv:pool:loop[:precision]; default per backend")
   parser.add_argument("--steps", type=int, default=0, help="steps per timed chunk")
@@ -263,6 +267,13 @@ def main():
                            "default '1' on CPU, none elsewhere")
   parser.add_argument("--out", default="", help="also append the JSON lines to this file")
   args = parser.parse_args()
+  if not (args.no_torch and args.no_naive):
+    if not args.bench_dir:
+      parser.error("the yardsticks need --bench-dir DIR (or DFL2L_BENCH_DIR): a folder holding "
+                   "torch_ensemble_step.py and jax_naive_ensemble_step.py; or pass --no-torch "
+                   "--no-naive to time ours only")
+    if not os.path.isdir(args.bench_dir):
+      parser.error(f"--bench-dir {args.bench_dir} is not a folder")
   on_cpu = jax.default_backend() == "cpu"
   variants = [v for v in args.variants.split(",") if v] or list(
       CPU_VARIANTS if on_cpu else GPU_VARIANTS)

@@ -23,23 +23,19 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import fewshot_base  # noqa: E402
-from configs import sinusoid as sinusoid_config  # noqa: E402
-from dfl2l_jax import bilevel  # noqa: E402
-from dfl2l_jax import fusion  # noqa: E402
-from dfl2l_jax import models  # noqa: E402
-from dfl2l_jax import results  # noqa: E402
-from dfl2l_jax.methods import dfl2l  # noqa: E402
+from configs import fewshot_base
+from configs import sinusoid as sinusoid_config
+from dfl2l_jax import bilevel
+from dfl2l_jax import fusion
+from dfl2l_jax import models
+from dfl2l_jax import results
+from dfl2l_jax.methods import dfl2l
 
 
 def zoo_config(kind):

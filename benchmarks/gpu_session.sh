@@ -5,8 +5,11 @@
 # returns): one .jsonl per benchmark, device.txt, and stderr.log for all of them.
 #   bash benchmarks/gpu_session.sh OUTDIR          (GPU sizes)
 #   SMALL=1 bash benchmarks/gpu_session.sh OUTDIR  (seconds-long check on a CPU)
-# The yardsticks (../shared/bench) do not travel to the device: copy them into the
-# ignored folder .yardsticks/ and carry it; without it the ensemble run is skipped.
+# Run from the repository root (the benchmarks run as modules, `python -m benchmarks.NAME`).
+# The ensemble run needs the yardsticks, which are not part of the project: put the two
+# yardstick scripts (torch_ensemble_step.py, jax_naive_ensemble_step.py; see
+# benchmarks/ensemble_vs_torch.py) into the ignored folder .yardsticks/ of the checkout and
+# carry it to the device; without it the ensemble run is skipped.
 set -u
 OUT=${1:?usage: gpu_session.sh OUTDIR}
 mkdir -p "$OUT"
@@ -29,12 +32,12 @@ run() {  # name seconds command...
   echo "   rc=$? ($(date -u +%T))"; tail -n 3 "$OUT/$name.jsonl"
 }
 if [ -d .yardsticks ]; then
-  run ensemble 200 python $B/ensemble_vs_torch.py $EN --bench-dir .yardsticks
+  run ensemble 200 python -m benchmarks.ensemble_vs_torch $EN --bench-dir .yardsticks
 else
-  echo "== ensemble skipped: no .yardsticks/ (copy ../shared/bench's scripts there)"
+  echo "== ensemble skipped: no .yardsticks/ (put the two yardstick scripts there)"
 fi
 run metatest32 70 python $B/metatest_throughput.py $MT $HW32 --repeats 1 --torch $TT --zoo-features ${ZF:-100}
 run metatest84 80 python $B/metatest_throughput.py $MT $HW84 --repeats 1 --torch $TT
 run fusion 35 python $B/fusion_throughput.py $FU --repeats 1
 run inversion 60 python -m benchmarks.inversion_throughput $IV
-run scaling 90 python $B/scaling.py $SC --workdir /tmp/dfl2l_scaling
+run scaling 90 python -m benchmarks.scaling $SC --workdir /tmp/dfl2l_scaling

@@ -36,17 +36,15 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import fewshot_base  # noqa: E402
-from dfl2l_jax import adaptation  # noqa: E402
-from dfl2l_jax import results  # noqa: E402
-from dfl2l_jax.methods import base as methods_base  # noqa: E402
-from dfl2l_jax.methods import zoo_features  # noqa: E402
-from dfl2l_jax.tasks import fewshot  # noqa: E402
+from configs import fewshot_base
+from dfl2l_jax import adaptation
+from dfl2l_jax import results
+from dfl2l_jax.methods import base as methods_base
+from dfl2l_jax.methods import zoo_features
+from dfl2l_jax.tasks import fewshot
 
 WAYS, SHOTS, QUERY = 5, 10, 15
 TEST_CLASSES, PER_CLASS = 20, 40

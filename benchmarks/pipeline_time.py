@@ -24,15 +24,14 @@ import sys
 import tempfile
 import time
 
+import jax
+
+from dfl2l_jax import config_lib
+from dfl2l_jax import metrics
+from dfl2l_jax import pipeline
+from dfl2l_jax import results as results_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-
-from dfl2l_jax import config_lib  # noqa: E402
-from dfl2l_jax import metrics  # noqa: E402
-from dfl2l_jax import pipeline  # noqa: E402
-from dfl2l_jax import results as results_lib  # noqa: E402
 
 METHODS = "dfl2l,dfl2l_online,va,finetune"
 GOAL_SECONDS = 120.0

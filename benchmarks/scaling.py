@@ -1,6 +1,6 @@
 r"""Scaling of DRO fusion with the zoo size: time and peak memory, offline and online.
 
-  python benchmarks/scaling.py [--sinusoid 100,1000,10000] [--conv4 100,1000]
+  python -m benchmarks.scaling [--sinusoid 100,1000,10000] [--conv4 100,1000]
       [--conv-hw 84] [--workdir DIR] [--small]
 
 For every zoo size N the zoo is first written to disk as a `zoo_store.ZooStore`
@@ -41,10 +41,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _rss_bytes():
@@ -66,7 +63,7 @@ def _now():
 
 def write_store(kind, n, directory, conv_hw, chunk_models=500):
   """Writes a synthetic zoo of n models to a ZooStore in chunks (never all in memory)."""
-  import fusion_throughput  # pylint: disable=g-import-not-at-top
+  from benchmarks import fusion_throughput  # pylint: disable=g-import-not-at-top
   from dfl2l_jax import zoo_store  # pylint: disable=g-import-not-at-top
   tmpl = fusion_throughput.template(kind, conv_hw)
   store = zoo_store.ZooStore.create(directory, tmpl, n)
@@ -79,7 +76,7 @@ def write_store(kind, n, directory, conv_hw, chunk_models=500):
 def worker(args):
   """One fusion run in this (fresh) process; prints its JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
-  import fusion_throughput  # pylint: disable=g-import-not-at-top
+  from benchmarks import fusion_throughput  # pylint: disable=g-import-not-at-top
   from dfl2l_jax import results  # pylint: disable=g-import-not-at-top
   from dfl2l_jax import zoo_store  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.methods import base  # pylint: disable=g-import-not-at-top
@@ -172,7 +169,7 @@ def main():
       print(json.dumps({"benchmark": "scaling_store_written", "zoo": kind, "models": n,
                         "seconds": round(time.perf_counter() - t0, 2)}), flush=True)
       for mode in args.loops.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--kind", kind,
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", "--kind", kind,
                "--mode", mode, "--store", directory, "--chunk-steps", str(args.chunk_steps),
                "--conv-hw", str(args.conv_hw)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

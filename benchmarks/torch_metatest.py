@@ -33,16 +33,12 @@ import argparse
 import copy
 import datetime
 import json
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WAYS, SHOTS, QUERY, FILTERS = 5, 10, 15, 16
 TEST_CLASSES, PER_CLASS = 20, 40

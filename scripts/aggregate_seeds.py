@@ -29,10 +29,7 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from dfl2l_jax import results as results_lib  # noqa: E402
+from dfl2l_jax import results as results_lib
 
 
 def load(paths, keep=None):

@@ -15,17 +15,12 @@ two trees differ in structure or shapes.
 
 import argparse
 import os
-import sys
 
+import jax
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-
-from dfl2l_jax import checkpointing  # noqa: E402
-from dfl2l_jax.errors import CheckpointError  # noqa: E402
+from dfl2l_jax import checkpointing
+from dfl2l_jax.errors import CheckpointError
 
 
 def load(directory):

@@ -8,7 +8,7 @@ the average after random permutations as a control); then it meta-tests
 averages where only one hidden layer's units are aligned (the other keeps the
 identity), to see which layer's alignment carries the gain.
 
-  python scripts/investigate_ota.py --out results/raw/ota_investigation.jsonl \
+  python -m scripts.investigate_ota --out results/raw/ota_investigation.jsonl \
       workdirs/sinusoid/seed1 ... workdirs/sinusoid/seed5
 
 Exact OT (reg 0), reference closest_to_mean, one round: the `ota` defaults.
@@ -18,21 +18,16 @@ One JSON line per seed goes to --out; a summary table is printed.
 import argparse
 import json
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dfl2l_jax import permutations as perm_lib  # noqa: E402
-from dfl2l_jax import pipeline  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
-from dfl2l_jax.methods import ot_fusion  # noqa: E402
-from sensitivity import load_run_config  # noqa: E402
+from dfl2l_jax import permutations as perm_lib
+from dfl2l_jax import pipeline
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.methods import ot_fusion
+from scripts.sensitivity import load_run_config
 
 
 def layer_stats(models, aligned, reference, init):

@@ -21,19 +21,18 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfl2l_jax import adaptation
+from dfl2l_jax import checkpointing
+from dfl2l_jax import config_lib
+from dfl2l_jax import tasks
+from dfl2l_jax.errors import Dfl2lError
+from dfl2l_jax.tasks import sinusoid
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dfl2l_jax import adaptation  # noqa: E402
-from dfl2l_jax import checkpointing  # noqa: E402
-from dfl2l_jax import config_lib  # noqa: E402
-from dfl2l_jax import tasks  # noqa: E402
-from dfl2l_jax.errors import Dfl2lError  # noqa: E402
-from dfl2l_jax.tasks import sinusoid  # noqa: E402
 
 METHOD_ORDER = ("dfl2l", "dfl2l_online", "va", "finetune")
 METHOD_STYLE = {

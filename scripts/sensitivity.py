@@ -21,23 +21,22 @@ import math
 import os
 import sys
 
+import jax
+import numpy as np
+
+from dfl2l_jax import bilevel
+from dfl2l_jax import checkpointing
+from dfl2l_jax import config_lib
+from dfl2l_jax import loops
+from dfl2l_jax import methods as methods_lib
+from dfl2l_jax import metrics
+from dfl2l_jax import pipeline
+from dfl2l_jax import results as results_lib
+from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.errors import Dfl2lError
+from dfl2l_jax.methods import dfl2l
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dfl2l_jax import bilevel  # noqa: E402
-from dfl2l_jax import checkpointing  # noqa: E402
-from dfl2l_jax import config_lib  # noqa: E402
-from dfl2l_jax import loops  # noqa: E402
-from dfl2l_jax import methods as methods_lib  # noqa: E402
-from dfl2l_jax import metrics  # noqa: E402
-from dfl2l_jax import pipeline  # noqa: E402
-from dfl2l_jax import results as results_lib  # noqa: E402
-from dfl2l_jax import zoo as zoo_lib  # noqa: E402
-from dfl2l_jax.errors import Dfl2lError  # noqa: E402
-from dfl2l_jax.methods import dfl2l  # noqa: E402
 
 CONFIGS = {"sinusoid": "configs/sinusoid.py", "cifar_fs": "configs/cifarfs_5way.py",
            "mini_imagenet": "configs/miniimagenet_5way.py"}

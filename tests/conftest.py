@@ -23,4 +23,6 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # The launchers the tests start as subprocesses use the same cache (tests/helpers.launch).
 os.environ["DFL2L_TEST_XLA_CACHE"] = _CACHE
 
+# `from tests import helpers` needs the repository root on sys.path: `python -m pytest` (the
+# README's command) puts it there, a bare `pytest` does not (it adds only tests/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
