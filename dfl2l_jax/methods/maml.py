@@ -34,12 +34,12 @@ Config: `config.maml` (all three) and `config.oml` (oml only):
 """
 
 import functools
-import numbers
 
 import jax
 import numpy as np
 import optax
 
+from dfl2l_jax import checks
 from dfl2l_jax import loops
 from dfl2l_jax import maml as maml_lib
 from dfl2l_jax import errors as base_errors
@@ -47,42 +47,25 @@ from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
 
-def _field(config, section, name):
-  if section not in config or name not in config[section]:
-    raise ConfigError(f"config has no field '{section}.{name}'")
-  return config[section][name]
-
-
-def _is_int(v):
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _check_positive_int(config, section, name):
-  v = _field(config, section, name)
-  if not _is_int(v) or v <= 0:
-    raise ConfigError(f"config.{section}.{name} must be a positive int, got {v!r}")
-
-
-def _check_positive_real(config, section, name):
-  v = _field(config, section, name)
-  if (not isinstance(v, numbers.Real) or isinstance(v, bool) or not np.isfinite(v)
-      or not v > 0):
-    raise ConfigError(f"config.{section}.{name} must be a positive finite number, got {v!r}")
+MAML_FIELDS = {
+    "maml.meta_steps": checks.POSITIVE_INT, "maml.meta_batch_size": checks.POSITIVE_INT,
+    "maml.inner_steps": checks.POSITIVE_INT, "maml.chunk_steps": checks.POSITIVE_INT,
+    "maml.inner_lr": checks.POSITIVE_REAL, "maml.outer_lr": checks.POSITIVE_REAL,
+    # 0: the whole zoo batch
+    "maml.support_size": checks.NON_NEGATIVE_INT, "maml.query_size": checks.NON_NEGATIVE_INT,
+}
+OML_FIELDS = {"oml.steps_per_arrival": checks.POSITIVE_INT, "oml.first_order": checks.BOOL}
+ZOO_MAML_FIELDS = {"zoo_maml.start": checks.one_of(("va", "random")),
+                   "zoo_maml.first_order": checks.BOOL}
 
 
 def validate_maml(config):
   """Raises ConfigError naming the first bad value of `config.maml`."""
-  for name in ("meta_steps", "meta_batch_size", "inner_steps", "chunk_steps"):
-    _check_positive_int(config, "maml", name)
-  for name in ("inner_lr", "outer_lr"):
-    _check_positive_real(config, "maml", name)
+  checks.check(config, MAML_FIELDS)
   batch = config.zoo.batch_size
   for name in ("support_size", "query_size"):
-    v = _field(config, "maml", name)
-    if not _is_int(v) or v < 0:
-      raise ConfigError(f"config.maml.{name} must be an int >= 0 (0: the whole zoo "
-                        f"batch), got {v!r}")
-    if _is_int(batch) and v > batch:
+    v = config.maml[name]
+    if checks.is_int(batch) and v > batch:
       raise ConfigError(f"config.maml.{name}={v} exceeds config.zoo.batch_size={batch}, "
                         "the size of the batches it is cut from")
 
@@ -90,10 +73,7 @@ def validate_maml(config):
 def validate_oml(config):
   """`oml` uses `config.maml` for everything but its schedule; checks both."""
   validate_maml(config)
-  _check_positive_int(config, "oml", "steps_per_arrival")
-  v = _field(config, "oml", "first_order")
-  if not isinstance(v, bool):
-    raise ConfigError(f"config.oml.first_order must be true or false, got {v!r}")
+  checks.check(config, OML_FIELDS)
 
 
 def hparams(mc, first_order, member_loop) -> maml_lib.MamlHParams:
@@ -236,14 +216,8 @@ def zoo_maml(ctx: base.MethodContext, name="zoo_maml"):
 
 def validate_zoo_maml(config):
   validate_maml(config)
-  if "zoo_maml" not in config:
-    raise ConfigError("config has no zoo_maml section (configs/common.py: zoo_maml())")
-  if config.zoo_maml.start not in ("va", "random"):
-    raise ConfigError(f"config.zoo_maml.start must be 'va' or 'random', got "
-                      f"{config.zoo_maml.start!r}")
-  if not isinstance(config.zoo_maml.first_order, bool):
-    raise ConfigError(f"config.zoo_maml.first_order must be true or false, got "
-                      f"{config.zoo_maml.first_order!r}")
+  checks.require_section(config, "zoo_maml", "zoo_maml()")
+  checks.check(config, ZOO_MAML_FIELDS)
 
 
 MAML = base.Method(

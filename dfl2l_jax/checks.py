@@ -1,0 +1,68 @@
+"""Config validation by table: a field's path and the kind of value it must hold.
+
+Every validator of the project (the pipeline's in config_lib and each method's
+`validate`) states its simple fields as a table, `{"maml.meta_steps": POSITIVE_INT,
+...}`, and `check(config, table)` raises ConfigError naming the first bad value.
+Cross-field rules (a batch that must fit in another, a split that must leave both
+halves non-empty) stay as code beside the table.
+"""
+
+import math
+import numbers
+from typing import Callable, Mapping, NamedTuple, Tuple
+
+from dfl2l_jax.errors import ConfigError
+
+
+def is_int(v) -> bool:
+  """An int that is not a bool (numpy integers included)."""
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+  """A real number that is not a bool (ints and numpy floats included)."""
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def get(config, path: str):
+  """config["a"]["b"] for path "a.b"; ConfigError naming the path when it is missing."""
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise ConfigError(f"config has no field {path!r}")
+    node = node[part]
+  return node
+
+
+class Rule(NamedTuple):
+  """`ok(value)` says whether a value is acceptable; `expected` completes
+  "config.<path> must be ..." in the error."""
+  ok: Callable[[object], bool]
+  expected: str
+
+
+POSITIVE_INT = Rule(lambda v: is_int(v) and v > 0, "a positive int")
+NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "an int >= 0")
+POSITIVE_REAL = Rule(lambda v: is_real(v) and math.isfinite(v) and v > 0,
+                     "a positive finite number")
+NON_NEGATIVE_REAL = Rule(lambda v: is_real(v) and math.isfinite(v) and v >= 0,
+                         "a non-negative finite number")
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def one_of(choices: Tuple) -> Rule:
+  return Rule(lambda v: v in choices, f"one of {tuple(choices)}")
+
+
+def check(config, table: Mapping[str, Rule]):
+  """Raises ConfigError for the first field of `table` whose value breaks its rule."""
+  for path, rule in table.items():
+    v = get(config, path)
+    if not rule.ok(v):
+      raise ConfigError(f"config.{path} must be {rule.expected}, got {v!r}")
+
+
+def require_section(config, section: str, maker: str):
+  """ConfigError when `config` has no `section` (made by configs/common.py's `maker`)."""
+  if section not in config:
+    raise ConfigError(f"config has no {section} section (configs/common.py: {maker})")
