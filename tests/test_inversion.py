@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from dfl2l_jax import inversion
+from dfl2l_jax import models
 from dfl2l_jax import methods
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import inversion_maml as im
+from dfl2l_jax.methods import inverted_images
+from dfl2l_jax.methods import zoo_distill as zd
 from dfl2l_jax.tasks import fewshot
 from tests import helpers
 
@@ -129,14 +132,14 @@ def test_inversion_maml_runs_without_the_zoo_tasks_data_and_resumes(image_zoo, t
 def test_inversion_needs_bn_statistics_and_a_classifier_zoo(image_zoo, tmp_path):
   bench, zoo, _ = image_zoo
   with pytest.raises(ConfigError, match="BatchNorm population statistics"):
-    im.invert_zoo(_ctx(bench, zoo, None, _config(), tmp_path))
+    inverted_images.invert_zoo(_ctx(bench, zoo, None, _config(), tmp_path))
   sin = helpers.smoke_config()
   from dfl2l_jax import tasks  # pylint: disable=g-import-not-at-top
   sbench = tasks.get_benchmark(sin)
   szoo = jax.vmap(sbench.init_params)(jax.random.split(jax.random.key(0), 2))
   assert zoo_lib.bn_population_stats(szoo, sbench) is None  # an MLP has no BatchNorm
   with pytest.raises(NotApplicable, match="classifier zoo"):
-    im.invert_zoo(dataclasses.replace(_ctx(sbench, szoo, None, sin, tmp_path)))
+    inverted_images.invert_zoo(dataclasses.replace(_ctx(sbench, szoo, None, sin, tmp_path)))
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -164,3 +167,69 @@ def test_pseudo_episodes_permute_labels_and_draw_from_one_model():
   assert np.all(flat // 6 == 2)                     # only model 2's images
   cls = (flat % 6) // 2                              # class-major rows: class = pos // P
   np.testing.assert_array_equal(np.asarray(b["y"]), np.array([2, 0, 1])[cls])
+
+
+def test_the_inverted_images_do_not_depend_on_which_method_asks(image_zoo, tmp_path):
+  """zoo_distill and inversion_maml share workdir/fusion/inversion: its images must be a
+  function of the seed, the zoo and config.inversion alone (the earlier inversion_maml key)."""
+  from dfl2l_jax import pipeline  # pylint: disable=g-import-not-at-top
+  bench, zoo, stats = image_zoo
+  config = _config()
+  key = jax.random.fold_in(pipeline.method_key(config, "inversion_maml"), 0)
+  np.testing.assert_array_equal(jax.random.key_data(inverted_images.init_key(config.seed)),
+                                jax.random.key_data(key))
+  a = inverted_images.invert_zoo(_ctx(bench, zoo, stats, config, tmp_path / "a"))
+  b = inverted_images.invert_zoo(dataclasses.replace(
+      _ctx(bench, zoo, stats, config, tmp_path / "b", method=methods.METHODS["zoo_distill"]),
+      key=jax.random.key(99)))
+  np.testing.assert_array_equal(a, b)
+
+
+def test_teacher_logits_are_each_model_in_evaluation_mode(image_zoo):
+  bench, zoo, stats = image_zoo
+  pool = jax.random.normal(jax.random.key(7), (10, 16, 16, 3))
+  got = zd.teacher_logits(bench.model, zoo, stats, pool, block=4)    # 3 blocks, last short
+  assert got.shape == (3, 10, 3)
+  for m in range(3):
+    want = bench.model.apply({"params": jax.tree.map(lambda x: x[m], zoo),
+                              "batch_stats": jax.tree.map(lambda x: x[m], stats)},
+                             pool, train=False)
+    np.testing.assert_allclose(got[m], want, rtol=1e-5, atol=1e-5)
+
+
+def test_image_distillation_ignores_a_shift_of_the_logits_and_learns(image_zoo):
+  bench, zoo, stats = image_zoo
+  pool = inversion.init_images(jax.random.key(8), 3, 3, HP, (16, 16, 3))
+  pool = pool.reshape((-1, 16, 16, 3))
+  targets = zd.teacher_logits(bench.model, zoo, stats, pool)
+  body, heads, _ = zd.split_heads(zoo)
+  body_net = bench.model.clone(head=False)
+  features = lambda b, x: models.apply_train_mode(body_net, b, x)
+  loss = zd.image_distill_loss(features, body, heads, pool, targets)
+  shift = jax.random.normal(jax.random.key(9), (3, pool.shape[0], 1)) * 5
+  np.testing.assert_allclose(zd.image_distill_loss(features, body, heads, pool, targets + shift),
+                             loss, rtol=1e-4)
+  chunk, optimizer = zd.make_image_chunk(bench.model, 8, 1e-2)
+  state = zd.DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
+  state, hist = chunk(state, pool, targets, jax.random.key(10), length=60)
+  losses = np.asarray(hist["loss"])
+  assert int(state.step) == 60 and losses[-10:].mean() < 0.5 * losses[:10].mean(), losses
+
+
+def test_zoo_distill_on_images_is_data_free_and_resumes(image_zoo, tmp_path):
+  bench, zoo, stats = image_zoo
+  config = _config(zoo_distill__steps=6, zoo_distill__chunk_steps=3, zoo_distill__batch_size=8)
+  ctx = _ctx(bench, zoo, stats, config, tmp_path, method=methods.METHODS["zoo_distill"])
+  theta = methods.METHODS["zoo_distill"].make_init(ctx)   # reading the data would raise
+  template = bench.init_params(jax.random.key(0))
+  assert jax.tree.structure(theta) == jax.tree.structure(template)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta))
+  assert (tmp_path / "fusion" / "inversion").is_dir() and (tmp_path / "inversion_grid.png").exists()
+  again = methods.METHODS["zoo_distill"].make_init(ctx)   # both phases from their checkpoints
+  for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match="BatchNorm population statistics"):
+    methods.METHODS["zoo_distill"].make_init(dataclasses.replace(ctx, zoo_bn_stats=None,
+                                                                 workdir=None))
+  with pytest.raises(ConfigError, match="zoo_distill.lr"):
+    methods.METHODS["zoo_distill"].validate(_config(zoo_distill__lr=0.0))

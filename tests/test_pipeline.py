@@ -385,7 +385,7 @@ def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tm
       continue
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(
         product.state if isinstance(product, methods.Learner) else product)), method.name
-  assert not_here == {"inversion_maml"}
+  assert not_here == {"inversion_maml"}  # zoo_distill inverts only for images
   ctx = pipeline.method_context(config, benchmark, methods.METHODS["maml"], zoo, s_idx, q_idx,
                                 None)
   assert ctx.benchmark is benchmark  # declared to read the data: gets it

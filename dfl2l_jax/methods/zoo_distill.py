@@ -1,4 +1,4 @@
-"""zoo_distill: one initialisation that carries the zoo's functions (regression).
+"""zoo_distill: one initialisation that carries the zoo's functions.
 
 The paper's interface (one theta_init, fine-tuned by Algorithm 3) with the zoo's
 function-space knowledge. A network of the target architecture is distilled from the
@@ -13,11 +13,24 @@ body with the mean of the heads as its output layer: the zoo's mean function, co
 from features in which each zoo function is one linear head away. No task data: the
 targets are the zoo models' outputs at fresh uniform inputs every step.
 
+Images (Conv4 zoos): the pseudo-inputs are the zoo's inverted images
+(methods/inverted_images.py: every model's DeepInversion images of its own classes,
+pooled), and the targets every zoo model's logits on them, each model in evaluation
+mode (BatchNorm by its population statistics, the function the pretrained model
+computes), computed once. The student normalises with its batch's statistics, as in
+every meta-test here, and matches logits up to a per-example shift (softmax ignores
+one), i.e. the squared error of logits centred over the classes:
+
+    min_{body, heads}  mean_i mean_x || c(W_i g(x) + b_i) - c(f_i(x)) ||^2 / R,
+    c(z) = z - mean_r z_r,   g the shared convolutional body, x from the pool,
+
+with no augmentation (the targets stay exact). theta_init is the body with the mean
+head, as for regression.
+
 Start: the body from the zoo's average (VA), head i from model i's own output layer.
 Adam (`zoo_distill.lr`) for `zoo_distill.steps` steps of `zoo_distill.batch_size`
 inputs shared by all heads, in one compiled `lax.scan` per chunk of
 `zoo_distill.chunk_steps` (checkpointed, resumable, like every meta-training loop).
-Image benchmarks need model inversion for pseudo-inputs: n/a there, with that reason.
 """
 
 import functools
@@ -27,9 +40,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dfl2l_jax import checks
 from dfl2l_jax import loops
-from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax import models
+from dfl2l_jax.errors import NotApplicable
 from dfl2l_jax.methods import base
+from dfl2l_jax.methods import inverted_images
 
 
 class DistillState(NamedTuple):
@@ -43,7 +59,7 @@ def output_layer(params):
   """The name of an MLP's output layer (the Dense_i with the largest i)."""
   names = [k for k in params if k.startswith("Dense_")]
   if not names:
-    raise NotApplicable("zoo_distill needs an MLP (Dense_i layers)")
+    raise NotApplicable("zoo_distill needs a network whose output layer is a Dense_i")
   return max(names, key=lambda k: int(k.split("_")[1]))
 
 
@@ -80,10 +96,93 @@ def make_chunk(apply, last, domain, batch_size, lr):
   return chunk, optimizer
 
 
+def centred(z):
+  """Logits shifted to mean zero over the classes (the last axis)."""
+  return z - z.mean(-1, keepdims=True)
+
+
+def image_distill_loss(features, body, heads, x, targets):
+  """mean_i mean_x ||c(head_i(g(x))) - c(f_i(x))||^2 / R; targets (N, B, R), the body's
+  features g(x) computed once for all heads."""
+  g = features(body, x)                                                   # (B, F)
+  logits = jnp.einsum("bf,nfr->nbr", g, heads["kernel"]) + heads["bias"][:, None, :]
+  return jnp.mean(jnp.square(centred(logits) - centred(targets)))
+
+
+def teacher_logits(model, zoo, bn_stats, pool, block=256):
+  """(N, P, R): every zoo model's logits on every pool image, in evaluation mode (its
+  BatchNorm population statistics). One model at a time per block of images, so the
+  memory is one network's activations on `block` images."""
+  @jax.jit
+  def one_block(x):
+    return jax.lax.map(lambda ps: model.apply({"params": ps[0], "batch_stats": ps[1]}, x,
+                                              train=False), (zoo, bn_stats))
+  return jnp.concatenate([one_block(pool[i:i + block]) for i in range(0, len(pool), block)],
+                         axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def make_image_chunk(model, batch_size, lr):
+  """`chunk(state, pool, targets, key, length)`: distillation steps on pool images."""
+  optimizer = optax.adam(lr)
+  body_net = model.clone(head=False)
+  features = lambda body, x: models.apply_train_mode(body_net, body, x)
+
+  @functools.partial(jax.jit, static_argnames=("length",))
+  def chunk(state, pool, targets, key, *, length):
+    def step(st, _):
+      idx = jax.random.randint(jax.random.fold_in(key, st.step), (batch_size,), 0,
+                               pool.shape[0])
+      loss, grads = jax.value_and_grad(lambda bh: image_distill_loss(
+          features, bh[0], bh[1], pool[idx], targets[:, idx]))((st.body, st.heads))
+      updates, opt_state = optimizer.update(grads, st.opt_state)
+      body, heads = optax.apply_updates((st.body, st.heads), updates)
+      return DistillState(body, heads, opt_state, st.step + 1), {"loss": loss}
+    return jax.lax.scan(step, state, None, length=length)
+  return chunk, optimizer
+
+
+def _distill(ctx, name, spec, state, run_chunk):
+  dc = ctx.config.zoo_distill
+  ckpt = ctx.checkpointer(name, spec)
+  try:
+    return loops.run_chunked(
+        name=name, state=state, total_steps=int(dc.steps), chunk_steps=int(dc.chunk_steps),
+        checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks, run_chunk=run_chunk)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def zoo_distill_images(ctx: base.MethodContext):
+  """The image form: pseudo-inputs are the zoo's inverted images (module docstring)."""
+  if not isinstance(ctx.benchmark.model, models.Conv4):
+    raise NotApplicable(f"zoo_distill for images needs a Conv4 zoo, got "
+                        f"{type(ctx.benchmark.model).__name__}")
+  dc = ctx.config.zoo_distill
+  images = inverted_images.invert_zoo(ctx)                  # (N, R * P, H, W, C)
+  pool = images.reshape((-1,) + images.shape[2:])
+  targets = teacher_logits(ctx.benchmark.model, jax.device_put(ctx.zoo),
+                           jax.device_put(ctx.zoo_bn_stats), pool)
+  body, heads, last = split_heads(ctx.zoo)
+  chunk, optimizer = make_image_chunk(ctx.benchmark.model, int(dc.batch_size), float(dc.lr))
+  state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
+  key = jax.random.fold_in(ctx.key, 1)
+  spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
+          "benchmark": ctx.benchmark.spec, "inversion": ctx.config.inversion.to_dict(),
+          "pseudo_inputs": "inverted images"}
+  state = _distill(ctx, "zoo_distill", spec, state,
+                   lambda st, start, length: chunk(st, pool, targets, key, length=length))
+  return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
+
+
 def zoo_distill(ctx: base.MethodContext):
-  if ctx.benchmark.metric != "mse" or "domain" not in ctx.benchmark.spec:
+  bench = ctx.benchmark
+  if bench.metric == "accuracy" and "ways" in bench.spec:
+    return zoo_distill_images(ctx)
+  if bench.metric != "mse" or "domain" not in bench.spec:
     raise NotApplicable("zoo_distill draws pseudo-inputs from a regression benchmark's input "
-                        "domain; for images they need model inversion (not implemented yet)")
+                        "domain or inverts a classifier zoo; this benchmark is neither")
   dc = ctx.config.zoo_distill
   body, heads, last = split_heads(ctx.zoo)
   chunk, optimizer = make_chunk(ctx.benchmark.apply, last, tuple(ctx.benchmark.spec["domain"]),
@@ -93,32 +192,25 @@ def zoo_distill(ctx: base.MethodContext):
   key = jax.random.fold_in(ctx.key, 1)
   spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec}
-  ckpt = ctx.checkpointer("zoo_distill", spec)
-  try:
-    state = loops.run_chunked(
-        name="zoo_distill", state=state, total_steps=int(dc.steps),
-        chunk_steps=int(dc.chunk_steps), checkpointer=ckpt, writer=ctx.writer,
-        hooks=ctx.hooks,
-        run_chunk=lambda st, start, length: chunk(st, zoo, key, length=length))
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  state = _distill(ctx, "zoo_distill", spec, state,
+                   lambda st, start, length: chunk(st, zoo, key, length=length))
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
 
 
+FIELDS = {"zoo_distill.steps": checks.POSITIVE_INT,
+          "zoo_distill.batch_size": checks.POSITIVE_INT,
+          "zoo_distill.chunk_steps": checks.POSITIVE_INT,
+          "zoo_distill.lr": checks.POSITIVE_REAL}
+
+
 def validate(config):
-  if "zoo_distill" not in config:
-    raise ConfigError("config has no zoo_distill section (configs/common.py: zoo_distill())")
-  dc = config.zoo_distill
-  for field in ("steps", "batch_size", "chunk_steps"):
-    v = dc[field]
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-      raise ConfigError(f"config.zoo_distill.{field} must be a positive int, got {v!r}")
-  if not isinstance(dc.lr, (int, float)) or not dc.lr > 0 or dc.lr != dc.lr:
-    raise ConfigError(f"config.zoo_distill.lr must be a positive number, got {dc.lr!r}")
+  checks.require_section(config, "zoo_distill", "zoo_distill()")
+  checks.check(config, FIELDS)
+  inverted_images.validate_inversion(config)              # the pseudo-inputs of images
 
 
 ZOO_DISTILL = base.Method(
     "zoo_distill", (), zoo_distill,
     "one network distilled from the whole zoo on pseudo-inputs (shared body, a head per "
-    "model; init = body + mean head; data-free, regression)", validate)
+    "model; init = body + mean head; uniform inputs for regression, inverted images for "
+    "images; data-free)", validate, needs_bn_stats=True)

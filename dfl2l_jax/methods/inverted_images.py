@@ -1,0 +1,127 @@
+"""The zoo's inverted images, shared by the methods that learn from them.
+
+Model inversion (dfl2l_jax/inversion.py, DeepInversion) of every zoo model, run once per
+workdir and reused: `inversion_maml` builds pseudo episodes from the images, `zoo_distill`
+uses them as pseudo-inputs on which the zoo's outputs are distillation targets. Neither
+reads the zoo tasks' data: the zoo's parameters and BatchNorm population statistics are
+all the inversion uses.
+"""
+
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfl2l_jax import checkpointing
+from dfl2l_jax import checks
+from dfl2l_jax import inversion
+from dfl2l_jax import loops
+from dfl2l_jax import metrics
+from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.methods import base
+
+GRID_MODELS, GRID_IMAGES = 8, 10   # the picture: up to 8 models x 10 images
+
+
+def init_key(seed):
+  """The key of the images' initial noise: a function of the seed alone, so every method
+  that asks for the images gets the same ones. (It is the key inversion_maml derived from
+  its method key when it was the only user, so earlier results are reproduced.)"""
+  method = jax.random.fold_in(jax.random.key(seed), zlib.crc32(b"inversion_maml") & 0x7FFFFFFF)
+  return jax.random.fold_in(method, 0)
+
+
+def hparams(config) -> inversion.InversionHParams:
+  ic = config.inversion
+  return inversion.InversionHParams(
+      images_per_class=int(ic.images_per_class), lr=float(ic.lr),
+      bn_weight=float(ic.bn_weight), tv_weight=float(ic.tv_weight),
+      l2_weight=float(ic.l2_weight), jitter=int(ic.jitter), flip=bool(ic.flip))
+
+
+def invert_zoo(ctx: base.MethodContext):
+  """Every zoo model's inverted images, (N, R * P, H, W, C) in the network's input space.
+
+  Resumes from (or reuses) workdir/fusion/inversion; shared by every method that uses
+  inverted images, since it depends only on the zoo, config.seed and config.inversion
+  (not on which method asks first).
+  """
+  bench = ctx.benchmark
+  if bench.metric != "accuracy" or "ways" not in bench.spec:
+    raise NotApplicable("model inversion synthesises images for a classifier zoo; a "
+                        "regression zoo is queried at inputs of its domain (zoo_maml)")
+  if ctx.zoo_bn_stats is None:
+    raise ConfigError(
+        "model inversion needs the zoo's BatchNorm population statistics, and this zoo has "
+        "none (a network without BatchNorm, or a context built without them: methods "
+        "that invert declare needs_bn_stats=True)")
+  ways, hp = int(bench.spec["ways"]), hparams(ctx.config)
+  n = inversion.zoo_size(ctx.zoo)
+  chunk, optimizer = inversion.make_chunk(bench.model, ways, hp)
+  images = inversion.init_images(init_key(ctx.config.seed), n, ways, hp,
+                                 bench.example_input.shape[1:])
+  state = inversion.InversionState(images, optimizer.init(images), jnp.int32(0))
+  zoo, stats = jax.device_put(ctx.zoo), jax.device_put(ctx.zoo_bn_stats)
+  ids = jnp.arange(n)
+  key = jax.random.fold_in(jax.random.key(ctx.config.seed), 0x1A7E)  # not method-specific
+  ic = ctx.config.inversion
+  spec = {"method": "inversion", "inversion": ic.to_dict(), "seed": ctx.config.seed,
+          "benchmark": bench.spec, "zoo": ctx.config.zoo.to_dict()}
+  ckpt = ctx.checkpointer("inversion", spec)
+  try:
+    state = loops.run_chunked(
+        name="inversion", state=state, total_steps=int(ic.steps),
+        chunk_steps=int(ic.chunk_steps), checkpointer=ckpt, writer=ctx.writer,
+        hooks=ctx.hooks,
+        run_chunk=lambda st, start, length: chunk(st, zoo, stats, ids, key, length=length))
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  images = state.images
+  if not bool(jnp.isfinite(images).all()):
+    raise loops.DivergenceError(
+        f"inversion: the images became non-finite by step {int(state.step)}; lower "
+        "config.inversion.lr")
+  acc = inversion.own_accuracy(bench.model, zoo, stats, images, ways, hp.images_per_class)
+  metrics.log.info("inversion: the zoo classifies its own inverted images %.1f%% correctly "
+                   "(mean over %d models; min %.1f%%)", acc.mean(), n, acc.min())
+  if ctx.workdir is not None:
+    _write_outputs(ctx.workdir, images, acc, ways, hp.images_per_class)
+  return images
+
+
+def _write_outputs(workdir, images, acc, ways, per_class):
+  """workdir/inversion_grid.png and fusion/inversion/summary.json (process 0)."""
+  if jax.process_index() != 0:
+    return
+  host = np.asarray(images)
+  n = host.shape[0]
+  # Per model: up to GRID_IMAGES images, spread over its classes.
+  per_row = min(GRID_IMAGES, ways * per_class)
+  cols = [(j % ways) * per_class + (j // ways) % per_class for j in range(per_row)]
+  picture = inversion.grid(inversion.to_uint8(host[:GRID_MODELS][:, cols]),
+                           min(n, GRID_MODELS), per_row)
+  inversion.write_png(os.path.join(workdir, "inversion_grid.png"), picture)
+  checkpointing.write_json_atomic(
+      os.path.join(workdir, "fusion", "inversion", "summary.json"),
+      {"own_accuracy_mean": float(acc.mean()), "own_accuracy_min": float(acc.min()),
+       "own_accuracy_per_model": [float(a) for a in acc],
+       "grid": "inversion_grid.png: rows are zoo models, columns images of classes "
+               "0, 1, ..., R-1, 0, ... (each image min-max scaled)"})
+
+
+INVERSION_FIELDS = {
+    "inversion.steps": checks.POSITIVE_INT, "inversion.chunk_steps": checks.POSITIVE_INT,
+    "inversion.images_per_class": checks.POSITIVE_INT, "inversion.lr": checks.POSITIVE_REAL,
+    "inversion.jitter": checks.NON_NEGATIVE_INT,
+    "inversion.bn_weight": checks.NON_NEGATIVE_REAL,
+    "inversion.tv_weight": checks.NON_NEGATIVE_REAL,
+    "inversion.l2_weight": checks.NON_NEGATIVE_REAL, "inversion.flip": checks.BOOL,
+}
+
+
+def validate_inversion(config):
+  checks.require_section(config, "inversion", "inversion()")
+  checks.check(config, INVERSION_FIELDS)
