@@ -15,15 +15,17 @@
 # (add `--save-merged results/raw/SETTING` to keep each seed as one small file beside the
 # tables: WORKROOT is not committed, and the per-task values live only there.)
 #
-# Environment: DATA (the Mini-ImageNet folder, default ../shared/data/mini-imagenet), TFDS_DIR
-# (prepared tfds data, default /tmp/tfds_data), WORKROOT (default workdirs/img), WORKDIR (this
-# seed's run directory, default WORKROOT/SETTING_seedSEED), EXTRA (more flags, e.g. a smoke
-# check: EXTRA="--config.zoo.steps=20 --config.metatest.num_tasks=4"), DRY_RUN=1 (print each
-# method's command and run nothing).
+# Environment: DATA (required: the folder of the Mini-ImageNet download, which every SETTING
+# reads), TFDS_DIR (prepared tfds data, default /tmp/tfds_data), WORKROOT (default
+# workdirs/img), WORKDIR (this seed's run directory, default WORKROOT/SETTING_seedSEED), EXTRA
+# (more flags, e.g. a smoke check: EXTRA="--config.zoo.steps=20 --config.metatest.num_tasks=4"),
+# DRY_RUN=1 (print each method's command and run nothing; without DATA they name it `$DATA`).
+#
+#   DATA=/path/to/mini-imagenet bash scripts/image_tables.sh mi5 1
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,22p' "$0" >&2
+  sed -n '2,24p' "$0" >&2
   exit 2
 fi
 SETTING=$1
@@ -38,7 +40,7 @@ fi
 ALL=$("${PYTHON:-python}" -c 'from dfl2l_jax import methods; print(" ".join(methods.METHODS))')
 METHODS=${*:-$ALL}
 
-DATA=${DATA:-../shared/data/mini-imagenet}
+DATA=${DATA:-}
 TFDS_DIR=${TFDS_DIR:-/tmp/tfds_data}
 WORKROOT=${WORKROOT:-workdirs/img}
 WORKDIR=${WORKDIR:-$WORKROOT/${SETTING}_seed$SEED}
@@ -66,7 +68,7 @@ done
 command_for() {
   # shellcheck disable=SC2086
   CMD=(python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED"
-       --config.data.manual_dir="$DATA" --config.data.data_dir="$TFDS_DIR"
+       --config.data.manual_dir="${DATA:-\$DATA}" --config.data.data_dir="$TFDS_DIR"
        --workdir="$WORKDIR" --config.methods="$1")
 }
 if [[ -n ${DRY_RUN:-} ]]; then
@@ -75,6 +77,11 @@ if [[ -n ${DRY_RUN:-} ]]; then
     echo "${CMD[@]}"
   done
   exit 0
+fi
+if [[ -z $DATA ]]; then
+  echo "error: DATA is not set: point it at the folder of the Mini-ImageNet download, e.g." \
+       "DATA=/path/to/mini-imagenet bash scripts/image_tables.sh $SETTING $SEED" >&2
+  exit 2
 fi
 if [[ ! -d $DATA ]]; then
   echo "error: DATA=$DATA is not a folder (point it at the Mini-ImageNet download)" >&2

@@ -72,6 +72,15 @@ def test_image_tables_runs_every_registered_method_by_default():
   assert named == list(methods.METHODS)
 
 
+def test_image_tables_needs_data_named_by_the_environment(tmp_path):
+  out = _run("cf5", "1", "va", DATA="", WORKROOT=str(tmp_path / "w"))
+  assert out.returncode == 2 and "DATA is not set" in out.stderr
+  assert not (tmp_path / "w").exists()
+  dry = _run("mi5", "1", "va", DRY_RUN="1", DATA="")
+  assert dry.returncode == 0, dry.stderr
+  assert "--config.data.manual_dir=$DATA " in dry.stdout
+
+
 def test_image_tables_refuses_a_missing_data_folder(tmp_path):
   out = _run("cf5", "1", "va", DATA=str(tmp_path / "nope"), WORKROOT=str(tmp_path / "w"))
   assert out.returncode == 2 and "is not a folder" in out.stderr
