@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from dfl2l_jax import checkpointing
+from dfl2l_jax import loops
 from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.tasks import base as tasks_base
 
@@ -80,6 +81,25 @@ class MethodContext:
     checkpointing.check_spec(directory, spec, f"{name} fusion state")
     checkpointing.write_spec(directory, spec)
     return checkpointing.Checkpointer(directory)
+
+  def run_loop(self, name, spec, state, *, total_steps, chunk_steps, run_chunk):
+    """A method's training loop, checkpointed under workdir/fusion/<name> and resumable.
+
+    `run_chunk(state, start, length) -> (state, stacked metrics)` runs steps
+    [start, start + length) in one compiled call; `spec` (a JSON-able dict of every
+    setting the state depends on) guards the checkpoints against another
+    configuration. Metrics go to `self.writer`, progress with an ETA to the log, and a
+    NaN or Inf metric stops the run naming the loop and the step (loops.run_chunked).
+    Returns the final state.
+    """
+    ckpt = self.checkpointer(name, spec)
+    try:
+      return loops.run_chunked(
+          name=name, state=state, total_steps=int(total_steps), chunk_steps=int(chunk_steps),
+          checkpointer=ckpt, writer=self.writer, hooks=self.hooks, run_chunk=run_chunk)
+    finally:
+      if ckpt is not None:
+        ckpt.close()
 
 
 # What a benchmark knows about the zoo tasks' own training data.

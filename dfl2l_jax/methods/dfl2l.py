@@ -13,7 +13,6 @@ import optax
 
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
-from dfl2l_jax import loops
 from dfl2l_jax import sharding
 from dfl2l_jax import zoo_store
 from dfl2l_jax.methods import base
@@ -54,16 +53,11 @@ def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
   Every chunk receives its state placed as chunks return it (fusion.place_state;
   a restored checkpoint too), so the chunk compiles once.
   """
-  ckpt = ctx.checkpointer(name, _spec(ctx, fc, setting))
-  try:
-    return loops.run_chunked(
-        name=name, state=_initial_state(ctx, fc, optimizer), total_steps=total_steps,
-        chunk_steps=fc.chunk_steps, checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks,
-        run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
-                                                      length))
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  return ctx.run_loop(
+      name, _spec(ctx, fc, setting), _initial_state(ctx, fc, optimizer),
+      total_steps=total_steps, chunk_steps=fc.chunk_steps,
+      run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
+                                                    length))
 
 
 def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):

@@ -57,14 +57,15 @@ def inversion_maml(ctx: base.MethodContext, name="inversion_maml"):
   tasks = jax.device_put({"model": models, "perm": perms})
   batch_fn = pseudo_episode_batch_fn(ways, per_class, int(ctx.config.zoo.batch_size))
   hp = maml_methods.hparams(mc, bool(ic.first_order), "vmap")
-  chunk = maml_methods._chunk(batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,  # pylint: disable=protected-access
-                              maml_lib.UniformTasks(len(models), mc.meta_batch_size))
+  chunk = maml_methods.make_meta_chunk(
+      batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
+      maml_lib.UniformTasks(len(models), mc.meta_batch_size))
   start = jax.tree.map(lambda x: x.mean(0), ctx.zoo) if ic.start == "va" else None
-  spec = dict(maml_methods._spec_common(ctx, name, len(models), bool(ic.first_order)),  # pylint: disable=protected-access
+  spec = dict(maml_methods.spec_common(ctx, name, len(models), bool(ic.first_order)),
               inversion=ctx.config.inversion.to_dict(), inversion_maml=ic.to_dict(),
               benchmark=ctx.benchmark.spec)
-  return maml_methods._run(ctx, name, spec, mc.meta_steps, chunk,  # pylint: disable=protected-access
-                           lambda start_, length: tasks, start=start, data=images).params
+  return maml_methods.meta_train(ctx, name, spec, mc.meta_steps, chunk,
+                                 lambda start_, length: tasks, start=start, data=images).params
 
 
 FIELDS = {"inversion_maml.start": checks.one_of(("va", "random")),

@@ -69,16 +69,9 @@ def invert_zoo(ctx: base.MethodContext):
   ic = ctx.config.inversion
   spec = {"method": "inversion", "inversion": ic.to_dict(), "seed": ctx.config.seed,
           "benchmark": bench.spec, "zoo": ctx.config.zoo.to_dict()}
-  ckpt = ctx.checkpointer("inversion", spec)
-  try:
-    state = loops.run_chunked(
-        name="inversion", state=state, total_steps=int(ic.steps),
-        chunk_steps=int(ic.chunk_steps), checkpointer=ckpt, writer=ctx.writer,
-        hooks=ctx.hooks,
-        run_chunk=lambda st, start, length: chunk(st, zoo, stats, ids, key, length=length))
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  state = ctx.run_loop(
+      "inversion", spec, state, total_steps=ic.steps, chunk_steps=ic.chunk_steps,
+      run_chunk=lambda st, start, length: chunk(st, zoo, stats, ids, key, length=length))
   images = state.images
   if not bool(jnp.isfinite(images).all()):
     raise loops.DivergenceError(

@@ -40,7 +40,6 @@ import numpy as np
 import optax
 
 from dfl2l_jax import checks
-from dfl2l_jax import loops
 from dfl2l_jax import maml as maml_lib
 from dfl2l_jax import errors as base_errors
 from dfl2l_jax.errors import ConfigError
@@ -83,17 +82,17 @@ def hparams(mc, first_order, member_loop) -> maml_lib.MamlHParams:
       query_size=mc.query_size, member_loop=member_loop)
 
 
-_READ = object()  # _run's default: read the benchmark's data
+_READ = object()  # meta_train's default: read the benchmark's data
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk(batch_fn, loss_fn, outer_lr, hp, index_fn):
+def make_meta_chunk(batch_fn, loss_fn, outer_lr, hp, index_fn):
   """The compiled chunk, shared by runs with the same benchmark and settings."""
   return maml_lib.make_chunk(index_fn=index_fn, batch_fn=batch_fn, loss_fn=loss_fn,
                              optimizer=optax.adam(outer_lr), hp=hp)
 
 
-def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks, start=None, data=_READ):
+def meta_train(ctx, name, spec, total_steps, chunk, run_chunk_tasks, start=None, data=_READ):
   """Runs the meta-training loop, checkpointed under workdir/fusion/<name>.
 
   `start`: the initial parameters (default: the benchmark's random init from ctx.key);
@@ -109,24 +108,18 @@ def _run(ctx, name, spec, total_steps, chunk, run_chunk_tasks, start=None, data=
   def run_chunk(st, start, length):
     return chunk(st, run_chunk_tasks(start, length), data, key, length=length)
 
-  ckpt = ctx.checkpointer(name, spec)
-  try:
-    return loops.run_chunked(
-        name=name, state=state, total_steps=total_steps, chunk_steps=mc.chunk_steps,
-        checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks, run_chunk=run_chunk)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
+  return ctx.run_loop(name, spec, state, total_steps=total_steps,
+                      chunk_steps=mc.chunk_steps, run_chunk=run_chunk)
 
 
-def _spec_common(ctx, name, num_tasks, first_order):
+def spec_common(ctx, name, num_tasks, first_order):
   return {"method": name, "maml": ctx.config.maml.to_dict(), "seed": ctx.config.seed,
           "num_tasks": int(num_tasks), "first_order": first_order,
           "zoo_batch_size": ctx.config.zoo.batch_size}
 
 
 def _spec(ctx, name, num_tasks, first_order):
-  return dict(_spec_common(ctx, name, num_tasks, first_order), benchmark=ctx.benchmark.spec)
+  return dict(spec_common(ctx, name, num_tasks, first_order), benchmark=ctx.benchmark.spec)
 
 
 def offline_maml(ctx: base.MethodContext, first_order: bool = False, name: str = "maml"):
@@ -135,11 +128,11 @@ def offline_maml(ctx: base.MethodContext, first_order: bool = False, name: str =
   tasks = ctx.benchmark.zoo_tasks
   n = jax.tree.leaves(tasks)[0].shape[0]
   hp = hparams(mc, first_order, ctx.benchmark.member_loop)
-  chunk = _chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
-                 maml_lib.UniformTasks(n, mc.meta_batch_size))
+  chunk = make_meta_chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr),
+                          hp, maml_lib.UniformTasks(n, mc.meta_batch_size))
   device_tasks = jax.device_put(tasks)
-  return _run(ctx, name, _spec(ctx, name, n, first_order), mc.meta_steps, chunk,
-              lambda start, length: device_tasks)
+  return meta_train(ctx, name, _spec(ctx, name, n, first_order), mc.meta_steps, chunk,
+                    lambda start, length: device_tasks)
 
 
 def buffer_rows(arrivals, start, length, steps_per_arrival):
@@ -161,8 +154,8 @@ def online_maml(ctx: base.MethodContext, name: str = "oml"):
   arrivals = np.asarray(ctx.s_idx)
   n, spa = len(arrivals), oc.steps_per_arrival
   hp = hparams(mc, oc.first_order, ctx.benchmark.member_loop)
-  chunk = _chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
-                 maml_lib.BufferTasks(n, mc.meta_batch_size, spa))
+  chunk = make_meta_chunk(ctx.benchmark.batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr),
+                          hp, maml_lib.BufferTasks(n, mc.meta_batch_size, spa))
   tasks = ctx.benchmark.zoo_tasks
 
   def chunk_tasks(start, length):
@@ -171,7 +164,7 @@ def online_maml(ctx: base.MethodContext, name: str = "oml"):
 
   spec = dict(_spec(ctx, name, n, oc.first_order), oml=oc.to_dict(),
               arrivals=arrivals.tolist())
-  return _run(ctx, name, spec, n * spa, chunk, chunk_tasks)
+  return meta_train(ctx, name, spec, n * spa, chunk, chunk_tasks)
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,14 +197,14 @@ def zoo_maml(ctx: base.MethodContext, name="zoo_maml"):
   batch_fn = pseudo_batch_fn(ctx.benchmark.apply, tuple(ctx.benchmark.spec["domain"]),
                              int(ctx.config.zoo.batch_size))
   hp = hparams(mc, bool(zc.first_order), "vmap")
-  chunk = _chunk(batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
-                 maml_lib.UniformTasks(n, mc.meta_batch_size))
+  chunk = make_meta_chunk(batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
+                          maml_lib.UniformTasks(n, mc.meta_batch_size))
   start = (jax.tree.map(lambda x: x.mean(0), ctx.zoo) if zc.start == "va" else None)
   zoo = jax.device_put(ctx.zoo)
-  spec = dict(_spec_common(ctx, name, n, bool(zc.first_order)), zoo_maml=zc.to_dict(),
+  spec = dict(spec_common(ctx, name, n, bool(zc.first_order)), zoo_maml=zc.to_dict(),
               benchmark=ctx.benchmark.spec)
-  return _run(ctx, name, spec, mc.meta_steps, chunk, lambda start_, length: zoo,
-              start=start, data=None).params
+  return meta_train(ctx, name, spec, mc.meta_steps, chunk, lambda start_, length: zoo,
+                    start=start, data=None).params
 
 
 def validate_zoo_maml(config):

@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import optax
 
 from dfl2l_jax import checks
-from dfl2l_jax import loops
 from dfl2l_jax import models
 from dfl2l_jax.errors import NotApplicable
 from dfl2l_jax.methods import base
@@ -142,18 +141,6 @@ def make_image_chunk(model, batch_size, lr):
   return chunk, optimizer
 
 
-def _distill(ctx, name, spec, state, run_chunk):
-  dc = ctx.config.zoo_distill
-  ckpt = ctx.checkpointer(name, spec)
-  try:
-    return loops.run_chunked(
-        name=name, state=state, total_steps=int(dc.steps), chunk_steps=int(dc.chunk_steps),
-        checkpointer=ckpt, writer=ctx.writer, hooks=ctx.hooks, run_chunk=run_chunk)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-
-
 def zoo_distill_images(ctx: base.MethodContext):
   """The image form: pseudo-inputs are the zoo's inverted images (module docstring)."""
   if not isinstance(ctx.benchmark.model, models.Conv4):
@@ -171,8 +158,9 @@ def zoo_distill_images(ctx: base.MethodContext):
   spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec, "inversion": ctx.config.inversion.to_dict(),
           "pseudo_inputs": "inverted images"}
-  state = _distill(ctx, "zoo_distill", spec, state,
-                   lambda st, start, length: chunk(st, pool, targets, key, length=length))
+  state = ctx.run_loop(
+      "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
+      run_chunk=lambda st, start, length: chunk(st, pool, targets, key, length=length))
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
 
 
@@ -192,8 +180,9 @@ def zoo_distill(ctx: base.MethodContext):
   key = jax.random.fold_in(ctx.key, 1)
   spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec}
-  state = _distill(ctx, "zoo_distill", spec, state,
-                   lambda st, start, length: chunk(st, zoo, key, length=length))
+  state = ctx.run_loop(
+      "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
+      run_chunk=lambda st, start, length: chunk(st, zoo, key, length=length))
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
 
 
