@@ -29,6 +29,7 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "scipy>=1.13",                # linear assignment (ota, weight_matching)
+        "tensorboardX>=2.6.5",        # metrics as TensorBoard event files
     ],
     package_data={"dfl2l_jax.data": ["*.json"]},
     extras_require={

@@ -73,6 +73,59 @@ class JsonlWriter:
       f.write(json.dumps(row) + "\n")
 
 
+class TensorBoardWriter:
+  """`write_scalars(step, dict)` as TensorBoard event files in `logdir` (tensorboardX).
+
+  For watching long runs: `tensorboard --logdir WORKDIR/tensorboard`. The scalars are
+  the ones metrics.jsonl gets; each call is flushed, so a killed run loses nothing
+  written. Only process 0 writes; non-finite values are skipped (TensorBoard plots
+  them badly; metrics.jsonl keeps them).
+  """
+
+  def __init__(self, logdir):
+    self.logdir = logdir
+    self._writer = None
+
+  def write_scalars(self, step, scalars):
+    if jax.process_index() != 0:
+      return
+    if self._writer is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(self.logdir, flush_secs=10)
+    for k, v in scalars.items():
+      v = float(np.asarray(v))
+      if math.isfinite(v):
+        self._writer.add_scalar(k, v, int(step))
+    self._writer.flush()
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+class MultiWriter:
+  """Writes every call to each of `writers`."""
+
+  def __init__(self, *writers):
+    self.writers = writers
+
+  def write_scalars(self, step, scalars):
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def close(self):
+    for w in self.writers:
+      getattr(w, "close", lambda: None)()
+
+
+def workdir_writer(workdir):
+  """The writer of a run: workdir/metrics.jsonl and TensorBoard events in
+  workdir/tensorboard, the same scalars in both. Close it when the run ends."""
+  return MultiWriter(JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+                     TensorBoardWriter(os.path.join(workdir, "tensorboard")))
+
+
 class NullWriter:
   def write_scalars(self, step, scalars):
     del step, scalars

@@ -10,6 +10,7 @@ Layout of a workdir:
   fusion/<name>/  fusion state checkpoints of meta-trained methods, spec.json
   inits/<name>/   each method's theta_init
   metrics.jsonl   one JSON line per chunk of every phase
+  tensorboard/    the same scalars as TensorBoard event files
   results.json, results.md   every run's rows (results.py), written last, both or neither
   .lock           held by the running process (workdir_lock.py)
 
@@ -76,8 +77,11 @@ def pretrain(config, workdir, hooks=None):
   """Trains the zoo into workdir/zoo; returns (zoo, quality)."""
   benchmark = prepare(config, workdir)
   with workdir_lock.hold(workdir):
-    writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-    zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
+    writer = metrics.workdir_writer(workdir)
+    try:
+      zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
+    finally:
+      writer.close()
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   log.info("zoo quality (%s on own task): mean %.4f min %.4f max %.4f",
                quality["metric"], quality["mean"], quality["min"], quality["max"])
@@ -189,8 +193,16 @@ def run(config, workdir, setting="offline", hooks=None, command=None):
 
 
 def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0):
+  writer = metrics.workdir_writer(workdir)
+  try:
+    return _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0,
+                            writer)
+  finally:
+    writer.close()
+
+
+def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0, writer):
   previous = results_lib.load(workdir)
-  writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)

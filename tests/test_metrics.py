@@ -56,3 +56,33 @@ def test_stderr_handler_installs_once_and_writes_to_the_current_stderr(capsys, m
     for h in saved[0]:
       metrics.log.addHandler(h)
     metrics.log.propagate, metrics.log.level = saved[1], saved[2]
+
+
+def _tensorboard_scalars(logdir):
+  """{(tag, step): value} from the TFRecord event files in `logdir`."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in glob.glob(str(logdir / "events.out.tfevents.*")):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        out[(v.tag, event.step)] = v.simple_value
+  return out
+
+
+def test_a_runs_writer_sends_the_same_scalars_to_jsonl_and_tensorboard(tmp_path):
+  writer = metrics.workdir_writer(str(tmp_path))
+  writer.write_scalars(50, {"zoo/loss": np.float32(0.25), "zoo/bad": float("nan")})
+  writer.write_scalars(100, {"zoo/loss": 0.125})
+  writer.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["zoo/loss"]) for r in rows] == [(50, 0.25), (100, 0.125)]
+  # TensorBoard gets the finite scalars (a NaN stays in metrics.jsonl only).
+  assert _tensorboard_scalars(tmp_path / "tensorboard") == {("zoo/loss", 50): 0.25,
+                                                            ("zoo/loss", 100): 0.125}

@@ -48,6 +48,8 @@ def test_results_json_has_the_promised_schema(finished_run):
   assert len(res["runs"]) == 1 and res["runs"][0]["launcher"] == "offline"
   assert res["runs"][0]["versions"]["device_count"] == 4
   assert res["runs"][0]["mesh"] == {"models": 4, "tasks": 4}
+  events = os.listdir(os.path.join(workdir, "tensorboard"))  # the curves for TensorBoard too
+  assert any(name.startswith("events.out.tfevents") for name in events), events
   for r in res["rows"]:
     assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
                       "run", "launcher", "cost"}
