@@ -24,6 +24,16 @@ def is_real(v) -> bool:
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def has(config, path: str) -> bool:
+  """Whether config has the field at path "a.b"."""
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def get(config, path: str):
   """config["a"]["b"] for path "a.b"; ConfigError naming the path when it is missing."""
   node = config
@@ -48,15 +58,45 @@ POSITIVE_REAL = Rule(lambda v: is_real(v) and math.isfinite(v) and v > 0,
 NON_NEGATIVE_REAL = Rule(lambda v: is_real(v) and math.isfinite(v) and v >= 0,
                          "a non-negative finite number")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+STRING = Rule(lambda v: isinstance(v, str), "a string")
+POSITIVE_INTS = Rule(
+    lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(POSITIVE_INT.ok, v)),
+    "a non-empty tuple of positive ints")
+POSITIVE_REALS = Rule(
+    lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(POSITIVE_REAL.ok, v)),
+    "a non-empty tuple of positive finite numbers")
 
 
 def one_of(choices: Tuple) -> Rule:
   return Rule(lambda v: v in choices, f"one of {tuple(choices)}")
 
 
-def check(config, table: Mapping[str, Rule]):
-  """Raises ConfigError for the first field of `table` whose value breaks its rule."""
+def int_at_least(low: int) -> Rule:
+  return Rule(lambda v: is_int(v) and v >= low, f"an int >= {low}")
+
+
+def real_in(low, high, low_closed=False, high_closed=False) -> Rule:
+  """A real in the interval from low to high, open at each end unless closed there."""
+  def ok(v):
+    return (is_real(v) and (low <= v if low_closed else low < v)
+            and (v <= high if high_closed else v < high))
+  left, right = "[" if low_closed else "(", "]" if high_closed else ")"
+  return Rule(ok, f"a number in {left}{low}, {high}{right}")
+
+
+def explained(rule: Rule, note: str) -> Rule:
+  """`rule`, its error completed by a note on what the value means."""
+  return Rule(rule.ok, f"{rule.expected} ({note})")
+
+
+def check(config, table: Mapping[str, Rule], optional: bool = False):
+  """Raises ConfigError for the first field of `table` whose value breaks its rule.
+
+  A field `config` lacks is an error, or, with `optional`, skipped (its default applies).
+  """
   for path, rule in table.items():
+    if optional and not has(config, path):
+      continue
     v = get(config, path)
     if not rule.ok(v):
       raise ConfigError(f"config.{path} must be {rule.expected}, got {v!r}")

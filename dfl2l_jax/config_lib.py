@@ -1,95 +1,63 @@
 """Run configs: loading config files, and validation that names every bad value."""
 
 import importlib.util
-import numbers
 import os
 
+from dfl2l_jax import checks
 from dfl2l_jax.errors import ConfigError
 
 
-def _get(config, path):
-  node = config
-  for part in path.split("."):
-    if part not in node:
-      raise ConfigError(f"config has no field {path!r}")
-    node = node[part]
-  return node
-
-
-def _is_int(v):
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v):
-  return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-_POSITIVE_INTS = (
-    "zoo.num_models", "zoo.steps", "zoo.batch_size", "zoo.chunk_steps",
-    "fusion.embed_dim", "fusion.epochs", "fusion.inner_steps", "fusion.dro_steps",
-    "fusion.meta_batch_size", "fusion.chunk_steps",
-    "metatest.num_tasks", "metatest.steps", "metatest.batch_size")
-# Fields only some benchmarks have.
-_BENCHMARK_POSITIVE_INTS = {
-    "sinusoid": ("metatest.num_points", "metatest.query_points"),
-    "cifar_fs": ("metatest.query_per_class", "zoo.ways", "zoo.bn_reference",
-                 "model.filters"),
-    "mini_imagenet": ("metatest.query_per_class", "zoo.ways", "zoo.bn_reference",
-                      "model.filters"),
+FIELDS = {
+    "seed": checks.NON_NEGATIVE_INT,
+    "zoo.num_models": checks.POSITIVE_INT, "zoo.steps": checks.POSITIVE_INT,
+    "zoo.batch_size": checks.POSITIVE_INT, "zoo.chunk_steps": checks.POSITIVE_INT,
+    "zoo.lr": checks.POSITIVE_REAL, "zoo.optimizer": checks.one_of(("sgd", "adam")),
+    "zoo.val_fraction": checks.real_in(0, 1),
+    "fusion.embed_dim": checks.POSITIVE_INT, "fusion.epochs": checks.POSITIVE_INT,
+    "fusion.inner_steps": checks.POSITIVE_INT, "fusion.dro_steps": checks.POSITIVE_INT,
+    "fusion.meta_batch_size": checks.POSITIVE_INT, "fusion.chunk_steps": checks.POSITIVE_INT,
+    "fusion.sigma": checks.POSITIVE_REAL, "fusion.inner_lr": checks.POSITIVE_REAL,
+    "fusion.outer_lr": checks.POSITIVE_REAL, "fusion.dro_lr": checks.POSITIVE_REAL,
+    "fusion.embed_lr": checks.POSITIVE_REAL, "fusion.w_scale": checks.POSITIVE_REAL,
+    "fusion.gamma": checks.NON_NEGATIVE_REAL, "fusion.embed_init_std": checks.NON_NEGATIVE_REAL,
+    "fusion.optimizer": checks.one_of(("sgd", "adam")),
+    "metatest.num_tasks": checks.POSITIVE_INT, "metatest.steps": checks.POSITIVE_INT,
+    "metatest.batch_size": checks.POSITIVE_INT, "metatest.lr": checks.POSITIVE_REAL,
+    "shots": checks.POSITIVE_INTS,
 }
-_POSITIVE_REALS = (
-    "zoo.lr", "fusion.sigma", "fusion.inner_lr", "fusion.outer_lr", "fusion.dro_lr",
-    "fusion.embed_lr", "fusion.w_scale", "metatest.lr")
-_NON_NEGATIVE_REALS = ("fusion.gamma", "fusion.embed_init_std")
-_CHOICES = {"zoo.optimizer": ("sgd", "adam"), "fusion.optimizer": ("sgd", "adam")}
+_IMAGE_FIELDS = {"metatest.query_per_class": checks.POSITIVE_INT, "zoo.ways": checks.POSITIVE_INT,
+                 "zoo.bn_reference": checks.POSITIVE_INT, "model.filters": checks.POSITIVE_INT}
+# Fields only some benchmarks have.
+BENCHMARK_FIELDS = {
+    "sinusoid": {"metatest.num_points": checks.POSITIVE_INT,
+                 "metatest.query_points": checks.POSITIVE_INT},
+    "cifar_fs": _IMAGE_FIELDS,
+    "mini_imagenet": _IMAGE_FIELDS,
+}
+# Fields checked where the config has them.
+OPTIONAL_FIELDS = {
+    "model.hidden": checks.explained(checks.POSITIVE_INTS, "units per hidden layer"),
+    "metatest.step_bound": checks.explained(
+        checks.real_in(0, 2, low_closed=True),
+        "0: fixed-rate SGD; else each step at most c / lambda_max"),
+}
 
 
 def validate(config):
   """Raises ConfigError naming the first field with a bad value."""
-  if config.benchmark not in _BENCHMARK_POSITIVE_INTS:
+  if config.benchmark not in BENCHMARK_FIELDS:
     raise ConfigError(f"unknown benchmark {config.benchmark!r}; available: "
-                      f"{', '.join(_BENCHMARK_POSITIVE_INTS)}")
-  if not _is_int(config.seed) or config.seed < 0:
-    raise ConfigError(f"config.seed must be a non-negative int, got {config.seed!r}")
-  for path in _POSITIVE_INTS + _BENCHMARK_POSITIVE_INTS[config.benchmark]:
-    v = _get(config, path)
-    if not _is_int(v) or v <= 0:
-      raise ConfigError(f"config.{path} must be a positive int, got {v!r}")
-  for path in _POSITIVE_REALS:
-    v = _get(config, path)
-    if not _is_real(v) or not v > 0 or v != v or v == float("inf"):
-      raise ConfigError(f"config.{path} must be a positive finite number, got {v!r}")
-  for path in _NON_NEGATIVE_REALS:
-    v = _get(config, path)
-    if not _is_real(v) or not v >= 0 or v == float("inf"):
-      raise ConfigError(f"config.{path} must be a finite number >= 0, got {v!r}")
-  for path, choices in _CHOICES.items():
-    v = _get(config, path)
-    if v not in choices:
-      raise ConfigError(f"config.{path} must be one of {choices}, got {v!r}")
+                      f"{', '.join(BENCHMARK_FIELDS)}")
+  checks.check(config, FIELDS)
+  checks.check(config, BENCHMARK_FIELDS[config.benchmark])
+  checks.check(config, OPTIONAL_FIELDS, optional=True)
   vf = config.zoo.val_fraction
-  if not _is_real(vf) or not 0 < vf < 1:
-    raise ConfigError(f"config.zoo.val_fraction must be in (0, 1), got {vf!r}")
   n_q = num_validation(config)
   if n_q < 1 or n_q >= config.zoo.num_models:
     raise ConfigError(
         f"config.zoo.val_fraction={vf} of {config.zoo.num_models} models leaves "
         f"{config.zoo.num_models - n_q} meta-training and {n_q} meta-validation models; "
         "both must be at least 1")
-  if "hidden" in config.get("model", {}):
-    hidden = config.model.hidden
-    if (not isinstance(hidden, (tuple, list)) or not hidden
-        or any(not _is_int(h) or h <= 0 for h in hidden)):
-      raise ConfigError(f"config.model.hidden must be a non-empty tuple of positive ints "
-                        f"(units per hidden layer), got {hidden!r}")
-  if "step_bound" in config.metatest:
-    c = config.metatest.step_bound
-    if not _is_real(c) or not 0 <= c < 2:
-      raise ConfigError(f"config.metatest.step_bound must be 0 (fixed-rate SGD) or in (0, 2) "
-                        f"(each step at most c / lambda_max), got {c!r}")
-  shots = tuple(config.shots)
-  if not shots or any(not _is_int(s) or s <= 0 for s in shots):
-    raise ConfigError(f"config.shots must be a non-empty tuple of positive ints, got {shots!r}")
   if "mesh" in config:
     from dfl2l_jax import sharding  # pylint: disable=g-import-not-at-top
     sharding.check_mesh_config(config)

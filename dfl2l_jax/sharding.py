@@ -44,6 +44,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from dfl2l_jax import checks
 from dfl2l_jax.errors import ConfigError
 
 MODELS = "models"
@@ -110,23 +111,20 @@ def sync(name):
 # ----------------------------------------------------------------- the mesh
 
 
+# Every field optional: a config without it (or without a mesh section) takes the default.
+MESH_FIELDS = {
+    "mesh.num_devices": checks.explained(checks.NON_NEGATIVE_INT, "0: every device"),
+    "mesh.distributed": checks.BOOL,
+    "mesh.num_processes": checks.NON_NEGATIVE_INT,
+    "mesh.process_id": checks.int_at_least(-1),
+    "mesh.coordinator_address": checks.STRING,
+}
+
+
 def check_mesh_config(config):
   """Raises ConfigError naming a bad value of config.mesh."""
-  m = _mesh_section(config)
-  n = m.get("num_devices", 0)
-  if not _is_int(n) or n < 0:
-    raise ConfigError(f"config.mesh.num_devices must be an int >= 0 (0: every device), "
-                      f"got {n!r}")
-  if not isinstance(m.get("distributed", False), bool):
-    raise ConfigError(f"config.mesh.distributed must be True or False, got "
-                      f"{m['distributed']!r}")
-  for field, low in (("num_processes", 0), ("process_id", -1)):
-    v = m.get(field, low)
-    if not _is_int(v) or v < low:
-      raise ConfigError(f"config.mesh.{field} must be an int >= {low}, got {v!r}")
-  if not isinstance(m.get("coordinator_address", ""), str):
-    raise ConfigError(f"config.mesh.coordinator_address must be a string, got "
-                      f"{m['coordinator_address']!r}")
+  checks.check(config, MESH_FIELDS, optional=True)
+  n = _mesh_section(config).get("num_devices", 0)
   available = jax.device_count()
   if n > available:
     raise ConfigError(f"config.mesh.num_devices={n}, but only {available} "
@@ -150,7 +148,7 @@ def make_mesh(config=None, axis=MODELS, num_devices=None):
   if config is not None:
     check_mesh_config(config)
   devices = jax.devices()
-  if not _is_int(num_devices) or num_devices < 0 or num_devices > len(devices):
+  if not checks.is_int(num_devices) or num_devices < 0 or num_devices > len(devices):
     raise ConfigError(f"num_devices must be in [0, {len(devices)}], got {num_devices!r}")
   devices = devices[:num_devices or len(devices)]
   return Mesh(np.asarray(devices), (axis,), axis_types=(AxisType.Auto,))
@@ -301,7 +299,3 @@ def to_host(tree):
 def device_set(x):
   """The set of devices an array lives on (for tests and logs)."""
   return set(x.sharding.device_set)
-
-
-def _is_int(v):
-  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
