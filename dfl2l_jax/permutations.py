@@ -18,8 +18,10 @@ our networks and applies them:
 - `unit_features` stacks, for one permutation, every parameter attached to each
   unit into one row per unit: the ground cost of OT fusion and the linear
   assignment objective of weight matching are both built from these rows.
-- `choose_reference` and `validate_alignment` are shared by methods/ot_fusion.py
-  and methods/weight_matching.py.
+- `choose_reference`, `mean_sq_distance`, `average`, `unit_cost`, `assignment`
+  and `exact_ot_perms` (exact OT fusion's layer-wise alignment, also weight
+  matching's "ota" start) are shared by methods/ot_fusion.py and
+  methods/weight_matching.py.
 
 Conventions. A permutation `perm` of n units maps the reference's unit order
 onto a model's: after `apply_permutation`, unit i of the result is unit
@@ -35,7 +37,6 @@ axis 3 of its own kernel and axis 2 of the next; after the last block the
 
 import dataclasses
 import functools
-import numbers
 import re
 from typing import Dict, Mapping, Tuple
 
@@ -43,11 +44,11 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from dfl2l_jax.errors import ConfigError, NotApplicable
 
 REFERENCES = ("closest_to_mean", "first")
-WM_INITS = ("identity", "ota")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,37 +355,63 @@ def choose_reference(zoo, s_idx, how):
   return int(np.argmin(sum(np.asarray(q, np.float64) for q in sq)))
 
 
-def _is_int(v):
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+def mean_sq_distance(models, reference):
+  """Mean over models of the squared parameter distance to `reference` (host numpy)."""
+  models, reference = jax.device_get((models, reference))
+  sq = [((np.asarray(x, np.float64) - np.asarray(r)[None]) ** 2).reshape(x.shape[0], -1).sum(1)
+        for x, r in zip(jax.tree.leaves(models), jax.tree.leaves(reference))]
+  return float(np.mean(sum(sq)))
 
 
-def validate_alignment(config, fields):
-  """Raises ConfigError for a bad value among config.merging's `fields`.
+def average(models):
+  """The element-wise mean over the leading model axis (host numpy, float32)."""
+  return jax.tree.map(lambda x: np.asarray(x).mean(0, dtype=np.float64).astype(x.dtype),
+                      jax.device_get(models))
 
-  Known fields: ot_reg (finite >= 0), ot_iters, wm_iters, align_rounds
-  (positive ints), align_reference (one of REFERENCES), wm_init (one of WM_INITS).
+
+def pairwise_sq_dists(ref_f, model_f):
+  """(N, n_ref, n_model) squared Euclidean distances between units, float64 on host."""
+  r = np.asarray(ref_f, np.float64)
+  m = np.asarray(model_f, np.float64)
+  d = ((r * r).sum(-1)[None, :, None] + (m * m).sum(-1)[:, None, :]
+       - 2.0 * np.einsum("id,njd->nij", r, m))
+  return np.maximum(d, 0.0)
+
+
+def normalise_cost(cost):
+  """Each cost matrix divided by its mean (1 where the mean is 0)."""
+  mean = cost.mean(axis=(-2, -1), keepdims=True)
+  return cost / np.where(mean > 0, mean, 1.0)
+
+
+def unit_cost(ref_feats, feats):
+  """OT fusion's ground cost: squared distances between the reference's units and each
+  model's (rows of `unit_features`), each matrix divided by its mean."""
+  return normalise_cost(pairwise_sq_dists(ref_feats, feats))
+
+
+def assignment(cost):
+  """Exact OT with uniform masses: perm[n, i] = model unit matched to reference unit i."""
+  out = np.empty(cost.shape[:2], np.int32)
+  for k in range(cost.shape[0]):
+    rows, cols = linear_sum_assignment(cost[k])
+    out[k, rows] = cols
+  return out
+
+
+def exact_ot_perms(spec, reference, models):
+  """Exact OT fusion's alignment of every model (leading axis) to `reference`.
+
+  Layer by layer, each model's units (their own parameters, inputs already
+  permuted by the earlier layers) are matched to the reference's by linear
+  assignment on `unit_cost`: with uniform masses and equal widths an optimal
+  transport plan is a permutation (Birkhoff). Returns {name: (N, n) int32}.
   """
-  if "merging" not in config:
-    raise ConfigError("config.merging is missing (see configs/common.py: merging())")
-  m = config.merging
-  for f in fields:
-    if f not in m:
-      raise ConfigError(f"config.merging.{f} is missing (see configs/common.py: merging())")
-    v = m[f]
-    if f == "ot_reg":
-      if (not isinstance(v, numbers.Real) or isinstance(v, bool) or not v >= 0
-          or v == float("inf")):
-        raise ConfigError(f"config.merging.ot_reg must be a finite number >= 0 (0: exact "
-                          f"assignment), got {v!r}")
-    elif f in ("ot_iters", "wm_iters", "align_rounds"):
-      if not _is_int(v) or v <= 0:
-        raise ConfigError(f"config.merging.{f} must be a positive int, got {v!r}")
-    elif f == "align_reference":
-      if v not in REFERENCES:
-        raise ConfigError(f"config.merging.align_reference must be one of {REFERENCES}, "
-                          f"got {v!r}")
-    elif f == "wm_init":
-      if v not in WM_INITS:
-        raise ConfigError(f"config.merging.wm_init must be one of {WM_INITS}, got {v!r}")
-    else:
-      raise ValueError(f"unknown alignment field {f!r}")
+  n_models = jax.tree.leaves(models)[0].shape[0]
+  perms = identity_perms(spec, n_models)
+  for p in spec.perms:   # layer order: each layer's inputs already carry earlier maps
+    feats = permuted_features_batched(spec, p.name, True, perms, models)
+    ref_feats = features_jit(spec, p.name, True, reference)
+    perms = dict(perms)
+    perms[p.name] = assignment(unit_cost(ref_feats, feats))
+  return perms

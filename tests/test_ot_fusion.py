@@ -71,7 +71,7 @@ def test_sinkhorn_marginals_and_limits():
   np.testing.assert_allclose(np.sum(m, -1), 1.0, atol=1e-5)   # rows: exact by construction
   assert np.all(err <= ot_fusion.SINKHORN_TOL) and marginal_error(m) <= ot_fusion.SINKHORN_TOL
   # Small reg: the optimal assignment; large reg: the uniform plan.
-  exact = ot_fusion.assignment(cost.astype(np.float64))
+  exact = perm_lib.assignment(cost.astype(np.float64))
   small, err, _ = ot_fusion.sinkhorn(cost, 1e-3, 2000)
   assert np.all(err <= ot_fusion.SINKHORN_TOL)
   np.testing.assert_allclose(small, perm_lib.permutation_matrix(exact), atol=1e-2)

@@ -49,14 +49,19 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from dfl2l_jax import checks
 from dfl2l_jax import metrics
 from dfl2l_jax import permutations as perm_lib
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
-FIELDS = ("ot_reg", "ot_iters", "align_reference", "align_rounds")
+FIELDS = {
+    "merging.ot_reg": checks.explained(checks.NON_NEGATIVE_REAL, "0: exact assignment"),
+    "merging.ot_iters": checks.POSITIVE_INT,
+    "merging.align_reference": checks.one_of(perm_lib.REFERENCES),
+    "merging.align_rounds": checks.POSITIVE_INT,
+}
 
 
 # Largest relative marginal error |sum / target - 1| of an accepted Sinkhorn plan.
@@ -121,30 +126,6 @@ def sinkhorn(cost, reg, iters, tol=SINKHORN_TOL):
   return plan(f, g)[0], err, n
 
 
-def pairwise_sq_dists(ref_f, model_f):
-  """(N, n_ref, n_model) squared Euclidean distances between units, float64 on host."""
-  r = np.asarray(ref_f, np.float64)
-  m = np.asarray(model_f, np.float64)
-  d = ((r * r).sum(-1)[None, :, None] + (m * m).sum(-1)[:, None, :]
-       - 2.0 * np.einsum("id,njd->nij", r, m))
-  return np.maximum(d, 0.0)
-
-
-def normalise_cost(cost):
-  """Each cost matrix divided by its mean (1 where the mean is 0)."""
-  mean = cost.mean(axis=(-2, -1), keepdims=True)
-  return cost / np.where(mean > 0, mean, 1.0)
-
-
-def assignment(cost):
-  """Exact OT with uniform masses: perm[n, i] = model unit matched to reference unit i."""
-  out = np.empty(cost.shape[:2], np.int32)
-  for k in range(cost.shape[0]):
-    rows, cols = linear_sum_assignment(cost[k])
-    out[k, rows] = cols
-  return out
-
-
 def ot_align(spec, reference, models, reg, iters, tol=SINKHORN_TOL):
   """Aligns every model (leading axis) to `reference`, layer by layer.
 
@@ -172,56 +153,31 @@ def ot_align_with_stats(spec, reference, models, reg, iters, tol=SINKHORN_TOL):
   """`ot_align`, also returning {"sinkhorn_iters", "sinkhorn_err"}: the most
   iterations and the largest relative marginal error over the layers (empty
   for exact OT)."""
+  if reg == 0:
+    perms = perm_lib.exact_ot_perms(spec, reference, models)
+    return perm_lib.apply_permutation_batched(spec, perms, models), perms, {}
   n_models = jax.tree.leaves(models)[0].shape[0]
-  exact = reg == 0
   stats = {}
-  if exact:
-    maps = perm_lib.identity_perms(spec, n_models)
-  else:
-    maps = {p.name: np.broadcast_to(np.eye(p.size, dtype=np.float32), (n_models, p.size, p.size))
-            for p in spec.perms}
+  maps = {p.name: np.broadcast_to(np.eye(p.size, dtype=np.float32), (n_models, p.size, p.size))
+          for p in spec.perms}
   for p in spec.perms:   # layer order: each layer's inputs already carry earlier maps
-    if exact:
-      feats = perm_lib.permuted_features_batched(spec, p.name, True, maps, models)
-    else:
-      feats = perm_lib.transported_features_batched(spec, p.name, True, maps, models)
+    feats = perm_lib.transported_features_batched(spec, p.name, True, maps, models)
     ref_feats = perm_lib.features_jit(spec, p.name, True, reference)
-    cost = normalise_cost(pairwise_sq_dists(ref_feats, feats))
+    cost = perm_lib.unit_cost(ref_feats, feats)
+    m, err, n = jax.device_get(sinkhorn(cost, float(reg), int(iters), float(tol)))
+    worst = int(np.argmax(np.where(np.isnan(err), np.inf, err)))
+    if not err[worst] <= tol:                # NaN fails too
+      raise SinkhornNotConverged(
+          f"ota: Sinkhorn did not converge on layer {p.name} (model {worst}): its largest "
+          f"relative marginal error is {float(err[worst]):.3g} after {int(n)} iterations "
+          f"(merging.ot_iters = {iters}), above the tolerance {tol:g}, so the matrix is not "
+          f"a transport plan; raise merging.ot_iters or merging.ot_reg (now {reg:g}), or "
+          f"set merging.ot_reg = 0 for exact OT")
+    stats["sinkhorn_iters"] = max(stats.get("sinkhorn_iters", 0.0), float(n))
+    stats["sinkhorn_err"] = max(stats.get("sinkhorn_err", 0.0), float(np.max(err)))
     maps = dict(maps)
-    if exact:
-      maps[p.name] = assignment(cost)
-    else:
-      m, err, n = jax.device_get(sinkhorn(cost, float(reg), int(iters), float(tol)))
-      worst = int(np.argmax(np.where(np.isnan(err), np.inf, err)))
-      if not err[worst] <= tol:                # NaN fails too
-        raise SinkhornNotConverged(
-            f"ota: Sinkhorn did not converge on layer {p.name} (model {worst}): its largest "
-            f"relative marginal error is {float(err[worst]):.3g} after {int(n)} iterations "
-            f"(merging.ot_iters = {iters}), above the tolerance {tol:g}, so the matrix is not "
-            f"a transport plan; raise merging.ot_iters or merging.ot_reg (now {reg:g}), or "
-            f"set merging.ot_reg = 0 for exact OT")
-      stats["sinkhorn_iters"] = max(stats.get("sinkhorn_iters", 0.0), float(n))
-      stats["sinkhorn_err"] = max(stats.get("sinkhorn_err", 0.0), float(np.max(err)))
-      maps[p.name] = np.asarray(m)
-  if exact:
-    aligned = perm_lib.apply_permutation_batched(spec, maps, models)
-  else:
-    aligned = perm_lib.apply_transport_batched(spec, maps, models)
-  return aligned, maps, stats
-
-
-def mean_sq_distance(models, reference):
-  """Mean over models of the squared parameter distance to `reference` (host numpy)."""
-  models, reference = jax.device_get((models, reference))
-  sq = [((np.asarray(x, np.float64) - np.asarray(r)[None]) ** 2).reshape(x.shape[0], -1).sum(1)
-        for x, r in zip(jax.tree.leaves(models), jax.tree.leaves(reference))]
-  return float(np.mean(sum(sq)))
-
-
-def average(models):
-  """The element-wise mean over the leading model axis (host numpy, float32)."""
-  return jax.tree.map(lambda x: np.asarray(x).mean(0, dtype=np.float64).astype(x.dtype),
-                      jax.device_get(models))
+    maps[p.name] = np.asarray(m)
+  return perm_lib.apply_transport_batched(spec, maps, models), maps, stats
 
 
 def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1, tol=SINKHORN_TOL):
@@ -240,17 +196,17 @@ def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1, tol=SINKHORN_TOL):
   models = jax.device_get(models)
   reference = jax.tree.map(lambda x: x[ref_idx], models)
   info = {"reference": float(ref_idx),
-          "dist_before": mean_sq_distance(models, reference)}
+          "dist_before": perm_lib.mean_sq_distance(models, reference)}
   for r in range(rounds):
     aligned, maps, stats = ot_align_with_stats(spec, reference, models, reg, iters, tol)
     for k, v in stats.items():
       info[k] = max(info.get(k, 0.0), v)
     if r == 0:
-      info["dist_after"] = mean_sq_distance(aligned, reference)
+      info["dist_after"] = perm_lib.mean_sq_distance(aligned, reference)
       if reg == 0 and maps:
         moved = [np.mean(q != np.arange(q.shape[-1])) for q in maps.values()]
         info["units_moved"] = float(np.mean(moved))
-    reference = average(aligned)
+    reference = perm_lib.average(aligned)
   return reference, info
 
 
@@ -277,7 +233,8 @@ def ota_init(ctx: base.MethodContext):
 
 
 def validate(config):
-  perm_lib.validate_alignment(config, FIELDS)
+  checks.require_section(config, "merging", "merging()")
+  checks.check(config, FIELDS)
 
 
 OTA = base.Method("ota", ("baseline",), ota_init,

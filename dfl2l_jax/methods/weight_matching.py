@@ -46,12 +46,18 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from dfl2l_jax import checks
 from dfl2l_jax import metrics
 from dfl2l_jax import permutations as perm_lib
 from dfl2l_jax.methods import base
-from dfl2l_jax.methods import ot_fusion
 
-FIELDS = ("wm_iters", "wm_init", "align_reference", "align_rounds")
+INITS = ("identity", "ota")
+FIELDS = {
+    "merging.wm_iters": checks.POSITIVE_INT,
+    "merging.wm_init": checks.one_of(INITS),
+    "merging.align_reference": checks.one_of(perm_lib.REFERENCES),
+    "merging.align_rounds": checks.POSITIVE_INT,
+}
 
 
 def match_weights(spec, reference, models, max_sweeps, key, init_perms=None):
@@ -119,7 +125,7 @@ def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
     rounds: round r > 1 matches the models to round r-1's average, starting
       from round r-1's permutations.
     init: round 1's starting permutations: "identity" (Git Re-Basin) or "ota"
-      (exact OT fusion's layer-wise assignment, ot_fusion.ot_align).
+      (exact OT fusion's layer-wise assignment, permutations.exact_ot_perms).
 
   Returns:
     (fused parameters as numpy arrays, info dict of floats for logging;
@@ -129,24 +135,24 @@ def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
   models = jax.device_get(models)
   reference = jax.tree.map(lambda x: x[ref_idx], models)
   info = {"reference": float(ref_idx),
-          "dist_before": ot_fusion.mean_sq_distance(models, reference)}
+          "dist_before": perm_lib.mean_sq_distance(models, reference)}
   perms = None
   if init == "ota":
-    perms = ot_fusion.ot_align(spec, reference, models, 0.0, 1)[1]
+    perms = perm_lib.exact_ot_perms(spec, reference, models)
   elif init != "identity":
-    raise ValueError(f"init must be one of {perm_lib.WM_INITS}, got {init!r}")
+    raise ValueError(f"init must be one of {INITS}, got {init!r}")
   for r in range(rounds):
     perms, sweeps, converged = match_weights(spec, reference, models, max_sweeps,
                                              jax.random.fold_in(key, r), perms)
     aligned = perm_lib.apply_permutation_batched(spec, perms, models)
     info["converged"] = min(info.get("converged", 1.0), float(converged))
     if r == 0:
-      info["dist_after"] = ot_fusion.mean_sq_distance(aligned, reference)
+      info["dist_after"] = perm_lib.mean_sq_distance(aligned, reference)
       info["sweeps"] = float(sweeps)
       if perms:
         info["units_moved"] = float(np.mean(
             [np.mean(q != np.arange(q.shape[-1])) for q in perms.values()]))
-    reference = ot_fusion.average(aligned)
+    reference = perm_lib.average(aligned)
   return reference, info
 
 
@@ -169,7 +175,8 @@ def weight_matching_init(ctx: base.MethodContext):
 
 
 def validate(config):
-  perm_lib.validate_alignment(config, FIELDS)
+  checks.require_section(config, "merging", "merging()")
+  checks.check(config, FIELDS)
 
 
 WEIGHT_MATCHING = base.Method(
