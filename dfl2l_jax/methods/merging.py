@@ -31,16 +31,16 @@ pytree is the model axis.
 
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfl2l_jax import checks
 from dfl2l_jax import likelihood
 from dfl2l_jax import metrics
 from dfl2l_jax import zoo as zoo_lib
-from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.errors import NotApplicable
 from dfl2l_jax.methods import base
 
 CRITERIA = ("likelihood", "zoo_data")
@@ -246,35 +246,19 @@ def ties_init(ctx: base.MethodContext):
 # ----------------------------------------------------------------- validation
 
 
-def _is_real(v):
-  return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _check_scales(config, field):
-  scales = config.merging[field]
-  if (not isinstance(scales, (tuple, list)) or not scales
-      or any(not _is_real(s) or not 0 < s < float("inf") for s in scales)):
-    raise ConfigError(f"config.merging.{field} must be a non-empty tuple of positive "
-                      f"finite numbers, got {scales!r}")
-
-
-def _check_criterion(config):
-  c = config.merging.scale_criterion
-  if c not in CRITERIA:
-    raise ConfigError(f"config.merging.scale_criterion must be one of {CRITERIA}, got {c!r}")
+TA_FIELDS = {"merging.ta_scales": checks.POSITIVE_REALS,
+             "merging.scale_criterion": checks.one_of(CRITERIA)}
+TIES_FIELDS = {"merging.ties_scales": checks.POSITIVE_REALS,
+               "merging.scale_criterion": checks.one_of(CRITERIA),
+               "merging.ties_density": checks.real_in(0, 1, high_closed=True)}
 
 
 def validate_task_arithmetic(config):
-  _check_scales(config, "ta_scales")
-  _check_criterion(config)
+  checks.check(config, TA_FIELDS)
 
 
 def validate_ties(config):
-  _check_scales(config, "ties_scales")
-  _check_criterion(config)
-  d = config.merging.ties_density
-  if not _is_real(d) or not 0 < d <= 1:
-    raise ConfigError(f"config.merging.ties_density must be in (0, 1], got {d!r}")
+  checks.check(config, TIES_FIELDS)
 
 
 def _reads_zoo_data(config):

@@ -27,13 +27,13 @@ is one pass over the parameters plus O(N^3) linear algebra.
 
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dfl2l_jax import checks
 from dfl2l_jax import likelihood
 from dfl2l_jax import metrics
 from dfl2l_jax.errors import ConfigError
@@ -228,25 +228,18 @@ def mfgp_init(ctx: base.MethodContext):
   return theta
 
 
-def _is_int(v):
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+FIELDS = {"merging.mfgp_descriptor_dim": checks.POSITIVE_INT,
+          "merging.mfgp_fit_steps": checks.NON_NEGATIVE_INT,
+          "merging.mfgp_fit_lr": checks.POSITIVE_REAL}
 
 
 def validate(config):
-  mc = config.merging
-  dim = mc.mfgp_descriptor_dim
-  if not _is_int(dim) or dim < 1:
-    raise ConfigError(f"config.merging.mfgp_descriptor_dim must be a positive int, got {dim!r}")
-  if _is_int(config.zoo.num_models) and dim > config.zoo.num_models - 1:
+  checks.check(config, FIELDS)
+  dim = config.merging.mfgp_descriptor_dim
+  if checks.is_int(config.zoo.num_models) and dim > config.zoo.num_models - 1:
     raise ConfigError(
         f"config.merging.mfgp_descriptor_dim={dim} exceeds the {config.zoo.num_models - 1} "
         f"principal components a zoo of {config.zoo.num_models} models has")
-  steps = mc.mfgp_fit_steps
-  if not _is_int(steps) or steps < 0:
-    raise ConfigError(f"config.merging.mfgp_fit_steps must be an int >= 0, got {steps!r}")
-  lr = mc.mfgp_fit_lr
-  if (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not 0 < lr < float("inf")):
-    raise ConfigError(f"config.merging.mfgp_fit_lr must be a positive finite number, got {lr!r}")
 
 
 MFGP = base.Method(

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dfl2l_jax import checks
 from dfl2l_jax import metrics
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable
@@ -171,17 +172,14 @@ def zoo_features(ctx: base.MethodContext):
   return base.Learner(state=state, score=_scorer(apply), cost=cost)
 
 
+FIELDS = {"zoo_features.ridge_grid": checks.POSITIVE_REALS,
+          "zoo_features.val_query": checks.POSITIVE_INT,
+          "zoo_features.val_repeats": checks.POSITIVE_INT}
+
+
 def validate(config):
-  if "zoo_features" not in config:
-    raise ConfigError("config has no zoo_features section (configs/common.py: zoo_features())")
-  zc = config.zoo_features
-  grid = tuple(zc.ridge_grid)
-  if not grid or any(not isinstance(v, (int, float)) or not v > 0 or v != v for v in grid):
-    raise ConfigError(f"config.zoo_features.ridge_grid must be positive numbers, got {grid!r}")
-  for field in ("val_query", "val_repeats"):
-    v = zc[field]
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-      raise ConfigError(f"config.zoo_features.{field} must be a positive int, got {v!r}")
+  checks.require_section(config, "zoo_features", "zoo_features()")
+  checks.check(config, FIELDS)
   if config.benchmark == "sinusoid" and min(config.shots) < 2:
     raise ConfigError("zoo_features fits a ridge head with an intercept: it needs at least 2 "
                       f"support points, and config.shots has {min(config.shots)}")
