@@ -69,13 +69,13 @@ def run_seed(workdir):
   aligned, maps = ot_fusion.ot_align(spec, reference, models, 0.0, 0)
   names = [p.name for p in spec.perms]
   identity = perm_lib.identity_perms(spec, n)
-  inits = {"va": ot_fusion.average(models), "ota": ot_fusion.average(aligned),
-           "random_permutations": ot_fusion.average(perm_lib.apply_permutation_batched(
+  inits = {"va": perm_lib.average(models), "ota": perm_lib.average(aligned),
+           "random_permutations": perm_lib.average(perm_lib.apply_permutation_batched(
                spec, perm_lib.random_perms(spec, 0, n), models))}
   for name in names:
     only = dict(identity)
     only[name] = maps[name]
-    inits[f"ota_only_{name}"] = ot_fusion.average(
+    inits[f"ota_only_{name}"] = perm_lib.average(
         perm_lib.apply_permutation_batched(spec, only, models))
   scores = {}
   for name, theta in inits.items():
