@@ -29,6 +29,7 @@ import numpy as np
 
 from configs import sinusoid as sinusoid_config
 from dfl2l_jax import ensemble
+from dfl2l_jax import optimizers
 from dfl2l_jax import tasks
 from dfl2l_jax import zoo as zoo_lib
 
@@ -64,7 +65,7 @@ def make_config(models, steps, seed):
 def setup(config):
   """Everything both trainers share, built the way `zoo.train_zoo` builds it."""
   benchmark = tasks.get_benchmark(config)
-  optimizer = zoo_lib.make_optimizer(config.zoo)
+  optimizer = optimizers.make(config.zoo.optimizer, config.zoo.lr)
   return {
       "benchmark": benchmark,
       "optimizer": optimizer,

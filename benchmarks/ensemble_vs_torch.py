@@ -60,6 +60,7 @@ import optax
 
 from dfl2l_jax import ensemble
 from dfl2l_jax import models
+from dfl2l_jax import optimizers
 from dfl2l_jax import results
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.tasks import fewshot
@@ -164,7 +165,7 @@ def _real_parts(conv, pool, n, batch, hw, bn_impl="flax"):
     def loss_fn(p, b):
       return fewshot.cross_entropy(models.apply_train_mode(net, p, b["x"]), b["y"])
 
-  optimizer = zoo_lib.make_optimizer(config.zoo)
+  optimizer = optimizers.make(config.zoo.optimizer, config.zoo.lr)
   return (loss_fn, bench.batch_fn, optimizer, zoo_lib.initial_params(config, bench),
           jax.tree.map(jnp.asarray, bench.zoo_tasks), bench.data,
           (bench.model.conv_impl, bench.model.pool_impl, bench.member_loop))

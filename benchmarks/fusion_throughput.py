@@ -34,6 +34,7 @@ from configs import sinusoid as sinusoid_config
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
 from dfl2l_jax import models
+from dfl2l_jax import optimizers
 from dfl2l_jax import results
 from dfl2l_jax.methods import dfl2l
 
@@ -97,7 +98,7 @@ def measure(kind, n_models, steps, conv_hw, repeats):
   n_q = int(round(0.2 * n_models))
   zoo_s = jax.tree.map(lambda x: x[:n_models - n_q], zoo)
   zoo_q = jax.tree.map(lambda x: x[n_models - n_q:], zoo)
-  optimizer = dfl2l.make_optimizer(fc)
+  optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
   hp = dfl2l.hparams(fc)
   def fresh(n_s=n_models - n_q):
     return bilevel.init_state(jax.random.key(1), tmpl, n_s, max(n_q, 1), fc.embed_dim,

@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 from dfl2l_jax import checks
+from dfl2l_jax import optimizers
 from dfl2l_jax.errors import ConfigError
 
 
@@ -11,7 +12,7 @@ FIELDS = {
     "seed": checks.NON_NEGATIVE_INT,
     "zoo.num_models": checks.POSITIVE_INT, "zoo.steps": checks.POSITIVE_INT,
     "zoo.batch_size": checks.POSITIVE_INT, "zoo.chunk_steps": checks.POSITIVE_INT,
-    "zoo.lr": checks.POSITIVE_REAL, "zoo.optimizer": checks.one_of(("sgd", "adam")),
+    "zoo.lr": checks.POSITIVE_REAL, "zoo.optimizer": checks.one_of(optimizers.NAMES),
     "zoo.val_fraction": checks.real_in(0, 1),
     "fusion.embed_dim": checks.POSITIVE_INT, "fusion.epochs": checks.POSITIVE_INT,
     "fusion.inner_steps": checks.POSITIVE_INT, "fusion.dro_steps": checks.POSITIVE_INT,
@@ -20,7 +21,7 @@ FIELDS = {
     "fusion.outer_lr": checks.POSITIVE_REAL, "fusion.dro_lr": checks.POSITIVE_REAL,
     "fusion.embed_lr": checks.POSITIVE_REAL, "fusion.w_scale": checks.POSITIVE_REAL,
     "fusion.gamma": checks.NON_NEGATIVE_REAL, "fusion.embed_init_std": checks.NON_NEGATIVE_REAL,
-    "fusion.optimizer": checks.one_of(("sgd", "adam")),
+    "fusion.optimizer": checks.one_of(optimizers.NAMES),
     "metatest.num_tasks": checks.POSITIVE_INT, "metatest.steps": checks.POSITIVE_INT,
     "metatest.batch_size": checks.POSITIVE_INT, "metatest.lr": checks.POSITIVE_REAL,
     "shots": checks.POSITIVE_INTS,

@@ -5,18 +5,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from dfl2l_jax import checkpointing
 from dfl2l_jax import config_lib
 from dfl2l_jax import ensemble
 from dfl2l_jax import loops
+from dfl2l_jax import optimizers
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import ZooError
-
-
-def make_optimizer(zc):
-  return optax.adam(zc.lr) if zc.optimizer == "adam" else optax.sgd(zc.lr)
 
 
 def zoo_spec(config, benchmark):
@@ -63,7 +59,7 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
   n = zc.num_models
   mesh = mesh if mesh is not None else sharding_lib.make_mesh(config, sharding_lib.MODELS)
   n_pad = sharding_lib.padded_size(n, sharding_lib.num_shards(mesh))
-  optimizer = make_optimizer(zc)
+  optimizer = optimizers.make(zc.optimizer, zc.lr)
   ckpt = None
   if workdir is not None:
     directory = os.path.join(workdir, "zoo")

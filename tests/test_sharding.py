@@ -12,6 +12,7 @@ from dfl2l_jax import bilevel
 from dfl2l_jax import config_lib
 from dfl2l_jax import ensemble
 from dfl2l_jax import fusion
+from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
 from dfl2l_jax import tasks
 from dfl2l_jax import zoo as zoo_lib
@@ -94,7 +95,7 @@ def test_train_zoo_pads_six_models_on_four_devices_and_returns_exactly_six(monke
   assert all(x.shape[0] == 6 for x in jax.tree.leaves(sharded))
   _close(sharded, one)
   # Unsharded training of the same 6 members, one by one, gives the same models.
-  opt = zoo_lib.make_optimizer(config.zoo)
+  opt = optimizers.make(config.zoo.optimizer, config.zoo.lr)
   train = ensemble.make_member_trainer(ensemble.make_member_step(bench.loss_fn, opt),
                                        bench.batch_fn)
   p0 = zoo_lib.initial_params(config, bench)

@@ -9,10 +9,10 @@ f_phi(mean embedding).
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
+from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
 from dfl2l_jax import zoo_store
 from dfl2l_jax.methods import base
@@ -25,14 +25,6 @@ def hparams(fc) -> bilevel.FusionHParams:
       dro_steps=fc.dro_steps, dro_lr=fc.dro_lr, embed_lr=fc.embed_lr, use_dro=fc.use_dro,
       keep_inner_update=fc.keep_inner_update,
       learn_val_embeddings=fc.learn_val_embeddings)
-
-
-def make_optimizer(fc) -> optax.GradientTransformation:
-  if fc.optimizer == "sgd":
-    return optax.sgd(fc.outer_lr)
-  if fc.optimizer == "adam":
-    return optax.adam(fc.outer_lr)
-  raise ValueError(f"unknown fusion.optimizer {fc.optimizer!r}")
 
 
 def _initial_state(ctx, fc, optimizer):
@@ -62,7 +54,7 @@ def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
 
 def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
   """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
-  optimizer = make_optimizer(fc)
+  optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
   mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
   chunk = make_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
@@ -89,7 +81,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   materialised, so a stored zoo is streamed: memory does not grow with |S|.
   """
   fc = fc or ctx.config.fusion
-  optimizer = make_optimizer(fc)
+  optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
   mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
   chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_q = sharding.put_replicated(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
