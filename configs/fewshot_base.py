@@ -4,21 +4,62 @@ Variants, comma-separated after the config path:
   smoke  a handful of models and tasks, a few minutes on a 2-core CPU on real data
          (measured: 2 min 40 s with three methods, 1 min of it preparing the data once);
   proxy  CIFAR-FS configs only: Mini-ImageNet resized to 32x32 stands in for
-         CIFAR-100 (results are labelled "cifar_fs_protocol_on_mini_imagenet32").
+         CIFAR-100 (results are labelled "cifar_fs_protocol_on_mini_imagenet32");
+  reduced    the reduced scale of the Tables 2-3 pages (results/cifarfs_proxy.md with
+             `proxy`, results/miniimagenet.md), what scripts/image_tables.sh runs;
+  data_free  CIFAR-FS 5-way only: the reduced scale of results/data_free.md's proxy table
+             (with `proxy`), its shot counts those of the field (1, 5) and the paper (10, 20).
 """
 
 import ml_collections
 
 from configs import common
 
+VARIANTS = ("smoke", "proxy", "reduced", "data_free")
+
+# The reduced scales of our results pages (CPU budget), per (protocol, ways): the zoo,
+# the meta-test and the MAML baselines' budget. Every value is a config field.
+_REDUCED_MAML = {"maml.meta_steps": 200, "maml.chunk_steps": 50, "oml.steps_per_arrival": 3}
+REDUCED = {
+    ("cifar_fs", 5): {"zoo.steps": 300, "zoo.batch_size": 32, "metatest.num_tasks": 100,
+                      "metatest.steps": 30, "metatest.batch_size": 25, **_REDUCED_MAML},
+    ("cifar_fs", 10): {"zoo.num_models": 50, "zoo.steps": 200, "zoo.batch_size": 32,
+                       "metatest.num_tasks": 50, "metatest.steps": 30,
+                       "metatest.batch_size": 1, **_REDUCED_MAML},
+    ("mini_imagenet", 5): {"zoo.num_models": 40, "zoo.steps": 250, "zoo.batch_size": 16,
+                           "zoo.chunk_steps": 50, "metatest.num_tasks": 40,
+                           "metatest.steps": 15, "metatest.batch_size": 1, **_REDUCED_MAML},
+    ("mini_imagenet", 10): {"zoo.num_models": 30, "zoo.steps": 200, "zoo.batch_size": 16,
+                            "zoo.chunk_steps": 50, "metatest.num_tasks": 25,
+                            "metatest.steps": 10, "metatest.batch_size": 1, **_REDUCED_MAML},
+}
+DATA_FREE = {"zoo.num_models": 40, "zoo.steps": 250, "zoo.batch_size": 16,
+             "zoo.chunk_steps": 50, "metatest.num_tasks": 50, "metatest.steps": 15,
+             "metatest.batch_size": 10, "shots": (1, 5, 10, 20), "maml.meta_steps": 300,
+             "inversion.steps": 200}
+
+
+def _set(c, values):
+  for path, v in values.items():
+    *parents, leaf = path.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+
 
 def make(protocol, ways, arg=None):
   variants = {v.strip() for v in (arg or "").split(",") if v.strip()}
-  unknown = variants - {"smoke", "proxy"}
+  unknown = variants - set(VARIANTS)
   if unknown:
-    raise ValueError(f"unknown config variants {sorted(unknown)} (known: smoke, proxy)")
+    raise ValueError(f"unknown config variants {sorted(unknown)} (known: "
+                     f"{', '.join(VARIANTS)})")
   if "proxy" in variants and protocol != "cifar_fs":
     raise ValueError("the proxy variant exists for the CIFAR-FS configs only")
+  if len(variants & {"smoke", "reduced", "data_free"}) > 1:
+    raise ValueError("choose one of the variants smoke, reduced and data_free")
+  if "data_free" in variants and (protocol, ways) != ("cifar_fs", 5):
+    raise ValueError("the data_free variant exists for configs/cifarfs_5way.py only")
 
   c = ml_collections.ConfigDict()
   c.benchmark = protocol
@@ -99,5 +140,9 @@ def make(protocol, ways, arg=None):
     c.metatest.num_tasks = 10
     c.metatest.steps = 10
     c.metatest.batch_size = 5
+  if "reduced" in variants:
+    _set(c, REDUCED[(protocol, ways)])
+  if "data_free" in variants:
+    _set(c, DATA_FREE)
   c.lock()
   return c

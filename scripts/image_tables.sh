@@ -45,20 +45,13 @@ TFDS_DIR=${TFDS_DIR:-/tmp/tfds_data}
 WORKROOT=${WORKROOT:-workdirs/img}
 WORKDIR=${WORKDIR:-$WORKROOT/${SETTING}_seed$SEED}
 
-# The reduced scales of results/cifarfs_proxy.md and results/miniimagenet.md (CPU budget).
-MAML="--config.maml.meta_steps=200 --config.maml.chunk_steps=50 --config.oml.steps_per_arrival=3"
+# The reduced scales of results/cifarfs_proxy.md and results/miniimagenet.md (CPU budget):
+# the `reduced` config variant (configs/fewshot_base.py, REDUCED).
 case $SETTING in
-  cf5)  FLAGS="--config=configs/cifarfs_5way.py:proxy --config.zoo.steps=300 --config.zoo.batch_size=32
-               --config.metatest.num_tasks=100 --config.metatest.steps=30 --config.metatest.batch_size=25" ;;
-  cf10) FLAGS="--config=configs/cifarfs_10way.py:proxy --config.zoo.num_models=50 --config.zoo.steps=200
-               --config.zoo.batch_size=32 --config.metatest.num_tasks=50 --config.metatest.steps=30
-               --config.metatest.batch_size=1" ;;
-  mi5)  FLAGS="--config=configs/miniimagenet_5way.py --config.zoo.num_models=40 --config.zoo.steps=250
-               --config.zoo.batch_size=16 --config.zoo.chunk_steps=50 --config.metatest.num_tasks=40
-               --config.metatest.steps=15 --config.metatest.batch_size=1" ;;
-  mi10) FLAGS="--config=configs/miniimagenet_10way.py --config.zoo.num_models=30 --config.zoo.steps=200
-               --config.zoo.batch_size=16 --config.zoo.chunk_steps=50 --config.metatest.num_tasks=25
-               --config.metatest.steps=10 --config.metatest.batch_size=1" ;;
+  cf5)  FLAGS="--config=configs/cifarfs_5way.py:proxy,reduced" ;;
+  cf10) FLAGS="--config=configs/cifarfs_10way.py:proxy,reduced" ;;
+  mi5)  FLAGS="--config=configs/miniimagenet_5way.py:reduced" ;;
+  mi10) FLAGS="--config=configs/miniimagenet_10way.py:reduced" ;;
   *) echo "error: unknown SETTING '$SETTING' (cf5, cf10, mi5 or mi10)" >&2; exit 2 ;;
 esac
 for m in $METHODS; do
@@ -67,7 +60,7 @@ done
 # The command of one method, into the array CMD.
 command_for() {
   # shellcheck disable=SC2086
-  CMD=(python -m launch.offline $FLAGS $MAML ${EXTRA:-} --config.seed="$SEED"
+  CMD=(python -m launch.offline $FLAGS ${EXTRA:-} --config.seed="$SEED"
        --config.data.manual_dir="${DATA:-\$DATA}" --config.data.data_dir="$TFDS_DIR"
        --workdir="$WORKDIR" --config.methods="$1")
 }

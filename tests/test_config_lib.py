@@ -37,3 +37,34 @@ def test_the_field_protocol_configs_state_the_field_settings_and_validate():
     dfml_cifarfs.get_config("fast")
   with pytest.raises(ValueError, match="proxy variant exists for the CIFAR-FS"):
     dfml_miniimagenet.get_config("proxy")
+
+
+def test_the_published_reduced_scales_are_config_variants_that_validate():
+  """`reduced` (the Tables 2-3 pages) and `data_free` (results/data_free.md) change only
+  the fields their pages list, and validate; impossible combinations are refused."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from configs import cifarfs_5way, cifarfs_10way, miniimagenet_5way, miniimagenet_10way  # pylint: disable=g-import-not-at-top
+  from configs import fewshot_base  # pylint: disable=g-import-not-at-top
+
+  def flat(c, prefix=""):
+    out = {}
+    for k, v in c.items():
+      out.update(flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k: v})
+    return out
+
+  cases = [(cifarfs_5way, "proxy", "reduced", fewshot_base.REDUCED[("cifar_fs", 5)]),
+           (cifarfs_10way, "proxy", "reduced", fewshot_base.REDUCED[("cifar_fs", 10)]),
+           (miniimagenet_5way, "", "reduced", fewshot_base.REDUCED[("mini_imagenet", 5)]),
+           (miniimagenet_10way, "", "reduced", fewshot_base.REDUCED[("mini_imagenet", 10)]),
+           (cifarfs_5way, "proxy", "data_free", fewshot_base.DATA_FREE)]
+  for module, base, variant, listed in cases:
+    before = flat(module.get_config(base))
+    after = flat(module.get_config(",".join(v for v in (base, variant) if v)))
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed and changed <= set(listed), (module.__name__, variant, changed)
+    assert all(after[k] == v for k, v in listed.items())
+    config_lib.validate(module.get_config(",".join(v for v in (base, variant) if v)))
+  with pytest.raises(ValueError, match="choose one of the variants"):
+    cifarfs_5way.get_config("proxy,smoke,reduced")
+  with pytest.raises(ValueError, match="data_free variant exists for configs/cifarfs_5way"):
+    miniimagenet_5way.get_config("data_free")
