@@ -1,13 +1,18 @@
 """Shared builder of the data-free meta-learning field's protocol (dfml_cifarfs.py,
-dfml_miniimagenet.py): the setting of PURER (Hu et al., CVPR 2023), BiDf-MKD (Hu et al., ICML
-2023), FREE (Wei et al., CVPR 2024) and TGR (Li et al., ICML 2024), as those papers state it.
+dfml_miniimagenet.py): the setting of BiDf-MKD (Hu et al., ICML 2023), FREE (Wei et al.,
+CVPR 2024) and TGR (Wei et al., ICML 2024), as their public code runs it (scripts and
+pretraining code of Egg-Hu/BiDf-MKD, WalkerWorldPeace/FREE and WalkerWorldPeace/TGR):
 
   - 100 teachers, Conv4 with 32 filters, each from its own random initialisation
     (zoo.shared_init = False: there is no common base, so task_arithmetic and ties are n/a),
     each trained on 5 classes drawn at random from the 64 meta-training classes;
   - meta-test: 600 tasks, 5-way, 1 and 5 shots, 15 query images per class;
   - any selection uses the meta-validation classes, never the test tasks, and results are
-    the final checkpoint (those papers report the best test accuracy seen during training).
+    the final checkpoint (that code reports the best test accuracy seen during training).
+
+PURER (Hu et al., CVPR 2023) differs in its zoo: its code trains 13 teachers on disjoint
+blocks of 5 of the 64 classes. results/data_free.md lists what we could and could not
+verify of these papers.
 
 Variants, comma-separated: `proxy` (CIFAR-FS only: Mini-ImageNet at 32x32 stands in for
 CIFAR-100), `smoke` (seconds to minutes on a CPU), `reduced` (the CPU budget of our results
