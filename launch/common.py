@@ -125,12 +125,14 @@ def _os_error(e):
 
 def list_methods():
   from dfl2l_jax import methods  # pylint: disable=g-import-not-at-top
-  print("Methods (--config.methods=a,b,...; 'all' for every one; '' for the launcher's "
-        "defaults):")
+  print("Methods (--config.methods=a,b,...: method names or tags; 'all' for every one; '' "
+        "for the launcher's defaults, the methods tagged with its name):")
   for m in methods.METHODS.values():
     data = ("  [reads the zoo tasks' data]" if m.uses_task_data is True else
             "  [reads the zoo tasks' data in some settings]" if m.uses_task_data else "")
-    print(f"  {m.name:16s} {m.description}{data}")
+    tags = f"  (tags: {', '.join(m.tags)})" if m.tags else ""
+    print(f"  {m.name:16s} {m.description}{data}{tags}")
+  print(f"Tags: {', '.join(methods.TAGS)}")
 
 
 def main_wrapper(fn, setting=None):

@@ -344,3 +344,17 @@ def test_pseudo_tasks_are_zoo_models_labelling_inputs_of_the_domain():
   assert batch["x"].shape == (16, 1) and batch["y"].shape == (16, 1)
   assert float(batch["x"].min()) >= -2.0 and float(batch["x"].max()) <= 3.0
   np.testing.assert_allclose(batch["y"], apply(params, batch["x"]), rtol=1e-6)
+
+
+def test_config_methods_may_name_tags():
+  """A tag names every method it labels, in registry order, without duplicates; names
+  that are neither a method nor a tag are refused."""
+  got = [m.name for m in methods_lib.resolve("function_space", "offline")]
+  assert got == ["zoo_features", "zoo_maml", "zoo_distill", "inversion_maml"]
+  got = [m.name for m in methods_lib.resolve("va,ablation,dfl2l_mle", "offline")]
+  assert got == ["va", "dfl2l_no_dro", "dfl2l_mle"]
+  assert [m.name for m in methods_lib.resolve("", "online")] == ["dfl2l_online", "finetune"]
+  with pytest.raises(ConfigError, match="the tags .*function_space"):
+    methods_lib.resolve("function-space", "offline")
+  with pytest.raises(ConfigError, match="named twice"):
+    methods_lib.resolve("va,va", "offline")

@@ -185,7 +185,7 @@ def test_make_init_fuses_the_zoo_and_logs():
   np.testing.assert_allclose(f(theta), f(params), atol=1e-4, rtol=1e-4)
   (_, row), = ctx.writer.rows
   assert row["ota/reference"] == 1 and row["ota/dist_after"] < 1e-8
-  assert methods.METHODS["ota"] is ot_fusion.OTA and ot_fusion.OTA.settings == ("baseline",)
+  assert methods.METHODS["ota"] is ot_fusion.OTA and ot_fusion.OTA.tags == ("baseline",)
 
 
 def test_make_init_is_not_applicable_to_unknown_networks():

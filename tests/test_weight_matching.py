@@ -144,7 +144,7 @@ def test_make_init_fuses_the_zoo_and_logs():
   (_, row), = ctx.writer.rows
   assert row["weight_matching/reference"] == 1 and row["weight_matching/dist_after"] < 1e-8
   assert methods.METHODS["weight_matching"] is wm.WEIGHT_MATCHING
-  assert wm.WEIGHT_MATCHING.settings == ("baseline",)
+  assert wm.WEIGHT_MATCHING.tags == ("baseline",)
   with pytest.raises(NotApplicable, match="models.MLP"):
     wm.WEIGHT_MATCHING.make_init(_ctx({"encoder": {"w": np.zeros((3, 2), np.float32)}}))
 

@@ -23,19 +23,29 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
                                 zoo_distill.ZOO_DISTILL, inversion_maml.INVERSION_MAML)}
 
 
+TAGS = tuple(sorted({t for m in METHODS.values() for t in m.tags}))
+assert not set(TAGS) & set(METHODS), "a tag must not be a method's name"
+
+
 def resolve(names: str, setting: str):
-  """Methods named in a comma-separated string; '' gives the setting's defaults, 'all'
-  every method."""
+  """Methods named in a comma-separated string of method names and tags (a tag names
+  every method it labels, in registry order); '' gives the launcher's defaults (the
+  methods tagged `setting`), 'all' every method."""
   if not names.strip():
-    return [m for m in METHODS.values() if setting in m.settings]
+    return [m for m in METHODS.values() if setting in m.tags]
   if names.strip() == "all":
     return list(METHODS.values())
-  out = []
+  out, named = [], set()
   for name in (n.strip() for n in names.split(",")):
-    if name not in METHODS:
+    if name in METHODS:
+      if name in named:
+        raise ConfigError(f"method {name!r} is named twice in config.methods")
+      named.add(name)
+      group = [METHODS[name]]
+    elif name in TAGS:
+      group = [m for m in METHODS.values() if name in m.tags]
+    else:
       raise ConfigError(f"unknown method {name!r} in config.methods; available: "
-                        f"{', '.join(METHODS)} (or 'all')")
-    if name in (m.name for m in out):
-      raise ConfigError(f"method {name!r} is named twice in config.methods")
-    out.append(METHODS[name])
+                        f"{', '.join(METHODS)}, the tags {', '.join(TAGS)} (or 'all')")
+    out += [m for m in group if m not in out]
   return out

@@ -1,6 +1,6 @@
 """The method interface: a zoo and a config in, an initialisation (or a learner) out.
 
-A method is a `Method(name, settings, make_init)`. `make_init(ctx)` receives a
+A method is a `Method(name, tags, make_init)`. `make_init(ctx)` receives a
 `MethodContext` and returns theta_init, the parameter pytree of one target
 network, which the harness then meta-tests with Algorithm 3 exactly like every
 other method's. A method may instead return a `Learner`: support set in, query
@@ -163,7 +163,11 @@ class Method:
 
   Attributes:
     name: the name used in config.methods and results.json.
-    settings: the launchers that run it by default ("offline", "online").
+    tags: labels that group methods, each usable in config.methods in place of the
+      methods it labels: "offline" / "online" (a launcher's defaults, run when
+      config.methods is ''), "baseline" (the paper's baselines and the merging methods
+      it did not run), "ablation" (DFL2L without one of its parts), "function_space"
+      (the zoo used as functions, not fused parameters).
     make_init: `(MethodContext) -> theta_init`, or a `Learner`.
     description: one line for the results table and docs.
     validate: optional `(config) -> None` that raises ConfigError naming a bad
@@ -178,7 +182,7 @@ class Method:
       inversion); the pipeline then computes them once with the zoo.
   """
   name: str
-  settings: Tuple[str, ...]
+  tags: Tuple[str, ...]
   make_init: Callable
   description: str = ""
   validate: Optional[Callable] = None

@@ -81,6 +81,6 @@ def validate(config):
 
 
 INVERSION_MAML = base.Method(
-    "inversion_maml", (), inversion_maml,
+    "inversion_maml", ("function_space",), inversion_maml,
     "MAML on pseudo episodes of images inverted from the zoo (DeepInversion; data-free; "
     "images)", validate, needs_bn_stats=True)

@@ -226,6 +226,6 @@ OML = base.Method(
     "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
     "arrive", validate_oml, uses_task_data=True)
 ZOO_MAML = base.Method(
-    "zoo_maml", (), zoo_maml,
+    "zoo_maml", ("function_space",), zoo_maml,
     "MAML on pseudo tasks: zoo models label inputs drawn from the input domain (data-free; "
     "regression)", validate_zoo_maml)

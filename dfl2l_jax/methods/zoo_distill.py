@@ -199,7 +199,7 @@ def validate(config):
 
 
 ZOO_DISTILL = base.Method(
-    "zoo_distill", (), zoo_distill,
+    "zoo_distill", ("function_space",), zoo_distill,
     "one network distilled from the whole zoo on pseudo-inputs (shared body, a head per "
     "model; init = body + mean head; uniform inputs for regression, inverted images for "
     "images; data-free)", validate, needs_bn_stats=True)

@@ -186,7 +186,7 @@ def validate(config):
 
 
 ZOO_FEATURES = base.Method(
-    "zoo_features", (), zoo_features,
+    "zoo_features", ("function_space",), zoo_features,
     "the zoo as a frozen feature ensemble: a head on the N models' outputs or features "
     "(ridge for regression, nearest class centroid for images), fitted on the support set",
     validate, learner=True)
