@@ -88,6 +88,12 @@ def pretrain(config, workdir, hooks=None):
   return zoo, quality
 
 
+def make_meshes(config):
+  """The run's two 1-D meshes, built once and handed down: {"models": zoo training and
+  fusion, "tasks": the meta-test} (sharding.make_mesh, config.mesh)."""
+  return {axis: sharding.make_mesh(config, axis) for axis in (sharding.MODELS, sharding.TASKS)}
+
+
 def method_key(config, name):
   return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
@@ -99,12 +105,13 @@ def episode_sizes(benchmark, episodes):
   return int(np.shape(support["x"])[0]), int(np.shape(query["x"])[0])
 
 
-def meta_test_rows(config, benchmark, name, theta_init, episodes):
+def meta_test_rows(config, benchmark, name, theta_init, episodes, mesh=None):
   """Meta-tests one method's product at every shot count: an initialisation by
-  Algorithm 3, a `methods.Learner` by its own score; one row per shot count."""
+  Algorithm 3, a `methods.Learner` by its own score; one row per shot count. `mesh`:
+  the tasks mesh (default: config.mesh's)."""
   rows = []
   mt = config.metatest
-  mesh = sharding.make_mesh(config, sharding.TASKS)
+  mesh = mesh if mesh is not None else sharding.make_mesh(config, sharding.TASKS)
   for shots, eps in episodes.items():
     n_support, n_query = episode_sizes(benchmark, eps)
     if isinstance(theta_init, methods_lib.Learner):
@@ -139,7 +146,7 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes):
 
 
 def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_idx, command,
-            previous, inits=None):
+            previous, meshes, inits=None):
   """Saves the run's initialisations, merges its rows into the workdir's results and
   writes them; then fails if any row's meta-test was non-finite."""
   for name, theta_init in (inits or {}).items():
@@ -152,8 +159,7 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
       r["uses_task_data"] = True
   record = results_lib.run_record(launcher, command, config, wall,
                                   sorted({r["method"] for r in rows}))
-  record["mesh"] = {axis: sharding.num_shards(sharding.make_mesh(config, axis))
-                    for axis in (sharding.MODELS, sharding.TASKS)}
+  record["mesh"] = {axis: sharding.num_shards(mesh) for axis, mesh in meshes.items()}
   new = {"benchmark": benchmark.name, "metric": benchmark.metric, "seed": config.seed,
          "setting": launcher, "config": config.to_dict(), "rows": rows,
          "zoo_quality": quality, "split": {"n_s": len(s_idx), "n_q": len(q_idx)},
@@ -203,7 +209,9 @@ def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
 
 def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0, writer):
   previous = results_lib.load(workdir)
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
+  meshes = make_meshes(config)
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks,
+                          mesh=meshes[sharding.MODELS])
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
@@ -212,7 +220,7 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
   rows, inits = [], {}
   for method in chosen:
     ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks,
-                         bn_stats)
+                         bn_stats, mesh=meshes[sharding.MODELS])
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -220,20 +228,22 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
       rows += [results_lib.na_row(method.name, shots, str(e)) for shots in config.shots]
       continue
     if isinstance(theta_init, methods_lib.Learner):  # nothing to save: rebuilt from the zoo
-      rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
+      rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes,
+                             meshes[sharding.TASKS])
       continue
     try:
       zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
     except ZooError as e:
       raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
     inits[method.name] = theta_init
-    rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes)
+    rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes,
+                           meshes[sharding.TASKS])
   return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
-                 command, previous, inits)
+                 command, previous, meshes, inits)
 
 
 def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
-                   hooks=None, bn_stats=None):
+                   hooks=None, bn_stats=None, mesh=None):
   """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
   data (methods.base.DataFreeBenchmark), so reading it raises."""
   if not methods_lib.base.uses_task_data(method, config):
@@ -241,7 +251,7 @@ def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer
   return methods_lib.MethodContext(
       config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
       key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks,
-      zoo_bn_stats=bn_stats if method.needs_bn_stats else None)
+      zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=mesh)
 
 
 def evaluate(config, workdir, command=None):
@@ -283,7 +293,9 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
     names = wanted
   if not names and not learners:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo.
+  meshes = make_meshes(config)
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir,  # restores the finished zoo.
+                          mesh=meshes[sharding.MODELS])
   quality = zoo_lib.zoo_quality(zoo, benchmark)
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
@@ -298,16 +310,18 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
                             f"finite ({e}); rerun launch.offline to recompute it") from e
     inits[name] = jax.device_put(theta_init)
   for method in learners:
-    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir)
+    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir,
+                         mesh=meshes[sharding.MODELS])
     try:
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:
       raise ConfigError(f"{method.name} is not applicable here: {e}") from e
   rows = []
   for name, theta_init in inits.items():
-    rows += meta_test_rows(config, benchmark, name, theta_init, episodes)
+    rows += meta_test_rows(config, benchmark, name, theta_init, episodes,
+                           meshes[sharding.TASKS])
   return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
-                 command, previous)
+                 command, previous, meshes)
 
 
 def describe(config, workdir=None, setting="offline"):

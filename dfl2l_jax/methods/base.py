@@ -24,6 +24,7 @@ import numpy as np
 
 from dfl2l_jax import checkpointing
 from dfl2l_jax import loops
+from dfl2l_jax import sharding
 from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.tasks import base as tasks_base
 
@@ -46,6 +47,8 @@ class MethodContext:
     zoo_bn_stats: the zoo's BatchNorm population statistics ({"BatchNorm_i":
       {"mean", "var"}}, leading model axis), part of the zoo as a pretrained CNN
       checkpoint carries them; given to methods with `needs_bn_stats`, else None.
+    mesh: the run's "models" mesh (built once by the pipeline); None: the mesh of
+      config.mesh, built on request (`models_mesh`).
   """
   config: Any
   benchmark: tasks_base.Benchmark
@@ -57,6 +60,7 @@ class MethodContext:
   writer: Any = None
   hooks: Optional[Callable] = None
   zoo_bn_stats: Any = None
+  mesh: Any = None
 
   @property
   def zoo_s(self):
@@ -65,6 +69,13 @@ class MethodContext:
   @property
   def zoo_q(self):
     return jax.tree.map(lambda x: x[self.q_idx], self.zoo)
+
+  @property
+  def models_mesh(self):
+    """The mesh that splits the model axis (zoo rows, fusion working sets)."""
+    if self.mesh is not None:
+      return self.mesh
+    return sharding.make_mesh(self.config, sharding.MODELS)
 
   @property
   def template(self):

@@ -55,7 +55,7 @@ def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
 def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
   """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
   optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
-  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  mesh = ctx.models_mesh
   chunk = make_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
@@ -82,7 +82,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   """
   fc = fc or ctx.config.fusion
   optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
-  mesh = sharding.make_mesh(ctx.config, sharding.MODELS)
+  mesh = ctx.models_mesh
   chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_q = sharding.put_replicated(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
   key = jax.random.fold_in(ctx.key, 1)
