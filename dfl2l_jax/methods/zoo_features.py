@@ -44,9 +44,6 @@ from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import base
 
-FIELDS = ("ridge_grid", "val_query", "val_repeats")
-
-
 def features(apply, zoo, x):
   """(n, N): every zoo model's scalar output at each of the n inputs x (n, 1)."""
   return jax.vmap(lambda p: apply(p, x)[:, 0])(zoo).T
