@@ -17,7 +17,10 @@ A seed may be given by its per-seed means alone (rows with a `mean` and no
 over-seeds column, and the columns that need per-task values are left out (or
 say n/a in the rows of a seed that lacks them for some methods only).
 `--save-merged DIR` writes each seed, its files merged, to DIR/seedN.json: one
-small file per seed to keep beside the tables (results/raw/).
+small file per seed to keep beside the tables (results/raw/). The paths of the machine
+that ran it are replaced in every string of those files: each `--scrub NAME=PATH` by
+`$NAME`, then whatever data folders remain (config.data.manual_dir, data_dir) by
+`$MANUAL_DIR` / `$DATA_DIR`, and the current directory by nothing (relative paths).
 """
 
 import argparse
@@ -116,13 +119,41 @@ def means_only(runs):
   return [r["seed"] for r in runs if not any(has_tasks(row) for row in r["rows"])]
 
 
-def save_merged(runs, out_dir):
-  """Each seed's merged run as out_dir/seed{N}.json (written atomically)."""
+def scrub_paths(tree, pairs):
+  """`tree` (JSON-like) with each (path, replacement) of `pairs` replaced in every string,
+  longest path first."""
+  pairs = sorted(((p, r) for p, r in pairs if p), key=lambda pr: -len(pr[0]))
+  if isinstance(tree, dict):
+    return {k: scrub_paths(v, pairs) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [scrub_paths(v, pairs) for v in tree]
+  if isinstance(tree, str):
+    for path, replacement in pairs:
+      tree = tree.replace(path, replacement)
+  return tree
+
+
+def _machine_paths(run, scrub):
+  """(path, replacement) pairs for a run: the --scrub ones, its data folders, the cwd."""
+  pairs = [(os.path.normpath(p), f"${name}") for name, p in scrub]
+  data = (run.get("config") or {}).get("data") or {}
+  for field, name in (("manual_dir", "$MANUAL_DIR"), ("data_dir", "$DATA_DIR")):
+    p = data.get(field)
+    if p and not p.startswith("$") and all(os.path.normpath(p) != q for q, _ in pairs):
+      pairs.append((os.path.normpath(p), name))
+  pairs.append((os.getcwd() + os.sep, ""))
+  return pairs
+
+
+def save_merged(runs, out_dir, scrub=()):
+  """Each seed's merged run as out_dir/seed{N}.json (written atomically), machine paths
+  replaced (`scrub`: (NAME, PATH) pairs; module docstring)."""
   os.makedirs(out_dir, exist_ok=True)
   for r in runs:
     run = {k: v for k, v in r.items() if k != "commits"}
     run["source_commits"] = {(c or "unrecorded"): k for c, k in sorted(
         r["commits"].items(), key=lambda ck: ck[0] or "")}
+    run = scrub_paths(run, _machine_paths(run, scrub))
     path = os.path.join(out_dir, f"seed{r['seed']}.json")
     with open(path + ".tmp", "w") as f:
       json.dump(run, f, indent=1, sort_keys=True)
@@ -317,10 +348,19 @@ def main(argv=None):
                       "baseline's mean), for metrics such as MSE")
   parser.add_argument("--save-merged", default=None, metavar="DIR",
                       help="write each seed, its files merged, to DIR/seedN.json")
+  parser.add_argument("--scrub", action="append", default=[], metavar="NAME=PATH",
+                      help="with --save-merged: write PATH as $NAME in the saved files "
+                      "(repeatable), e.g. MINI_IMAGENET=/data/mini-imagenet")
   args = parser.parse_args(argv)
+  scrub = []
+  for item in args.scrub:
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+      parser.error(f"--scrub takes NAME=PATH, got {item!r}")
+    scrub.append((name, path))
   runs = load(args.workdirs, select_metatest(args.metatest))
   if args.save_merged:
-    save_merged(runs, args.save_merged)
+    save_merged(runs, args.save_merged, scrub)
   text = table(runs)
   if args.baseline:
     text += "\nPaired against " + args.baseline + " (same tasks, same seeds):\n\n"

@@ -216,3 +216,30 @@ def test_metatest_filter_and_ratio_table(tmp_path, capsys):
   with pytest.raises(SystemExit, match="no row with the --metatest"):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "b.json"),
                                                  "--metatest", "steps=20"])
+
+
+def test_saved_files_carry_no_path_of_the_machine(tmp_path, monkeypatch, capsys):
+  """--save-merged replaces the data folders (named by --scrub, else generic names) and
+  the current directory in every string of the kept files; the tables are unchanged."""
+  monkeypatch.chdir(tmp_path)
+  data, tfds = "/home/someone/data/mini-imagenet", "/scratch/tfds"
+  path = _write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0])])
+  _edit(tmp_path / "s1.json", lambda run: run.update(
+      config={"data": {"manual_dir": data, "data_dir": tfds}},
+      runs=[{"command": f"python -m launch.offline --config.data.manual_dir={data} "
+                        f"--config.data.data_dir={tfds} --workdir={tmp_path}/w/seed1"}]))
+  script = helpers.load_script("aggregate_seeds")
+  script.main([path])
+  before = capsys.readouterr().out
+  script.main([path, "--save-merged", "kept", "--scrub", f"MINI_IMAGENET={data}/"])
+  capsys.readouterr()
+  text = (tmp_path / "kept" / "seed1.json").read_text()
+  assert data not in text and tfds not in text and str(tmp_path) not in text
+  kept = json.loads(text)
+  assert kept["config"]["data"] == {"manual_dir": "$MINI_IMAGENET", "data_dir": "$DATA_DIR"}
+  assert kept["runs"][0]["command"].endswith(
+      "manual_dir=$MINI_IMAGENET --config.data.data_dir=$DATA_DIR --workdir=w/seed1")
+  script.main(["kept/seed1.json"])
+  assert capsys.readouterr().out == before
+  with pytest.raises(SystemExit):
+    script.main([path, "--save-merged", "kept", "--scrub", "MINI_IMAGENET"])
