@@ -71,9 +71,9 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
       of `tasks` along the model axis; `data` is shared by all members (for
       example the image array the tasks index into; None for the sinusoid).
     member_loop: "vmap" (all members at once) or "map" (`lax.map`, one member
-      after another inside the same compiled program: faster for CNNs on CPU,
-      where vmapped convolutions become grouped convolutions). Same results.
-      On a mesh, "map" runs each device's own members one after another.
+      after another inside the same compiled program). Same results. On a
+      mesh, "map" runs each device's own members one after another. Which is
+      faster where: docs/implementation.md, "member_loop".
     mesh: a 1-D mesh (sharding.make_mesh) to split the members across, or None
       (no sharding constraints: one device). With a mesh, state, tasks and
       member_keys must have a model axis that is a multiple of the device count

@@ -48,7 +48,7 @@ class MamlHParams:
     support_size: examples of a task's support batch (0: all `batch_fn` returns).
     query_size: examples of a task's query batch (0: all `batch_fn` returns).
     member_loop: "vmap" or "map": how the tasks of a meta-batch are run (the
-      benchmark's choice; "map" is faster for convolutions on CPU).
+      benchmark's choice; docs/implementation.md, "member_loop").
   """
   inner_steps: int = 1
   inner_lr: float = 0.01

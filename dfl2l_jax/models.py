@@ -31,11 +31,8 @@ class PatchConv3x3(nn.Module):
   """A 3x3 'SAME' convolution computed as nine shifted slices and one matmul.
 
   The same parameters (kernel (3, 3, C_in, C_out), bias (C_out,)) and outputs
-  as `nn.Conv(features, (3, 3), padding="SAME")`. Under `vmap` over models it
-  stays a batched matmul (models in the matmul's batch dimension), where XLA
-  turns a vmapped convolution into a grouped convolution: several times faster
-  on CPU, and on an H200 about 3x at 32x32 and 1.8x at 84x84 for the whole
-  Conv4 step (benchmarks/ensemble_vs_torch.py). TPU is not measured.
+  as `nn.Conv(features, (3, 3), padding="SAME")`.
+  Why: docs/implementation.md, "PatchConv3x3".
   """
   features: int
 
@@ -54,14 +51,12 @@ class PatchConv3x3(nn.Module):
 def max_pool_2x2(x, impl: str = "reshape"):
   """2x2 max-pool, stride 2, 'VALID' (odd trailing rows/columns dropped).
 
-  "reshape": a reshape and a max over the two window axes. Its gradient is an
-  elementwise mask that XLA fuses, where "window" (`nn.max_pool`, a
-  `reduce_window`) differentiates into a `select_and_scatter`: the whole
-  Conv4 step is about 1.5x faster on CPU and 1.2-1.3x on an H200 with
-  "reshape" (benchmarks/ensemble_vs_torch.py).
-  Same outputs; same gradients except where two window entries tie at the
-  maximum (reshape splits the gradient between them, window gives it to one).
-  In Conv4 the pool follows a ReLU, so ties are zeros whose ReLU gradient is 0.
+  "reshape": a reshape and a max over the two window axes; "window":
+  `nn.max_pool` (a `reduce_window`). Same outputs; same gradients except where
+  two window entries tie at the maximum (reshape splits the gradient between
+  them, window gives it to one). In Conv4 the pool follows a ReLU, so ties are
+  zeros whose ReLU gradient is 0. Why "reshape": docs/implementation.md,
+  "max_pool_2x2".
   """
   if impl == "window":
     return nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -83,13 +78,12 @@ def batch_norm_train(x, scale, bias, epsilon):
   g = dy * scale,
 
     dx = r * (g - mean(g) - x_hat * mean(g * x_hat)),
-    dscale = sum(dy * x_hat),   dbias = sum(dy),
+    dscale = sum(dy * x_hat),   dbias = sum(dy).
 
-  two reductions over the batch where autodiff of the forward pass leaves XLA
-  to find the same shape in a longer graph. Cotangents arriving at the returned
-  mean and var (the batch statistics) are propagated too, so the function is
-  exactly differentiable whatever uses its outputs. Where the clipped variance
-  is 0 the variance path has gradient 0, as in flax.
+  Cotangents arriving at the returned mean and var (the batch statistics) are
+  propagated too, so the function is exactly differentiable whatever uses its
+  outputs. Where the clipped variance is 0 the variance path has gradient 0, as
+  in flax. Why: docs/implementation.md, "batch_norm_train".
   """
   return _bn_forward(x, scale, bias, epsilon)[0]
 

@@ -51,9 +51,8 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
   real models, equal to training without sharding. The returned zoo keeps the
   model sharding when N is a multiple of the device count and is replicated
   over the mesh otherwise (JAX rejects uneven shardings). With several processes
-  it is gathered into numpy on every process (`sharding.to_host`): the methods
-  that follow index and align models on the host, and whatever they shard they
-  place again, each process copying only its own devices' rows.
+  it is gathered into numpy on every process (`sharding.to_host`); why:
+  docs/implementation.md, "train_zoo".
   """
   zc = config.zoo
   n = zc.num_models
@@ -171,8 +170,7 @@ def bn_stats(config, benchmark, zoo, workdir=None):
 def zoo_quality(zoo, benchmark):
   """Each zoo model's metric on its own task's held-out data: mean, min, max."""
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
-  # One model after another (lax.map): evaluating all models at once would hold every
-  # model's activations for its whole test set (tens of GB for 100 Conv4 models at 84x84).
+  # One model after another (lax.map), for memory: docs/implementation.md, "zoo_quality".
   evaluate = jax.jit(lambda z, t, d: jax.lax.map(
       lambda a: benchmark.zoo_eval_fn(a[0], a[1], d), (z, t)))
   values = np.asarray(sharding_lib.to_host(evaluate(zoo, tasks, benchmark.data)), np.float64)

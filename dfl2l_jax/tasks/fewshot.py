@@ -111,11 +111,8 @@ def sample_episodes(seed, num_tasks, ways, shots, query, table):
 def resolve_backend_choices(config):
   """(conv_impl, member_loop): "auto" picks what is fastest on the default backend.
 
-  Measured side by side with the PyTorch yardsticks
-  (benchmarks/ensemble_vs_torch.py, results/performance.md): convolutions as
-  patches + one matmul on CPU and GPU (on a GPU the vmapped matmul beats XLA's
-  grouped convolution 2-3x), members one after another (`lax.map`) on CPU and
-  vmapped on GPU. TPU is not measured: XLA's convolution, members vmapped.
+  conv_impl "auto": "patches" on CPU and GPU, "xla" elsewhere (TPU); member_loop
+  "auto": "map" on CPU, "vmap" elsewhere. Why: docs/implementation.md, "auto".
   """
   backend = jax.default_backend()
   conv = config.model.conv_impl
