@@ -1,31 +1,17 @@
 """Checkpoints: one small wrapper around orbax's CheckpointManager.
 
-Everything the project saves is a pytree of arrays, saved synchronously (the
-states here are small and every save is followed by more work that may be
-killed). Orbax writes each step to a temporary folder and renames it when
-complete, so a run killed during a save leaves no step that looks finished.
-A step that is present but unreadable (truncated or corrupted files) raises
-`CheckpointError` naming the folder.
+`Checkpointer` saves numbered pytrees of arrays synchronously and restores them. A
+run killed during a save leaves no step that looks finished; a step that is present
+but unreadable raises `CheckpointError` naming the folder. After each save, process 0
+writes the sha256 of every file of the step to `<directory>/checksums/<step>.json`,
+and `restore` checks them before orbax reads anything (a step without a manifest is
+restored unverified, with a warning). `write_spec`/`check_spec` keep a JSON
+description of what produced the checkpoints, so that a workdir made by another
+configuration, or holding checkpoints but no spec.json, is rejected.
 
-Several hosts: every process calls `save` and `restore` (orbax coordinates the
-writes of a sharded array's shards and needs all of them); the small JSON files
-are written by process 0 only. The workdir must be one shared file system
-(NFS, a gcsfuse mount) seen by every host at the same path.
-
-Checksums: after each save, process 0 hashes (sha256) every file orbax wrote
-for the step and writes the list to `<directory>/checksums/<step>.json`, outside
-orbax's step folder so orbax never sees a file it did not write; manifests of
-steps that orbax's `max_to_keep` removed are deleted. `restore` verifies the
-manifest before orbax reads anything: a changed or missing file raises
-`CheckpointError` naming the step folder and the file. A step without a manifest
-(written by an earlier version of this code, or by a run killed between orbax's
-save and the manifest's write) is restored unverified, with a warning. Every
-process verifies, reading every file once more (seconds per GB).
-
-Beside the checkpoints, `write_spec`/`check_spec` keep a small JSON description
-of what produced them (architecture, config), so that a workdir made by another
-configuration is rejected instead of silently reused. A directory that holds
-checkpoints but no spec.json is rejected too: what made them cannot be checked.
+Several hosts: every process calls `save` and `restore`; the workdir must be one
+shared file system seen by every host at the same path.
+Why and details: docs/implementation.md, "checkpointing.py".
 """
 
 import hashlib
@@ -170,12 +156,9 @@ class Checkpointer:
 def _host_local_to_numpy(tree):
   """With several processes, arrays that live on one process only become numpy.
 
-  Orbax refuses to save a host-local jax.Array in a multi-process job (it cannot
-  tell which process's copy is the value). Such arrays here (an initialisation
-  computed on one device, a step counter) hold the same value on every process,
-  and orbax writes a numpy array once, from the primary process. Global arrays
-  (spanning several processes' devices) are left to orbax, which writes each
-  process's shards.
+  Such arrays must hold the same value on every process; global arrays (spanning
+  several processes' devices) are left to orbax. Why: docs/implementation.md,
+  "checkpointing.py".
   """
   if jax.process_count() == 1:
     return tree

@@ -1,39 +1,18 @@
 """Devices and hosts: one 1-D mesh, NamedSharding of the model and task axes, padding.
 
-Every large array of the project has one leading "member" axis: the N zoo models
-(their parameters, optimizer states, task descriptions and PRNG keys while the
-zoo trains; the zoo itself and the model embeddings during fusion) or the M test
-tasks of the meta-test. That axis is what we split across devices, with
-`jax.sharding` under `jit` (no pmap, no shard_map): the arrays are placed with
-`NamedSharding(mesh, P(axis))`, shared data (images, the initialisation being
-meta-tested) with `P()` (replicated), and XLA's SPMD partitioner runs each
-device's rows on that device.
+Every large array has one leading "member" axis (the N zoo models, or the M test
+tasks of the meta-test), split across the devices of a 1-D mesh with
+`NamedSharding(mesh, P(axis))` under `jit`; shared data is replicated (`P()`).
+The axis is "models" (zoo training, fusion) or "tasks" (meta-test); both meshes
+hold the same devices (`config.mesh.num_devices`, 0 = all), axis `AxisType.Auto`.
 
-The mesh is 1-D. Its single axis is called "models" for zoo training and fusion
-and "tasks" for the meta-test; both meshes hold the same devices
-(`config.mesh.num_devices`, 0 = all). The axis is declared `AxisType.Auto`
-(`jax.make_mesh` would default to Explicit axes, which reject some vmapped
-convolutions).
+A sharded axis must be a multiple of the device count: `pad_rows` pads it with
+copies of real rows and `unpad_rows` cuts them off before anything else sees them.
 
-A sharded axis must be a multiple of the device count (JAX rejects uneven
-shardings). `pad_rows` pads it by repeating real rows (padding zoo members train
-on a copy of a real member's task, padding test tasks repeat a real task) and
-`unpad_rows` cuts the copies off before anything else sees them; losses and
-metrics are taken over the real rows only, and fusion never samples a padding
-row (see fusion.py), so nothing is dropped and nothing is counted twice.
-
-Several hosts (a TPU pod slice, several GPU machines): `initialize_distributed`
-calls `jax.distributed.initialize()` when `config.mesh.distributed` is set or the
-environment has DFL2L_DISTRIBUTED=1 (on one host without a coordinator it would
-fail, so it is off by default). `jax.devices()` then lists every host's devices
-and the mesh spans all of them. Each process builds only the shards its own
-devices hold (`put_sharded`, through `jax.make_array_from_callback`): for the
-benchmarks here every host can generate the (small) zoo task descriptions and
-test episodes from the seed, and "reading its share" means that a host copies
-only its rows of the zoo and of the tasks onto its devices. `to_host` gathers a
-global array back to numpy on every process; only process 0 writes logs,
-metrics and results (`is_main_process`), while orbax checkpoints are saved by
-all processes, as orbax requires.
+Several hosts: `initialize_distributed` (config.mesh.distributed, or
+DFL2L_DISTRIBUTED=1); `put_sharded` builds only the shards of the process's own
+devices; `to_host` gathers to numpy on every process; only process 0 writes logs,
+metrics and results (`is_main_process`). Why: docs/implementation.md, "sharding.py".
 """
 
 import os

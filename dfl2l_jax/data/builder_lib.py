@@ -1,10 +1,9 @@
 """What the image-benchmark tfds builders share: configs, features, image decoding.
 
 Each builder writes `array_record` files with `Tensor` features only, so that
-preparing and reading the data needs tensorflow-datasets but not TensorFlow
-(`tfds.features.Image` would encode PNGs through TensorFlow). Every example is
-`{"image": uint8 (H, W, 3), "label": int64 ()}`, where `label` is the index of
-the image's class among the classes of its split, sorted by name.
+preparing and reading the data needs tensorflow-datasets but not TensorFlow.
+Every example is `{"image": uint8 (H, W, 3), "label": int64 ()}`, where `label`
+is the index of the image's class among the classes of its split, sorted by name.
 
 Strictness is a builder config: `strict` (the default) also checks the standard
 class and image counts (and, for CIFAR-FS, the archive's md5), `lenient` only
@@ -17,10 +16,8 @@ The ordered class names of each split are stored in the dataset's
 `metadata.json` (`builder.info.metadata["class_names"][split]`), written when the
 dataset is prepared; read them with `class_names(builder, split)`.
 
-Limit without TensorFlow: tfds' writer keeps a split in memory while writing
-it and spills to temporary files through `tf.io.gfile` once the split passes
-1000 MiB serialized, so a split must stay below that (Mini-ImageNet's train
-split at 84x84 is about 815 MB with the raw-bytes image encoding used here).
+Limit without TensorFlow: a split must stay below 1000 MiB serialized. Why:
+docs/implementation.md, "data/builder_lib.py".
 """
 
 import concurrent.futures
@@ -110,8 +107,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def features(image_size):
   """The features of every example: a square RGB uint8 image and its label."""
   return tfds.features.FeaturesDict({
-      # Raw bytes: the default encoding stores uint8 as int64 varints (about
-      # 1.5x the size, and much slower to write and read).
+      # Raw bytes, not tfds' default encoding: docs/implementation.md, "data/builder_lib.py".
       "image": tfds.features.Tensor(
           shape=(image_size, image_size, 3), dtype=np.uint8,
           encoding=tfds.features.Encoding.BYTES),
