@@ -12,7 +12,9 @@ from dfl2l_jax.methods import simple
 from dfl2l_jax.methods import weight_matching
 from dfl2l_jax.methods import zoo_distill
 from dfl2l_jax.methods import zoo_features
-from dfl2l_jax.methods.base import Learner, Method, MethodContext  # noqa: F401
+from dfl2l_jax.methods.base import Learner, Method, MethodContext
+
+__all__ = ["METHODS", "TAGS", "Learner", "Method", "MethodContext", "base", "resolve"]
 
 METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE,
                                 dfl2l.DFL2L_NO_DRO, dfl2l.DFL2L_MLE,
