@@ -4,9 +4,11 @@
     theta_t = theta_{t-1} - alpha grad L(theta_{t-1}, D_tr)     (lines 6-8, S steps)
     evaluate H_{theta_S} on D_test                              (line 9)
 
-Every method is meta-tested by this same procedure. All M tasks run in one
-compiled call: the per-task function is vmapped over `batch_size` tasks at a
-time by `lax.map`, which bounds memory for large networks or many tasks.
+The reference form for one task is algorithms.meta_test_task; `meta_test` (step_bound
+0) equals it on every task (tests/test_algorithms.py). Every method is meta-tested by
+this same procedure. All M tasks run in one compiled call: the per-task function is
+vmapped over `batch_size` tasks at a time by `lax.map`, which bounds memory for large
+networks or many tasks.
 Each task starts from the same theta_init and sees only its own support set,
 so nothing (batch statistics included) passes between tasks.
 

@@ -5,7 +5,6 @@ import optax
 
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
-from dfl2l_jax import loops
 from tests import helpers
 
 D = 4
@@ -56,35 +55,6 @@ def test_online_step_t_uses_arrival_t_only():
   changed = np.any(np.asarray(new.emb_s) != np.asarray(state.emb_s), axis=1)
   np.testing.assert_array_equal(changed, [True] * 3 + [False] * (N_S - 3))
   assert int(new.step) == 3
-
-
-def test_scanned_chunk_equals_unrolled_steps():
-  state, zoo_s, zoo_q, opt = _setup()
-  key = jax.random.key(4)
-  chunk = fusion.make_offline_chunk(HP, opt, meta_batch_size=1)
-  scanned, _ = chunk(jax.tree.map(jnp.copy, state), zoo_s, zoo_q, key, length=3)
-  st = state
-  for t in range(3):
-    k_s, k_q = jax.random.split(jax.random.fold_in(key, t))
-    s = jax.random.randint(k_s, (1,), 0, N_S)
-    q = jax.random.randint(k_q, (1,), 0, N_Q)
-    st, _ = bilevel.bilevel_step(st, jax.tree.map(lambda x: x[s], zoo_s), s,
-                                 jax.tree.map(lambda x: x[q], zoo_q), q, HP, opt)
-  for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(st)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_result_does_not_depend_on_chunking():
-  state, zoo_s, zoo_q, opt = _setup()
-  chunk = fusion.make_offline_chunk(HP, opt, meta_batch_size=1)
-  key = jax.random.key(1)
-  run = lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length)
-  one = loops.run_chunked(name="t", state=jax.tree.map(jnp.copy, state), total_steps=12,
-                          chunk_steps=12, run_chunk=run)
-  many = loops.run_chunked(name="t", state=jax.tree.map(jnp.copy, state), total_steps=12,
-                           chunk_steps=5, run_chunk=run)
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_mle_fit_increases_the_likelihood_of_every_split():
