@@ -14,12 +14,15 @@ model each step sees:
 A chunk of steps is one `lax.scan` inside one jit; `loops.run_chunked` drives the
 chunks from Python (progress, metrics, checkpoints). The randomness of step t is
 `fold_in(key, t)`, so results do not depend on where chunks are cut or on a
-resume.
+resume. The reference forms, one step at a time on the whole tables, are
+algorithms.offline_dfl2l and algorithms.online_dfl2l; tests/test_algorithms.py
+checks that these chunks equal them.
 
 Working set: the models a chunk's steps will draw are known before the chunk
 runs (their indices depend only on the key and the step), so the chunk gathers
 their embedding rows once into a small working table, runs its steps on it and
-scatters the rows back once at the end. A step then never touches the N-row
+scatters the rows back once at the end (`_scan_on_working_set`, shared by the
+three chunk builders). A step then never touches the N-row
 embedding tables, whose copy XLA would otherwise make every step of the loop
 (results/performance.md, "Scaling"): the cost of a step does not grow with the
 zoo. The arithmetic is the same as updating the full tables in place.
@@ -33,6 +36,8 @@ the real models only, so padding rows never enter a likelihood, and the state
 returned holds exactly the real rows (its checkpoints do not depend on the
 device count).
 """
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,25 +54,6 @@ def _take(tree, idx):
 
 def num_models(tree):
   return jax.tree.leaves(tree)[0].shape[0]
-
-
-def _shard_state(state, mesh):
-  """emb_s and emb_q padded and split across the mesh; phi and the rest replicated."""
-  if mesh is None:
-    return state
-  return state._replace(emb_s=sharding_lib.shard_rows(state.emb_s, mesh),
-                        emb_q=sharding_lib.shard_rows(state.emb_q, mesh),
-                        phi=sharding_lib.constrain(state.phi, mesh, P()))
-
-
-def _unshard_state(state, n_s, n_q, mesh):
-  """Cuts the padding rows off the embeddings; the state leaves replicated.
-
-  A replicated output matches the replicated input `place_state` makes, so the
-  chunk compiles once, not again for its own output's layout.
-  """
-  state = state._replace(emb_s=state.emb_s[:n_s], emb_q=state.emb_q[:n_q])
-  return sharding_lib.constrain(state, mesh, P())
 
 
 def place_state(state, mesh):
@@ -100,6 +86,41 @@ def _scatter_rows(table, rows, values):
   return table.at[rows].set(values, mode="drop")
 
 
+def _scan_on_working_set(state, drawn, body, xs, mesh):
+  """A chunk's steps run by `lax.scan` on the rows of the state's tables they use.
+
+  Shards the state, gathers the drawn rows of each table into a working table,
+  scans `body` over the steps, scatters the rows back and unshards (see the
+  module docstring).
+
+  Args:
+    state: a NamedTuple with a field `phi` (replicated across the mesh) and the
+      tables named in `drawn` (one row per model, padded and split across the mesh).
+    drawn: {field: (steps, batch) int rows of that table each step uses}; the
+      rows are real ones (below the table's length).
+    body: `(state, (x, slots)) -> (state, metrics)`: one step on the working
+      tables; `slots` maps each field of `drawn` to the step's (batch,) rows of
+      its working table.
+    xs: the per-step inputs of `body`, leading axis = steps.
+    mesh: see make_offline_chunk.
+
+  Returns:
+    (state holding exactly the real rows, replicated; metrics stacked over the steps).
+  """
+  n = {f: getattr(state, f).shape[0] for f in drawn}
+  state = state._replace(phi=sharding_lib.constrain(state.phi, mesh, P()),
+                         **{f: sharding_lib.shard_rows(getattr(state, f), mesh) for f in drawn})
+  working = {f: _working_rows(idx, n[f]) for f, idx in drawn.items()}
+  work = state._replace(**{f: _gather_rows(getattr(state, f), rows)
+                           for f, (rows, _) in working.items()})
+  work, metrics = jax.lax.scan(body, work, (xs, {f: slots for f, (_, slots) in working.items()}))
+  state = work._replace(**{f: _scatter_rows(getattr(state, f), rows, getattr(work, f))[:n[f]]
+                           for f, (rows, _) in working.items()})
+  # Replicated, as `place_state` makes the input: the chunk compiles once, not again
+  # for its own output's layout.
+  return sharding_lib.constrain(state, mesh, P()), metrics
+
+
 def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
                        meta_batch_size: int, mesh=None):
   """Returns jitted `chunk(state, zoo_s, zoo_q, key, length) -> (state, metrics)`.
@@ -107,13 +128,13 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
   zoo_s / zoo_q are the S and Q parameter pytrees with a leading model axis;
   metrics are stacked over the chunk's steps. `mesh`: split the model axes
   across its devices (see the module docstring); None: no constraints.
+  The reference form: algorithms.offline_dfl2l.
   """
 
   def chunk(state, zoo_s, zoo_q, key, length):
     n_s, n_q = num_models(zoo_s), num_models(zoo_q)
     zoo_s = sharding_lib.shard_rows(zoo_s, mesh)
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
-    state = _shard_state(state, mesh)
 
     def draw(t):
       k_s, k_q = jax.random.split(jax.random.fold_in(key, t))
@@ -122,20 +143,14 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
               jax.random.randint(k_q, (meta_batch_size,), 0, n_q))
 
     s_all, q_all = jax.vmap(draw)(state.step + jnp.arange(length))
-    rows_s, slots_s = _working_rows(s_all, n_s)
-    rows_q, slots_q = _working_rows(q_all, n_q)
 
     def body(st, xs):
-      s_idx, q_idx, s_slot, q_slot = xs
-      return bilevel.bilevel_step(st, _take(zoo_s, s_idx), s_slot,
-                                  _take(zoo_q, q_idx), q_slot, hp, optimizer)
+      (s_idx, q_idx), slots = xs
+      return bilevel.bilevel_step(st, _take(zoo_s, s_idx), slots["emb_s"],
+                                  _take(zoo_q, q_idx), slots["emb_q"], hp, optimizer)
 
-    work = state._replace(emb_s=_gather_rows(state.emb_s, rows_s),
-                          emb_q=_gather_rows(state.emb_q, rows_q))
-    work, metrics = jax.lax.scan(body, work, (s_all, q_all, slots_s, slots_q))
-    state = work._replace(emb_s=_scatter_rows(state.emb_s, rows_s, work.emb_s),
-                          emb_q=_scatter_rows(state.emb_q, rows_q, work.emb_q))
-    return _unshard_state(state, n_s, n_q, mesh), metrics
+    return _scan_on_working_set(state, {"emb_s": s_all, "emb_q": q_all}, body,
+                                (s_all, q_all), mesh)
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
 
@@ -148,6 +163,7 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
   arrival order (leading axis = number of steps). Step t uses arrival t, whose
   embedding is row t of `state.emb_s`. `mesh`: split zoo_q and the embeddings
   across its devices (the arrivals are scanned over, one per step).
+  The reference form: algorithms.online_dfl2l.
   """
 
   def chunk(state, arriving, zoo_q, key):
@@ -157,29 +173,30 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
       raise ValueError(f"{length} models arrive in one chunk but the state has embeddings "
                        f"for only {n_s} meta-training models")
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
-    state = _shard_state(state, mesh)
 
     steps = state.step + jnp.arange(length)
     q_all = _draw_rows(key, steps, meta_batch_size, n_q)
-    rows_q, slots_q = _working_rows(q_all, n_q)
 
     def body(st, xs):
-      theta_t, q_idx, q_slot, s_slot = xs
+      (theta_t, q_idx), slots = xs
       theta_s = jax.tree.map(lambda x: x[None], theta_t)
-      return bilevel.bilevel_step(st, theta_s, s_slot[None], _take(zoo_q, q_idx),
-                                  q_slot, hp, optimizer)
+      return bilevel.bilevel_step(st, theta_s, slots["emb_s"], _take(zoo_q, q_idx),
+                                  slots["emb_q"], hp, optimizer)
 
-    # The arrivals of this chunk own the embedding rows [step, step + length).
-    rows_s = steps
-    work = state._replace(emb_s=_gather_rows(state.emb_s, rows_s),
-                          emb_q=_gather_rows(state.emb_q, rows_q))
-    work, metrics = jax.lax.scan(body, work, (arriving, q_all, slots_q, jnp.arange(length)))
-    state = work._replace(
-        emb_s=_scatter_rows(state.emb_s, rows_s, work.emb_s),
-        emb_q=_scatter_rows(state.emb_q, rows_q, work.emb_q))
-    return _unshard_state(state, n_s, n_q, mesh), metrics
+    # The arrivals of this chunk own the embedding rows [step, step + length), one each.
+    return _scan_on_working_set(state, {"emb_s": steps[:, None], "emb_q": q_all}, body,
+                                (arriving, q_all), mesh)
 
   return jax.jit(chunk, donate_argnums=0)
+
+
+class _JoinedState(NamedTuple):
+  """The MLE chunk's state: S and Q embeddings in one table (the leaves in the
+  order of FusionState's)."""
+  phi: Any
+  emb: jax.Array
+  opt_state: Any
+  step: jax.Array
 
 
 def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransformation,
@@ -197,31 +214,26 @@ def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransform
     zoo = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), zoo_s, zoo_q)
     n = num_models(zoo)
     zoo = sharding_lib.shard_rows(zoo, mesh)
-    emb = sharding_lib.shard_rows(jnp.concatenate([state.emb_s, state.emb_q]), mesh)
-    phi = sharding_lib.constrain(state.phi, mesh, P())
+    joined = _JoinedState(phi=state.phi, emb=jnp.concatenate([state.emb_s, state.emb_q]),
+                          opt_state=state.opt_state, step=state.step)
 
     # Real rows only: the padding of the sharded arrays is never drawn.
-    steps = state.step + jnp.arange(length)
-    idx_all = _draw_rows(key, steps, meta_batch_size, n)
-    rows, slots_all = _working_rows(idx_all, n)
+    idx_all = _draw_rows(key, state.step + jnp.arange(length), meta_batch_size, n)
 
-    def body(carry, xs):
-      phi, work, opt_state, step = carry
+    def body(st, xs):
       idx, slots = xs
+      slots = slots["emb"]
       ll, (g_phi, g_e) = jax.value_and_grad(bilevel.sum_log_likelihood, argnums=(0, 1))(
-          phi, work[slots], _take(zoo, idx), hp.sigma)
+          st.phi, st.emb[slots], _take(zoo, idx), hp.sigma)
       neg = jax.tree.map(lambda g: -g / meta_batch_size, g_phi)
-      updates, opt_state = optimizer.update(neg, opt_state, phi)
-      work = work.at[slots].add(hp.embed_lr * g_e)
-      return ((optax.apply_updates(phi, updates), work, opt_state, step + 1),
+      updates, opt_state = optimizer.update(neg, st.opt_state, st.phi)
+      emb = st.emb.at[slots].add(hp.embed_lr * g_e)
+      return (_JoinedState(optax.apply_updates(st.phi, updates), emb, opt_state, st.step + 1),
               {"train_loglik": ll / meta_batch_size})
 
-    (phi, work, opt_state, step), metrics = jax.lax.scan(
-        body, (phi, _gather_rows(emb, rows), state.opt_state, state.step),
-        (idx_all, slots_all))
-    emb = _scatter_rows(emb, rows, work)
-    new = bilevel.FusionState(phi=phi, emb_s=emb[:n_s], emb_q=emb[n_s:n],
-                              opt_state=opt_state, step=step)
+    joined, metrics = _scan_on_working_set(joined, {"emb": idx_all}, body, idx_all, mesh)
+    new = bilevel.FusionState(phi=joined.phi, emb_s=joined.emb[:n_s], emb_q=joined.emb[n_s:],
+                              opt_state=joined.opt_state, step=joined.step)
     return sharding_lib.constrain(new, mesh, P()), metrics
 
   return jax.jit(chunk, static_argnames="length", donate_argnums=0)
