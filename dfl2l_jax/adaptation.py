@@ -246,11 +246,3 @@ def _device_keys(episodes):
   return [k for k, v in episodes.items()
           if isinstance(v, np.ndarray) and v.dtype != object and len(v) == n
           and not k.startswith("_")]
-
-
-def mean_ci95(values):
-  """Mean and half-width of the normal-approximation 95% confidence interval."""
-  values = np.asarray(values, np.float64)
-  n = values.size
-  std = values.std(ddof=1) if n > 1 else 0.0
-  return float(values.mean()), float(1.96 * std / math.sqrt(max(n, 1)))

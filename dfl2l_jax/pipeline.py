@@ -136,7 +136,7 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes, mesh=None):
       r.update(mean=None, ci95=None, failed=f"non-finite on {bad} of {per_task.size} tasks",
                per_task=[v if np.isfinite(v) else None for v in r["per_task"]])
     else:
-      mean, ci = adaptation.mean_ci95(per_task)
+      mean, ci = results_lib.mean_ci95(per_task)
       log.info("%s %d-shot: %s %.4f +- %.4f", name, shots, benchmark.metric, mean, ci)
       r = results_lib.row(name, shots, mean, ci, per_task)
     r["metatest"] = results_lib.metatest_settings(config)

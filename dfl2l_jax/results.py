@@ -16,6 +16,7 @@ they were.
 
 import errno
 import json
+import math
 import os
 import platform
 import subprocess
@@ -82,17 +83,24 @@ def cpu_model():
   return platform.processor() or platform.machine()
 
 
-def t_interval95(values):
-  """Half-width of the 95% interval of the mean of `values` (Student t, n - 1 dof).
+def mean_ci95(values, student_t=False):
+  """(mean, half-width of the 95% interval of the mean) of `values`: the one interval
+  helper of the project.
 
-  For means over a few seeds, where the normal 1.96 would understate the
-  interval (n = 5: t = 2.78; n = 2: t = 12.7). NaN for fewer than 2 values.
+  student_t=False: the normal approximation, 1.96 s / sqrt(n) (0 for one value), for
+  means over many test tasks (each row of a run). student_t=True: Student t with n - 1
+  degrees of freedom, for means over a few seeds, where 1.96 would understate the
+  interval (n = 5: t = 2.78; n = 2: t = 12.7); NaN for fewer than 2 values.
   """
   v = np.asarray(values, np.float64)
-  if v.size < 2:
-    return float("nan")
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+  n = v.size
+  if student_t:
+    if n < 2:
+      return float(v.mean()) if n else float("nan"), float("nan")
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n))
+  std = v.std(ddof=1) if n > 1 else 0.0
+  return float(v.mean()), float(1.96 * std / math.sqrt(max(n, 1)))
 
 
 def metatest_settings(config):

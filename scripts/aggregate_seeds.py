@@ -193,7 +193,7 @@ def paired(runs, baseline, per_seed_table=False):
              "|---|---|---|---|---|---|---|"]
   for (method, shots), of_seed in sorted(by_seed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     per_seed = list(of_seed.values())
-    seed_ci = results_lib.t_interval95(per_seed)
+    seed_ci = results_lib.mean_ci95(per_seed, student_t=True)[1]
     seed_ci = "n/a (1 seed)" if len(per_seed) < 2 else f"{seed_ci:.3f}"
     if over_seeds_only:
       lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {seed_ci} | "
@@ -253,7 +253,7 @@ def table(runs):
       lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a |{'' if lost else ' n/a |'} 0 |")
       continue
     v = np.asarray(by_key[key])
-    ci = results_lib.t_interval95(v)
+    ci = results_lib.mean_ci95(v, student_t=True)[1]
     median = "" if lost else (f" n/a (seeds {no_tasks[key]}: means only) |" if no_tasks[key]
                               else f" {np.median(pooled[key]):.3f} |")
     lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} |{median} {len(v)} |")
@@ -323,7 +323,7 @@ def ratios(runs, baseline):
            f"| method | shots | mean ratio | 95% CI (seeds, t) | {baseline} / method | "
            "per seed |", "|---|---|---|---|---|---|"]
   for (method, shots), v in sorted(per.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    ci = results_lib.t_interval95(v)
+    ci = results_lib.mean_ci95(v, student_t=True)[1]
     lines.append(f"| {method} | {shots} | {np.mean(v):.4g} | "
                  f"{'n/a' if len(v) < 2 else f'{ci:.2g}'} | {1 / np.mean(v):.3g}x | "
                  f"{', '.join(f'{x:.3g}' for x in v)} |")

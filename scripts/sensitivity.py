@@ -133,7 +133,7 @@ def summarise(done, seeds, gammas, ks, dro_lr, shots, metric):
           lines.append(f"| {gamma:g} | {k} | {s} | diverged ({diverged} seeds) | | | | 0 |")
           continue
         m = np.asarray(means)
-        ci = results_lib.t_interval95(m)
+        ci = results_lib.mean_ci95(m, student_t=True)[1]
         d = np.asarray(diffs)
         dci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
         note = f" ({diverged} diverged)" if diverged else ""

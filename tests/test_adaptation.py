@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dfl2l_jax import adaptation
+from dfl2l_jax import results
 from dfl2l_jax import tasks
 from tests import helpers
 
@@ -52,13 +53,6 @@ def test_adaptation_fits_the_support_set():
   assert after < 0.5 * before
 
 
-def test_mean_ci95():
-  mean, ci = adaptation.mean_ci95([1.0, 2.0, 3.0, 4.0])
-  assert mean == pytest.approx(2.5)
-  assert ci == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
-  assert adaptation.mean_ci95([5.0]) == (5.0, 0.0)
-
-
 def test_episodes_are_reproducible_and_nested():
   bench = _bench()
   a, b = bench.make_episodes(5), bench.make_episodes(5)
@@ -105,7 +99,7 @@ def test_reported_means_are_stable_under_a_one_ulp_nudge_and_the_device_count():
   config, bench, theta, eps = _stability_setting()
   assert config.metatest.step_bound > 0  # the default protocol is the bounded one
   base = _per_task(config, bench, theta, eps)
-  mean, half_width = adaptation.mean_ci95(base)
+  mean, half_width = results.mean_ci95(base)
   moved = {"+1 ulp": _per_task(config, bench, _ulp(theta, np.inf), eps),
            "-1 ulp": _per_task(config, bench, _ulp(theta, -np.inf), eps),
            "4 devices": _per_task(config, bench, theta, eps, devices=4)}

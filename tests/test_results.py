@@ -15,15 +15,23 @@ from dfl2l_jax.errors import CheckpointError
 
 def test_t_interval_uses_student_t_with_n_minus_1_degrees_of_freedom():
   # mean 2, sample std 1, n = 3: t(0.975, 2) = 4.3027 -> 4.3027 / sqrt(3).
-  assert math.isclose(results.t_interval95([1.0, 2.0, 3.0]), 4.302653 / math.sqrt(3),
-                      rel_tol=1e-5)
+  assert math.isclose(results.mean_ci95([1.0, 2.0, 3.0], student_t=True)[1],
+                      4.302653 / math.sqrt(3), rel_tol=1e-5)
   # Wider than the normal approximation for few seeds, close to it for many.
   five = np.array([8.1, 9.4, 7.2, 10.3, 6.9])
-  assert results.t_interval95(five) > 1.4 * 1.96 * five.std(ddof=1) / math.sqrt(5)
+  assert (results.mean_ci95(five, student_t=True)[1]
+          > 1.4 * 1.96 * five.std(ddof=1) / math.sqrt(5))
   many = np.random.default_rng(0).normal(size=1000)
-  assert math.isclose(results.t_interval95(many), 1.96 * many.std(ddof=1) / math.sqrt(1000),
-                      rel_tol=0.01)
-  assert math.isnan(results.t_interval95([1.0]))
+  assert math.isclose(results.mean_ci95(many, student_t=True)[1],
+                      1.96 * many.std(ddof=1) / math.sqrt(1000), rel_tol=0.01)
+  assert math.isnan(results.mean_ci95([1.0], student_t=True)[1])
+
+
+def test_normal_interval_over_tasks():
+  mean, ci = results.mean_ci95([1.0, 2.0, 3.0, 4.0])
+  assert mean == pytest.approx(2.5)
+  assert ci == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+  assert results.mean_ci95([5.0]) == (5.0, 0.0)
 
 
 def test_source_commit_names_the_checkout_and_its_local_changes(tmp_path):
