@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from dfl2l_jax import adaptation
-from dfl2l_jax import maml as maml_lib
+from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import models
 from dfl2l_jax.errors import CheckpointError, ConfigError

@@ -23,7 +23,7 @@ import numpy as np
 
 from dfl2l_jax import checks
 from dfl2l_jax import inversion
-from dfl2l_jax import maml as maml_lib
+from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import inverted_images
 from dfl2l_jax.methods import maml as maml_methods

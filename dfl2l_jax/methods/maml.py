@@ -2,7 +2,7 @@
 
 Unlike DFL2L, these use the zoo tasks' own training data (`benchmark.batch_fn`
 on `benchmark.zoo_tasks`), never the zoo's parameters: the paper compares
-against them as methods that see data DFL2L does not. See `dfl2l_jax/maml.py`
+against them as methods that see data DFL2L does not. See `dfl2l_jax/metalearning.py`
 for the algorithms.
 
 - `maml`: MAML (Finn, Abbeel and Levine 2017), second-order meta-gradient.
@@ -40,8 +40,8 @@ import numpy as np
 import optax
 
 from dfl2l_jax import checks
-from dfl2l_jax import maml as maml_lib
 from dfl2l_jax import errors as base_errors
+from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
