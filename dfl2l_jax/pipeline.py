@@ -146,7 +146,7 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes, mesh=None):
 
 
 def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_idx, command,
-            previous, meshes, inits=None):
+            previous, meshes, commit, inits=None):
   """Saves the run's initialisations, merges its rows into the workdir's results and
   writes them; then fails if any row's meta-test was non-finite."""
   for name, theta_init in (inits or {}).items():
@@ -158,7 +158,7 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
     if method is not None and methods_lib.base.uses_task_data(method, config):
       r["uses_task_data"] = True
   record = results_lib.run_record(launcher, command, config, wall,
-                                  sorted({r["method"] for r in rows}))
+                                  sorted({r["method"] for r in rows}), git=commit)
   record["mesh"] = {axis: sharding.num_shards(mesh) for axis, mesh in meshes.items()}
   new = {"benchmark": benchmark.name, "metric": benchmark.metric, "seed": config.seed,
          "setting": launcher, "config": config.to_dict(), "rows": rows,
@@ -192,22 +192,25 @@ def run(config, workdir, setting="offline", hooks=None, command=None):
     The results dict also written to workdir/results.json (every run's rows).
   """
   t0 = time.perf_counter()
+  commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
   chosen = methods_lib.resolve(config.methods, setting)
   benchmark = prepare(config, workdir, chosen)  # starts jax.distributed, validates.
   with workdir_lock.hold(workdir):
-    return _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0)
+    return _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0,
+                       commit)
 
 
-def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0):
+def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0, commit):
   writer = metrics.workdir_writer(workdir)
   try:
     return _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0,
-                            writer)
+                            commit, writer)
   finally:
     writer.close()
 
 
-def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0, writer):
+def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0, commit,
+                     writer):
   previous = results_lib.load(workdir)
   meshes = make_meshes(config)
   zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks,
@@ -239,7 +242,7 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
     rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes,
                            meshes[sharding.TASKS])
   return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
-                 command, previous, meshes, inits)
+                 command, previous, meshes, commit, inits)
 
 
 def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
@@ -261,12 +264,13 @@ def evaluate(config, workdir, command=None):
   settings (shots, steps, lr, tasks) may differ from the original run.
   """
   t0 = time.perf_counter()
+  commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
   benchmark = prepare(config, workdir)
   with workdir_lock.hold(workdir):
-    return _evaluate_locked(config, workdir, command, benchmark, t0)
+    return _evaluate_locked(config, workdir, command, benchmark, t0, commit)
 
 
-def _evaluate_locked(config, workdir, command, benchmark, t0):
+def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   previous = results_lib.load(workdir)
   inits_dir = os.path.join(workdir, "inits")
   zoo_dir = os.path.join(workdir, "zoo")
@@ -321,7 +325,7 @@ def _evaluate_locked(config, workdir, command, benchmark, t0):
     rows += meta_test_rows(config, benchmark, name, theta_init, episodes,
                            meshes[sharding.TASKS])
   return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
-                 command, previous, meshes)
+                 command, previous, meshes, commit)
 
 
 def describe(config, workdir=None, setting="offline"):

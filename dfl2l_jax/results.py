@@ -34,7 +34,8 @@ from dfl2l_jax.errors import CheckpointError, Dfl2lError
 _NOT_IN_KEY = ("batch_size",)
 
 
-def versions():
+def versions(git=None):
+  """Library versions, the machine, and `git` (default: source_commit() now)."""
   import chex, flax, jaxlib, optax, orbax.checkpoint  # pylint: disable=g-import-not-at-top
   import dfl2l_jax
   return {"python": sys.version.split()[0], "jax": jax.__version__,
@@ -43,7 +44,8 @@ def versions():
           "orbax-checkpoint": orbax.checkpoint.__version__, "chex": chex.__version__,
           "dfl2l_jax": dfl2l_jax.__version__, "backend": jax.default_backend(),
           "device": str(jax.devices()[0].device_kind), "machine": platform.machine(),
-          "processor": cpu_model(), "cpu_count": os.cpu_count(), "git": source_commit(),
+          "processor": cpu_model(), "cpu_count": os.cpu_count(),
+          "git": git if git is not None else source_commit(),
           "device_count": jax.device_count(), "process_count": jax.process_count()}
 
 
@@ -182,10 +184,11 @@ def merge(old, new):
   return dict(new, rows=rows, runs=runs)
 
 
-def run_record(launcher, command, config, wall_seconds, methods):
+def run_record(launcher, command, config, wall_seconds, methods, git=None):
+  """What results.json keeps of one run; `git`: source_commit() taken when the run started."""
   return {"launcher": launcher, "command": command, "config": config.to_dict(),
           "methods": list(methods), "wall_seconds": float(wall_seconds),
-          "versions": versions(),
+          "versions": versions(git),
           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
 
 

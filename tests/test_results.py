@@ -53,6 +53,9 @@ def test_source_commit_names_the_checkout_and_its_local_changes(tmp_path):
   # A folder inside some other repository is not our checkout.
   assert results.source_commit(str(tmp_path / "dfl2l_jax")) is None
   assert results.versions()["git"] == results.source_commit()
+  # A run records the commit it started with (taken before training), not the tree's state
+  # when it ends.
+  assert results.versions(git="abc123+dirty")["git"] == "abc123+dirty"
 
 
 def _record(rows, seed=0):
