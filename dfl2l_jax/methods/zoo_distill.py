@@ -108,16 +108,24 @@ def image_distill_loss(features, body, heads, x, targets):
   return jnp.mean(jnp.square(centred(logits) - centred(targets)))
 
 
+@functools.lru_cache(maxsize=8)
+def _teacher_block(model):
+  """Compiled once per network: every zoo model's evaluation-mode logits on a block."""
+  @jax.jit
+  def one_block(zoo, bn_stats, x):
+    return jax.lax.map(lambda ps: model.apply({"params": ps[0], "batch_stats": ps[1]}, x,
+                                              train=False), (zoo, bn_stats))
+  return one_block
+
+
 def teacher_logits(model, zoo, bn_stats, pool, block=256):
   """(N, P, R): every zoo model's logits on every pool image, in evaluation mode (its
   BatchNorm population statistics). One model at a time per block of images, so the
-  memory is one network's activations on `block` images."""
-  @jax.jit
-  def one_block(x):
-    return jax.lax.map(lambda ps: model.apply({"params": ps[0], "batch_stats": ps[1]}, x,
-                                              train=False), (zoo, bn_stats))
-  return jnp.concatenate([one_block(pool[i:i + block]) for i in range(0, len(pool), block)],
-                         axis=1)
+  memory is one network's activations on `block` images. The zoo is an argument of the
+  compiled block, not a constant baked into it."""
+  one_block = _teacher_block(model)
+  return jnp.concatenate([one_block(zoo, bn_stats, pool[i:i + block])
+                          for i in range(0, len(pool), block)], axis=1)
 
 
 @functools.lru_cache(maxsize=8)
