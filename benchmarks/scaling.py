@@ -64,7 +64,7 @@ def _now():
 def write_store(kind, n, directory, conv_hw, chunk_models=500):
   """Writes a synthetic zoo of n models to a ZooStore in chunks (never all in memory)."""
   from benchmarks import fusion_throughput  # pylint: disable=g-import-not-at-top
-  from dfl2l_jax import zoo_store  # pylint: disable=g-import-not-at-top
+  from benchmarks import zoo_store  # pylint: disable=g-import-not-at-top
   tmpl = fusion_throughput.template(kind, conv_hw)
   store = zoo_store.ZooStore.create(directory, tmpl, n)
   for start in range(0, n, chunk_models):
@@ -78,7 +78,7 @@ def worker(args):
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import fusion_throughput  # pylint: disable=g-import-not-at-top
   from dfl2l_jax import results  # pylint: disable=g-import-not-at-top
-  from dfl2l_jax import zoo_store  # pylint: disable=g-import-not-at-top
+  from benchmarks import zoo_store  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.methods import base  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.methods import dfl2l  # pylint: disable=g-import-not-at-top
 

@@ -1,5 +1,6 @@
 """The model zoo: training it with the ensemble trainer, splitting and checking it."""
 
+import collections.abc
 import os
 
 import jax
@@ -103,6 +104,17 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
   if jax.process_count() > 1:
     params = sharding_lib.to_host(params)
   return params
+
+
+def take(zoo, idx):
+  """The models `idx` of `zoo`: a pytree with a leading model axis, or any object whose
+  `[idx]` returns those models' pytree (a zoo on disk, streamed by online fusion)."""
+  if isinstance(zoo, (collections.abc.Mapping, list, tuple)):
+    return jax.tree.map(lambda x: x[idx], zoo)
+  if hasattr(zoo, "__getitem__"):
+    return zoo[idx]
+  raise ZooError(f"a zoo is a parameter pytree or an object with slicing, got "
+                 f"{type(zoo).__name__}")
 
 
 def check_finite(zoo):

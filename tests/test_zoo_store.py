@@ -1,10 +1,11 @@
-"""The zoo on disk (zoo_store.py) and online fusion streaming from it."""
+"""A zoo on disk (benchmarks/zoo_store.py) and online fusion streaming from it."""
 
 import jax
 import numpy as np
 import pytest
 
-from dfl2l_jax import zoo_store
+from benchmarks import zoo_store
+from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.errors import ZooError
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import dfl2l
@@ -38,7 +39,7 @@ def test_slice_and_index_reads_match_numpy_indexing(tmp_path):
   for idx in (slice(2, 7), np.array([9, 1, 1, 4]), [11, 0], 5, slice(None, None, 3)):
     _assert_trees_equal(store[idx], jax.tree.map(lambda x, i=idx: x[np.asarray(i)]
                                                  if isinstance(i, list) else x[i], zoo))
-    _assert_trees_equal(zoo_store.take(store, idx), store[idx])
+    _assert_trees_equal(zoo_lib.take(store, idx), store[idx])
 
 
 def test_out_of_order_chunked_writes_fill_only_their_rows(tmp_path):

@@ -14,7 +14,7 @@ from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
-from dfl2l_jax import zoo_store
+from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.methods import base
 
 
@@ -75,22 +75,21 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
                   name: str = "dfl2l_online"):
   """Algorithm 2: one pass over S in arrival order (`ctx.s_idx`).
 
-  `ctx.zoo` is an in-memory pytree (leading model axis) or a
-  `zoo_store.ZooStore` on disk (any object whose `[idx]` returns those models'
-  pytree). Only Q and the models arriving during the current chunk are
+  `ctx.zoo` is an in-memory pytree (leading model axis) or a zoo on disk (any
+  object whose `[idx]` returns those models' pytree, e.g. benchmarks/zoo_store.py). Only Q and the models arriving during the current chunk are
   materialised, so a stored zoo is streamed: memory does not grow with |S|.
   """
   fc = fc or ctx.config.fusion
   optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
   mesh = ctx.models_mesh
   chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
-  zoo_q = sharding.put_replicated(zoo_store.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
+  zoo_q = sharding.put_replicated(zoo_lib.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
 
   def run_chunk(st, start, length):
     # Only the models arriving in [start, start + length) enter the compiled chunk.
-    arriving = zoo_store.take(ctx.zoo, arrivals[start:start + length])
+    arriving = zoo_lib.take(ctx.zoo, arrivals[start:start + length])
     return chunk(st, arriving, zoo_q, key)
 
   return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk, mesh)

@@ -1,4 +1,9 @@
-"""A model zoo on disk, read by slices: the online loop streams it.
+"""A model zoo on disk, read by slices: the scaling benchmark streams it.
+
+Not part of the library: the pipeline trains its zoo in memory. Online fusion
+(`dfl2l_jax.methods.dfl2l.online_fusion`) takes any zoo object whose `[idx]`
+returns those models' pytree (`dfl2l_jax.zoo.take`), so a zoo larger than memory
+can be streamed from a store like this one; benchmarks/scaling.py does so.
 
 Algorithm 2 (online DFL2L) sees the meta-training models one at a time, so it
 never needs the whole zoo in memory: only the validation models Q and the
@@ -15,12 +20,11 @@ call only and copy the rows out, so a read brings only the requested rows into
 the process (the pages of a mapping that stays open would count in its
 resident memory as the loop touches the whole zoo).
 
-`take(zoo, idx)` selects models from either an in-memory zoo (a pytree with
-the leading model axis) or any object with `__getitem__` returning that
-pytree, such as a `ZooStore`.
+`dfl2l_jax.zoo.take(zoo, idx)` selects models from either an in-memory zoo (a
+pytree with the leading model axis) or any object with `__getitem__` returning
+that pytree, such as a `ZooStore`.
 """
 
-import collections.abc
 import json
 import os
 
@@ -144,12 +148,3 @@ def num_models(zoo):
     return len(zoo)
   return jax.tree.leaves(zoo)[0].shape[0]
 
-
-def take(zoo, idx):
-  """The models `idx` of `zoo`: a pytree with a leading model axis, or a store."""
-  if isinstance(zoo, (collections.abc.Mapping, list, tuple)):
-    return jax.tree.map(lambda x: x[idx], zoo)
-  if hasattr(zoo, "__getitem__"):
-    return zoo[idx]
-  raise ZooError(f"a zoo is a parameter pytree or an object with slicing, got "
-                 f"{type(zoo).__name__}")
