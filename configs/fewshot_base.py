@@ -105,13 +105,7 @@ def make(protocol, ways, arg=None):
                        meta_steps=1000,                     # [Finn17] 60000
                        meta_batch_size=4,                   # [Finn17]
                        support_size=0, query_size=0)        # whole zoo batches
-  c.oml = common.oml()
-  c.merging = common.merging()
-  c.zoo_features = common.zoo_features()
-  c.zoo_maml = common.zoo_maml()
-  c.zoo_distill = common.zoo_distill()
-  c.inversion = common.inversion()
-  c.inversion_maml = common.inversion_maml()
+  common.method_sections(c)             # oml, the merging methods, zoo_*, inversion*
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

@@ -51,14 +51,8 @@ def get_config(arg=None):
                        meta_batch_size=25,                  # [Finn17]
                        support_size=10, query_size=10)      # [Finn17] K = 10
   c.maml.chunk_steps = 1000
-  c.oml = common.oml()
+  common.method_sections(c)             # oml, the merging methods, zoo_*, inversion*
   c.oml.steps_per_arrival = 100
-  c.merging = common.merging()
-  c.zoo_features = common.zoo_features()
-  c.zoo_maml = common.zoo_maml()
-  c.zoo_distill = common.zoo_distill()
-  c.inversion = common.inversion()
-  c.inversion_maml = common.inversion_maml()
   c.mesh = common.mesh()
 
   c.metatest = ml_collections.ConfigDict()

@@ -101,8 +101,3 @@ def check(config, table: Mapping[str, Rule], optional: bool = False):
     if not rule.ok(v):
       raise ConfigError(f"config.{path} must be {rule.expected}, got {v!r}")
 
-
-def require_section(config, section: str, maker: str):
-  """ConfigError when `config` has no `section` (made by configs/common.py's `maker`)."""
-  if section not in config:
-    raise ConfigError(f"config has no {section} section (configs/common.py: {maker})")

@@ -118,13 +118,46 @@ def dict_diff(found, wanted, prefix=""):
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0}
 
 
+# Fields that moved: the `merging` section of older runs became one section per method.
+_MOVED = {("merging", "ta_scales"): ("task_arithmetic", "scales"),
+          ("merging", "ties_scales"): ("ties", "scales"),
+          ("merging", "ties_density"): ("ties", "density"),
+          ("merging", "mfgp_descriptor_dim"): ("mfgp", "descriptor_dim"),
+          ("merging", "mfgp_fit_steps"): ("mfgp", "fit_steps"),
+          ("merging", "mfgp_fit_lr"): ("mfgp", "fit_lr"),
+          ("merging", "ot_reg"): ("ota", "reg"),
+          ("merging", "ot_iters"): ("ota", "iters"),
+          ("merging", "wm_iters"): ("weight_matching", "iters"),
+          ("merging", "wm_init"): ("weight_matching", "init")}
+_SHARED = {("merging", "scale_criterion"): ("task_arithmetic", "ties"),
+           ("merging", "align_reference"): ("ota", "weight_matching"),
+           ("merging", "align_rounds"): ("ota", "weight_matching")}
+
+
+def _moved(values):
+  """A recorded config with fields that moved put where they are now."""
+  out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+  old = out.pop("merging", None)
+  if not isinstance(old, dict):
+    return out
+  for field, value in old.items():
+    if ("merging", field) in _MOVED:
+      new_section, new_field = _MOVED[("merging", field)]
+      out.setdefault(new_section, {}).setdefault(new_field, value)
+    for new_section in _SHARED.get(("merging", field), ()):
+      out.setdefault(new_section, {}).setdefault(field, value)
+  return out
+
+
 def update_from_dict(config, values):
   """Sets the fields of `config` from a JSON dict, e.g. a run's recorded config.
 
   Lists become tuples where the config declares a tuple; keys the config does
-  not have (fields of an older version) are ignored; fields the recorded run did not
+  not have (fields of an older version) are ignored, fields that moved (`_MOVED`,
+  `_SHARED`) are set where they are now; fields the recorded run did not
   have yet take the value that reproduces it (`_BEFORE_FIELD_EXISTED`).
   """
+  values = _moved(values)
   _update(config, values)
   for (section, field), old in _BEFORE_FIELD_EXISTED.items():
     if (section in config and field in config[section] and section in values

@@ -33,7 +33,8 @@ import optax
 
 
 class InversionHParams(NamedTuple):
-  """Settings of one inversion (config.inversion; see configs/common.py)."""
+  """Settings of one inversion (config.inversion; defaults and comments in
+  methods/inverted_images.inversion_defaults)."""
   images_per_class: int
   lr: float
   bn_weight: float

@@ -348,7 +348,7 @@ def choose_reference(zoo, s_idx, how):
   if how == "first":
     return int(s_idx[0])
   if how != "closest_to_mean":
-    raise ConfigError(f"config.merging.align_reference must be one of {REFERENCES}, "
+    raise ConfigError(f"align_reference must be one of {REFERENCES}, "
                       f"got {how!r}")
   sq = [((x - x.mean(0)) ** 2).reshape(x.shape[0], -1).sum(1)
         for x in jax.tree.leaves(jax.device_get(zoo))]

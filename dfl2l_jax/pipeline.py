@@ -46,6 +46,10 @@ log = metrics.log
 def prepare(config, workdir=None, chosen=()):
   """Validates the config (and the sections of the `chosen` methods) and builds the benchmark."""
   sharding.initialize_distributed(config)  # before anything touches the devices.
+  added = methods_lib.add_default_sections(config)
+  if added:
+    metrics.log.info("config has no %s section%s: the defaults are used", ", ".join(added),
+                     "s" if len(added) > 1 else "")
   config_lib.validate(config)
   for method in chosen:
     if method.validate is not None:

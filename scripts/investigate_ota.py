@@ -64,7 +64,7 @@ def run_seed(workdir):
   models = jax.device_get(zoo)
   n = jax.tree.leaves(models)[0].shape[0]
   s_idx, _ = zoo_lib.split(config)
-  ref_idx = perm_lib.choose_reference(zoo, s_idx, config.merging.align_reference)
+  ref_idx = perm_lib.choose_reference(zoo, s_idx, config.ota.align_reference)
   reference = jax.tree.map(lambda x: x[ref_idx], models)
   aligned, maps = ot_fusion.ot_align(spec, reference, models, 0.0, 0)
   names = [p.name for p in spec.perms]

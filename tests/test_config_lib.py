@@ -68,3 +68,57 @@ def test_the_published_reduced_scales_are_config_variants_that_validate():
     cifarfs_5way.get_config("proxy,smoke,reduced")
   with pytest.raises(ValueError, match="data_free variant exists for configs/cifarfs_5way"):
     miniimagenet_5way.get_config("data_free")
+
+
+def test_a_recorded_merging_section_reaches_the_per_method_sections():
+  """Runs recorded before the merging methods had a section each put their values there."""
+  config = sinusoid_config.get_config()
+  recorded = config.to_dict()
+  for section in ("task_arithmetic", "ties", "mfgp", "ota", "weight_matching"):
+    recorded.pop(section)
+  recorded["merging"] = {"ta_scales": [1.0, 3.0], "ties_density": 0.5,
+                         "ties_scales": [0.5], "scale_criterion": "zoo_data",
+                         "mfgp_descriptor_dim": 2, "mfgp_fit_steps": 7, "mfgp_fit_lr": 0.5,
+                         "ot_reg": 0.1, "ot_iters": 9, "wm_iters": 3, "wm_init": "ota",
+                         "align_reference": "first", "align_rounds": 2}
+  with config.unlocked():
+    config_lib.update_from_dict(config, recorded)
+  assert "merging" not in config
+  assert config.task_arithmetic.to_dict() == {"scales": (1.0, 3.0),
+                                              "scale_criterion": "zoo_data"}
+  assert config.ties.to_dict() == {"density": 0.5, "scales": (0.5,),
+                                   "scale_criterion": "zoo_data"}
+  assert config.mfgp.to_dict() == {"descriptor_dim": 2, "fit_steps": 7, "fit_lr": 0.5}
+  assert config.ota.to_dict() == {"reg": 0.1, "iters": 9, "align_reference": "first",
+                                  "align_rounds": 2}
+  assert config.weight_matching.to_dict() == {"iters": 3, "init": "ota",
+                                              "align_reference": "first", "align_rounds": 2}
+
+
+def test_a_config_without_method_sections_runs_them_with_their_defaults():
+  """The sections of methods with benchmark-independent settings are optional: the
+  pipeline adds each one a config lacks, from its method module's defaults, and every
+  benchmark config holds exactly those defaults (so flags can override single fields)."""
+  from configs import cifarfs_5way  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax import methods  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax import pipeline  # pylint: disable=g-import-not-at-top
+  sections = methods.default_sections()
+  assert {"task_arithmetic", "ties", "mfgp", "ota", "weight_matching", "oml", "zoo_features",
+          "zoo_maml", "zoo_distill", "inversion", "inversion_maml"} == set(sections)
+  for m in methods.METHODS.values():  # each section belongs to a method that reads it
+    for section in m.sections:
+      assert sections[section] is m.sections[section]
+  image = cifarfs_5way.get_config()
+  for section, make in sections.items():
+    assert image[section].to_dict() == make().to_dict(), section
+  bare = sinusoid_config.get_config("smoke")
+  with bare.unlocked():
+    for section in sections:
+      del bare[section]
+  assert methods.add_default_sections(bare) == list(sections)
+  assert bare.ties.to_dict() == sections["ties"]().to_dict()
+  assert methods.add_default_sections(bare) == []  # nothing more to add
+  with bare.unlocked():
+    del bare["ota"]
+  pipeline.prepare(bare, None, [methods.METHODS["ota"]])  # validates with the defaults
+  assert bare.ota.to_dict() == sections["ota"]().to_dict()

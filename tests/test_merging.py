@@ -94,7 +94,7 @@ def _zoo_around(config, benchmark, n, spread=0.3, offset=1.0, key=0):
 
 def test_task_arithmetic_method_reproduces_the_shared_base(sinusoid):
   config, benchmark = sinusoid
-  config = helpers.override(config, merging__ta_scales=(1.0,))
+  config = helpers.override(config, task_arithmetic__scales=(1.0,))
   _, _, zoo = _zoo_around(config, benchmark, 12)
   ctx = _ctx(config, zoo, benchmark=benchmark)
   out = merging.task_arithmetic_init(ctx)
@@ -105,7 +105,7 @@ def test_task_arithmetic_method_reproduces_the_shared_base(sinusoid):
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
 def test_merging_beats_a_random_init_on_a_toy_zoo(sinusoid, method):
   config, benchmark = sinusoid
-  config = helpers.override(config, merging__ties_density=0.5)
+  config = helpers.override(config, ties__density=0.5)
   theta0, center, zoo = _zoo_around(config, benchmark, 20)
   writer = _Writer()
   ctx = _ctx(config, zoo, writer=writer, benchmark=benchmark)
@@ -119,13 +119,13 @@ def test_merging_beats_a_random_init_on_a_toy_zoo(sinusoid, method):
   # Every grid value was scored and logged, with the chosen lambda.
   (step, row), = writer.rows
   assert step == 0 and f"{method}/lambda" in row
-  scales = config.merging.ta_scales if method == "task_arithmetic" else config.merging.ties_scales
+  scales = config[method].scales
   assert {f"{method}/score_scale_{s:g}" for s in scales} <= set(row)
 
 
 def test_lambda_selection_picks_the_known_minimiser(sinusoid):
   config, benchmark = sinusoid
-  config = helpers.override(config, merging__ta_scales=(0.5, 1.0, 2.0, 3.0, 4.0))
+  config = helpers.override(config, task_arithmetic__scales=(0.5, 1.0, 2.0, 3.0, 4.0))
   theta0 = {"w": jnp.zeros((6,), jnp.float32)}
   d = jnp.asarray([1.0, 2.0, 0.0, 0.0, 0.0, 0.0])
   # Q = 2 d +- e with e orthogonal to d: ||theta_0 + lam d - q||^2 is minimal at lam = 2.
@@ -134,7 +134,7 @@ def test_lambda_selection_picks_the_known_minimiser(sinusoid):
   ctx = _ctx(config, zoo_q, n_q=4, writer=_Writer())
   ctx.s_idx = np.arange(4)
   scales = [0.5, 1.0, 2.0, 3.0, 4.0]
-  lam, best, scores = merging.choose_scale(ctx, "t", theta0, {"w": d}, scales, scales)
+  lam, best, scores = merging.choose_scale(ctx, "task_arithmetic", theta0, {"w": d}, scales, scales)
   assert lam == 2.0 and best == 2
   # The score is Eq. (2)'s mean log-likelihood: -mean ||.||^2 / sigma^2.
   sigma = config.fusion.sigma
@@ -158,9 +158,9 @@ def test_zoo_data_criterion_equals_a_loop_over_q(sinusoid):
     losses = [benchmark.loss_fn(cand, benchmark.batch_fn(
         jax.tree.map(lambda x: x[i], tasks_q), keys[i], None)) for i in range(3)]
     np.testing.assert_allclose(g, -np.mean(losses), rtol=1e-5)
-  cfg = helpers.override(config, merging__scale_criterion="zoo_data")
+  cfg = helpers.override(config, ties__scale_criterion="zoo_data")
   ctx = _ctx(cfg, zoo, n_q=3, benchmark=benchmark)
-  lam, best, scores = merging.choose_scale(ctx, "t", theta0, direction, [0.0, 1.0], [0.0, 1.0])
+  lam, best, scores = merging.choose_scale(ctx, "ties", theta0, direction, [0.0, 1.0], [0.0, 1.0])
   assert np.all(np.isfinite(scores)) and lam == [0.0, 1.0][int(np.argmax(scores))]
 
 
@@ -186,19 +186,24 @@ def test_pipeline_writes_na_rows_without_a_shared_init(tmp_path):
   assert all("na" not in r and np.isfinite(r["mean"]) for r in va)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("ta_scales", ()), ("ta_scales", (1.0, -1.0)), ("ta_scales", (0.0,)),
-    ("ta_scales", (float("nan"),)), ("ties_scales", ()), ("ties_density", 0.0),
-    ("ties_density", 1.5), ("ties_density", -0.2), ("scale_criterion", "test_loss")])
-def test_validate_names_the_bad_field(field, value):
-  config = helpers.smoke_config(**{f"merging__{field}": value})
-  with pytest.raises(ConfigError, match=field):
-    merging.validate_task_arithmetic(config)
-    merging.validate_ties(config)
+@pytest.mark.parametrize("section,field,value", [
+    ("task_arithmetic", "scales", ()), ("task_arithmetic", "scales", (1.0, -1.0)),
+    ("task_arithmetic", "scales", (0.0,)), ("task_arithmetic", "scales", (float("nan"),)),
+    ("task_arithmetic", "scale_criterion", "test_loss"), ("ties", "scales", ()),
+    ("ties", "density", 0.0), ("ties", "density", 1.5), ("ties", "density", -0.2),
+    ("ties", "scale_criterion", "test_loss")])
+def test_validate_names_the_bad_field(section, field, value):
+  config = helpers.smoke_config(**{f"{section}__{field}": value})
+  validate = {"task_arithmetic": merging.validate_task_arithmetic,
+              "ties": merging.validate_ties}
+  with pytest.raises(ConfigError, match=f"config.{section}.{field} must be"):
+    validate[section](config)
+  other = "ties" if section == "task_arithmetic" else "task_arithmetic"
+  validate[other](config)  # each method validates only its own section
 
 
 def test_validate_accepts_the_defaults():
   config = helpers.smoke_config()
   merging.validate_task_arithmetic(config)
   merging.validate_ties(config)
-  merging.validate_ties(helpers.smoke_config(merging__ties_density=1.0))
+  merging.validate_ties(helpers.smoke_config(ties__density=1.0))

@@ -86,7 +86,7 @@ def test_hyperparameter_fit_increases_the_marginal_likelihood():
 
 
 def test_mfgp_beats_a_random_init_on_a_toy_zoo():
-  config = helpers.smoke_config(merging__mfgp_descriptor_dim=2)
+  config = helpers.smoke_config(mfgp__descriptor_dim=2)
   zoo = helpers.toy_zoo(24, key=4, spread=0.5, rank=2)
   center = helpers.tiny_template()  # the toy zoo's task factors are N(0, 1) around it
   writer_rows = []
@@ -112,14 +112,14 @@ def test_mfgp_beats_a_random_init_on_a_toy_zoo():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("mfgp_descriptor_dim", 0), ("mfgp_descriptor_dim", 10), ("mfgp_fit_steps", -1),
-    ("mfgp_fit_lr", 0.0), ("mfgp_fit_lr", float("inf"))])
+    ("descriptor_dim", 0), ("descriptor_dim", 10), ("fit_steps", -1),
+    ("fit_lr", 0.0), ("fit_lr", float("inf"))])
 def test_validate_names_the_bad_field(field, value):
-  config = helpers.smoke_config(**{f"merging__{field}": value})  # 10 models
+  config = helpers.smoke_config(**{f"mfgp__{field}": value})  # 10 models
   with pytest.raises(ConfigError, match=field):
     mfgp.validate(config)
 
 
 def test_validate_accepts_the_defaults():
   mfgp.validate(helpers.smoke_config())
-  mfgp.validate(helpers.smoke_config(merging__mfgp_descriptor_dim=9, merging__mfgp_fit_steps=0))
+  mfgp.validate(helpers.smoke_config(mfgp__descriptor_dim=9, mfgp__fit_steps=0))

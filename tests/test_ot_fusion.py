@@ -105,7 +105,7 @@ def test_unconverged_sinkhorn_raises_a_clear_error():
   spec, zoo, _, _ = toy_problem()
   ref = jax.tree.map(lambda z: z[0], zoo)
   with pytest.raises(ot_fusion.SinkhornNotConverged,
-                     match=r"Dense_0.*merging\.ot_iters = 20.*tolerance 0\.001.*merging\.ot_reg"):
+                     match=r"Dense_0.*ota\.iters = 20.*tolerance 0\.001.*ota\.reg"):
     ot_fusion.ot_align(spec, ref, zoo, 1e-3, 20)
   with pytest.raises(ConfigError, match="did not converge"):   # a user-fixable config error
     ot_fusion.ot_fuse(spec, zoo, 0, 0.01, 200)
@@ -117,13 +117,13 @@ def test_unconverged_sinkhorn_raises_a_clear_error():
 
 def test_make_init_with_sinkhorn_records_convergence_or_raises():
   _, zoo, _, _ = toy_problem()
-  ctx = _ctx(zoo, merging__ot_reg=0.05, merging__ot_iters=5000)
+  ctx = _ctx(zoo, ota__reg=0.05, ota__iters=5000)
   ot_fusion.OTA.make_init(ctx)
   (_, row), = ctx.writer.rows
   assert 1 <= row["ota/sinkhorn_iters"] < 5000
   assert row["ota/sinkhorn_err"] <= ot_fusion.SINKHORN_TOL
-  ctx = _ctx(zoo, merging__ot_reg=1e-3, merging__ot_iters=20)
-  with pytest.raises(ot_fusion.SinkhornNotConverged, match="raise merging.ot_iters"):
+  ctx = _ctx(zoo, ota__reg=1e-3, ota__iters=20)
+  with pytest.raises(ot_fusion.SinkhornNotConverged, match="raise ota.iters"):
     ot_fusion.OTA.make_init(ctx)
 
 
@@ -178,7 +178,7 @@ def _ctx(zoo, **overrides):
 def test_make_init_fuses_the_zoo_and_logs():
   net, params, x = mlp_case()
   spec, zoo = permuted_copies(params, 5, 4)
-  ctx = _ctx(zoo, merging__align_reference="first")
+  ctx = _ctx(zoo, ota__align_reference="first")
   theta = ot_fusion.OTA.make_init(ctx)
   assert max_diff(theta, jax.tree.map(lambda z: z[1], zoo)) < 1e-5   # S[0] = model 1
   f = forward(net, x)
@@ -195,9 +195,9 @@ def test_make_init_is_not_applicable_to_unknown_networks():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("ot_reg", -0.1), ("ot_reg", float("nan")), ("ot_reg", float("inf")),
-    ("ot_iters", 0), ("ot_iters", -3), ("align_reference", "median"), ("align_rounds", 0)])
+    ("reg", -0.1), ("reg", float("nan")), ("reg", float("inf")),
+    ("iters", 0), ("iters", -3), ("align_reference", "median"), ("align_rounds", 0)])
 def test_validate_rejects_bad_values(field, value):
   ot_fusion.OTA.validate(helpers.smoke_config())           # the defaults are valid
-  with pytest.raises(ConfigError, match=f"merging.{field}"):
-    ot_fusion.OTA.validate(helpers.smoke_config(**{f"merging__{field}": value}))
+  with pytest.raises(ConfigError, match=f"ota.{field}"):
+    ot_fusion.OTA.validate(helpers.smoke_config(**{f"ota__{field}": value}))

@@ -394,5 +394,5 @@ def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tm
   guarded = methods.base.DataFreeBenchmark(benchmark, "maml")
   with pytest.raises(methods.base.DataFreeViolation, match="maml is declared data-free"):
     methods.METHODS["maml"].make_init(dataclasses.replace(ctx, benchmark=guarded))
-  ties_data = helpers.smoke_config(merging__scale_criterion="zoo_data")
+  ties_data = helpers.smoke_config(ties__scale_criterion="zoo_data")
   assert methods.base.uses_task_data(methods.METHODS["ties"], ties_data)

@@ -74,7 +74,7 @@ def warnings_logged(caplog):
 
 def cap_warnings(caplog):
   return [r.getMessage() for r in caplog.records
-          if r.levelno == logging.WARNING and "wm_iters" in r.getMessage()]
+          if r.levelno == logging.WARNING and "weight_matching.iters" in r.getMessage()]
 
 
 def test_stopping_at_the_sweep_cap_warns_and_is_reported(caplog):
@@ -89,8 +89,8 @@ def test_stopping_at_the_sweep_cap_warns_and_is_reported(caplog):
     _, sweeps, converged = wm.match_weights(spec, ref, zoo, 1, jax.random.key(1))
   assert sweeps == 1 and not converged
   msg, = set(cap_warnings(caplog))
-  assert msg.startswith("weight_matching:") and "cap of 1 sweeps (merging.wm_iters)" in msg
-  assert "raise merging.wm_iters" in msg
+  assert msg.startswith("weight_matching:") and "cap of 1 sweeps (weight_matching.iters)" in msg
+  assert "raise weight_matching.iters" in msg
   caplog.clear()
   with warnings_logged(caplog):
     _, info = wm.wm_fuse(spec, zoo, 0, 1, jax.random.key(1))
@@ -138,7 +138,7 @@ def test_realigning_to_the_average_keeps_the_answer():
 def test_make_init_fuses_the_zoo_and_logs():
   net, params, x = conv_case()
   spec, zoo = permuted_copies(params, 5, 4)
-  ctx = _ctx(zoo, merging__align_reference="first")
+  ctx = _ctx(zoo, weight_matching__align_reference="first")
   theta = wm.WEIGHT_MATCHING.make_init(ctx)
   assert max_diff(theta, jax.tree.map(lambda z: z[1], zoo)) < 1e-5   # S[0] = model 1
   (_, row), = ctx.writer.rows
@@ -150,9 +150,9 @@ def test_make_init_fuses_the_zoo_and_logs():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("wm_iters", 0), ("wm_iters", -1), ("wm_init", "random"), ("align_reference", ""),
+    ("iters", 0), ("iters", -1), ("init", "random"), ("align_reference", ""),
     ("align_rounds", -2)])
 def test_validate_rejects_bad_values(field, value):
   wm.WEIGHT_MATCHING.validate(helpers.smoke_config())     # the defaults are valid
-  with pytest.raises(ConfigError, match=f"merging.{field}"):
-    wm.WEIGHT_MATCHING.validate(helpers.smoke_config(**{f"merging__{field}": value}))
+  with pytest.raises(ConfigError, match=f"weight_matching.{field}"):
+    wm.WEIGHT_MATCHING.validate(helpers.smoke_config(**{f"weight_matching__{field}": value}))

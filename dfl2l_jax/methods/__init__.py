@@ -14,7 +14,8 @@ from dfl2l_jax.methods import zoo_distill
 from dfl2l_jax.methods import zoo_features
 from dfl2l_jax.methods.base import Learner, Method, MethodContext
 
-__all__ = ["METHODS", "TAGS", "Learner", "Method", "MethodContext", "base", "resolve"]
+__all__ = ["METHODS", "TAGS", "Learner", "Method", "MethodContext", "add_default_sections",
+           "base", "default_sections", "resolve"]
 
 METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simple.FINETUNE,
                                 dfl2l.DFL2L_NO_DRO, dfl2l.DFL2L_MLE,
@@ -27,6 +28,34 @@ METHODS = {m.name: m for m in (dfl2l.DFL2L, dfl2l.DFL2L_ONLINE, simple.VA, simpl
 
 TAGS = tuple(sorted({t for m in METHODS.values() for t in m.tags}))
 assert not set(TAGS) & set(METHODS), "a tag must not be a method's name"
+
+
+def default_sections():
+  """{section: maker} of every config section a registered method reads with defaults.
+
+  A section shared by several methods (`inversion`) has one maker.
+  """
+  out = {}
+  for m in METHODS.values():
+    for section, make in m.sections.items():
+      if out.setdefault(section, make) is not make:
+        raise AssertionError(f"config section {section!r} has two default makers")
+  return out
+
+
+def add_default_sections(config):
+  """Adds to `config`, in place, each method section it lacks, with its defaults.
+
+  A config written for one benchmark need not spell out the sections of methods it
+  does not tune. Returns the names of the sections added.
+  """
+  added = []
+  with config.unlocked():
+    for section, make in default_sections().items():
+      if section not in config:
+        config[section] = make()
+        added.append(section)
+  return added
 
 
 def resolve(names: str, setting: str):

@@ -17,7 +17,7 @@ reason.
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
@@ -191,6 +191,12 @@ class Method:
       launch.evaluate, not saved under inits/).
     needs_bn_stats: True when the method reads `ctx.zoo_bn_stats` (model
       inversion); the pipeline then computes them once with the zoo.
+    sections: the config sections the method reads, each with a function making
+      its defaults (`{"ties": ties_defaults}`); a config without such a section
+      gets the defaults (`methods.add_default_sections`), and the benchmark configs
+      include them all so that flags can override single fields. Sections whose
+      values depend on the benchmark (`fusion`, `maml`) are made by the configs and
+      are not listed here.
   """
   name: str
   tags: Tuple[str, ...]
@@ -200,3 +206,5 @@ class Method:
   uses_task_data: Any = False
   learner: bool = False
   needs_bn_stats: bool = False
+  sections: Mapping[str, Callable] = dataclasses.field(default_factory=dict, compare=False,
+                                                       hash=False)

@@ -19,6 +19,7 @@ Data-free meta-learning for image zoos in two phases, neither reading the zoo ta
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 
 from dfl2l_jax import checks
@@ -68,6 +69,15 @@ def inversion_maml(ctx: base.MethodContext, name="inversion_maml"):
                                  lambda start_, length: tasks, start=start, data=images).params
 
 
+def defaults():
+  """config.inversion_maml (steps, batches and rates are config.maml's)."""
+  z = ml_collections.ConfigDict()
+  z.start = "va"                        # va: from the zoo's average | random
+  z.first_order = False
+  z.label_perms = 8                     # label permutations per zoo model
+  return z
+
+
 FIELDS = {"inversion_maml.start": checks.one_of(("va", "random")),
           "inversion_maml.first_order": checks.BOOL,
           "inversion_maml.label_perms": checks.POSITIVE_INT}
@@ -76,11 +86,11 @@ FIELDS = {"inversion_maml.start": checks.one_of(("va", "random")),
 def validate(config):
   maml_methods.validate_maml(config)
   inverted_images.validate_inversion(config)
-  checks.require_section(config, "inversion_maml", "inversion_maml()")
   checks.check(config, FIELDS)
 
 
 INVERSION_MAML = base.Method(
     "inversion_maml", ("function_space",), inversion_maml,
     "MAML on pseudo episodes of images inverted from the zoo (DeepInversion; data-free; "
-    "images)", validate, needs_bn_stats=True)
+    "images)", validate, needs_bn_stats=True,
+    sections={"inversion_maml": defaults, "inversion": inverted_images.inversion_defaults})

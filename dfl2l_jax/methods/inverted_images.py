@@ -12,6 +12,7 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dfl2l_jax import checkpointing
@@ -105,6 +106,26 @@ def _write_outputs(workdir, images, acc, ways, per_class):
                "0, 1, ..., R-1, 0, ... (each image min-max scaled)"})
 
 
+def inversion_defaults():
+  """config.inversion: DeepInversion of the zoo (dfl2l_jax/inversion.py).
+
+  After Yin et al. 2020's CIFAR settings where they carry over (Adam on the images,
+  jitter and flips, TV and L2 priors, a BatchNorm term); steps and images are cut for
+  the CPU. Chosen a priori, never on test tasks.
+  """
+  i = ml_collections.ConfigDict()
+  i.images_per_class = 10               # synthetic images per class of each zoo model
+  i.steps = 300                         # Adam steps on the images
+  i.lr = 0.1
+  i.bn_weight = 0.05                    # BatchNorm-statistics matching
+  i.tv_weight = 1e-3                    # total variation (smoothness)
+  i.l2_weight = 1e-4
+  i.jitter = 2                          # random circular shift, pixels each way
+  i.flip = True                         # random horizontal flip
+  i.chunk_steps = 50                    # steps per compiled chunk (and checkpoint)
+  return i
+
+
 INVERSION_FIELDS = {
     "inversion.steps": checks.POSITIVE_INT, "inversion.chunk_steps": checks.POSITIVE_INT,
     "inversion.images_per_class": checks.POSITIVE_INT, "inversion.lr": checks.POSITIVE_REAL,
@@ -116,5 +137,4 @@ INVERSION_FIELDS = {
 
 
 def validate_inversion(config):
-  checks.require_section(config, "inversion", "inversion()")
   checks.check(config, INVERSION_FIELDS)

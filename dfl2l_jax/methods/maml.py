@@ -36,6 +36,7 @@ Config: `config.maml` (all three) and `config.oml` (oml only):
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
@@ -44,6 +45,22 @@ from dfl2l_jax import errors as base_errors
 from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
+
+
+def oml_defaults():
+  """config.oml (the inner loop, meta-batch and Adam settings are config.maml's)."""
+  o = ml_collections.ConfigDict()
+  o.steps_per_arrival = 10              # meta-steps on the buffer after each arrival
+  o.first_order = False                 # FTML's objective is MAML's; second order is cheap here
+  return o
+
+
+def zoo_maml_defaults():
+  """config.zoo_maml (steps, batches and rates are config.maml's)."""
+  z = ml_collections.ConfigDict()
+  z.start = "va"                        # va: from the zoo's average | random
+  z.first_order = False                 # second-order meta-gradient by default
+  return z
 
 
 MAML_FIELDS = {
@@ -209,7 +226,6 @@ def zoo_maml(ctx: base.MethodContext, name="zoo_maml"):
 
 def validate_zoo_maml(config):
   validate_maml(config)
-  checks.require_section(config, "zoo_maml", "zoo_maml()")
   checks.check(config, ZOO_MAML_FIELDS)
 
 
@@ -224,8 +240,8 @@ FOMAML = base.Method(
 OML = base.Method(
     "oml", ("baseline",), lambda ctx: online_maml(ctx).params,
     "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
-    "arrive", validate_oml, uses_task_data=True)
+    "arrive", validate_oml, uses_task_data=True, sections={"oml": oml_defaults})
 ZOO_MAML = base.Method(
     "zoo_maml", ("function_space",), zoo_maml,
     "MAML on pseudo tasks: zoo models label inputs drawn from the input domain (data-free; "
-    "regression)", validate_zoo_maml)
+    "regression)", validate_zoo_maml, sections={"zoo_maml": zoo_maml_defaults})

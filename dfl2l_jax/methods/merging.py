@@ -11,7 +11,8 @@ tau_i = theta_i - theta_0 of the meta-training models S:
   it (disjoint mean), theta = theta_0 + lambda * merged.
 
 lambda is chosen on the meta-validation models Q, never on meta-test tasks.
-The default criterion (`merging.scale_criterion = "likelihood"`) is data-free:
+The default criterion (`scale_criterion = "likelihood"` in `config.task_arithmetic`
+and `config.ties`) is data-free:
 the mean Gaussian log-likelihood of the Q models' parameters under
 N(theta_lambda, sigma^2 I), the quantity DFL2L's outer objective scores Q
 with (Eq. 2, `likelihood.gaussian_log_likelihood`, sigma = `fusion.sigma`),
@@ -34,6 +35,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dfl2l_jax import checks
@@ -195,7 +197,7 @@ def choose_scale(ctx, name, theta0, direction, lams, scales):
   Returns:
     (lambda, index into lams, scores as a numpy array).
   """
-  mc = ctx.config.merging
+  mc = ctx.config[name]
   lams_arr = jnp.asarray(lams, jnp.float32)
   if mc.scale_criterion == "likelihood":
     scores = q_log_likelihood(theta0, direction, lams_arr, ctx.zoo_q,
@@ -218,9 +220,8 @@ def choose_scale(ctx, name, theta0, direction, lams, scales):
                    ", ".join(f"{s:g}: {v:.5g}" for s, v in zip(scales, scores)))
   if len(lams) > 1 and lams[best] in (min(lams), max(lams)):
     metrics.log.warning("%s: the chosen lambda %.4g is at the edge of the grid; the best "
-                        "value may lie outside it (widen config.merging.%s)", name,
-                        lams[best], "ta_scales" if name == "task_arithmetic" else
-                        "ties_scales")
+                        "value may lie outside it (widen config.%s.scales)", name,
+                        lams[best], name)
   return lams[best], best, scores
 
 
@@ -228,7 +229,7 @@ def task_arithmetic_init(ctx: base.MethodContext):
   """theta_0 + lambda * sum_{i in S} tau_i, lambda = scale / |S| chosen on Q."""
   theta0 = shared_base(ctx)
   total = jax.tree.map(lambda t: t.sum(0), task_vectors(ctx.zoo_s, theta0))
-  scales = [float(s) for s in ctx.config.merging.ta_scales]
+  scales = [float(s) for s in ctx.config.task_arithmetic.scales]
   lams = [s / len(ctx.s_idx) for s in scales]
   lam, _, _ = choose_scale(ctx, "task_arithmetic", theta0, total, lams, scales)
   return scaled(theta0, total, lam)
@@ -237,8 +238,8 @@ def task_arithmetic_init(ctx: base.MethodContext):
 def ties_init(ctx: base.MethodContext):
   """theta_0 + lambda * TIES-merged task vector of S; lambda = scale, chosen on Q."""
   theta0 = shared_base(ctx)
-  merged = ties_merge(task_vectors(ctx.zoo_s, theta0), float(ctx.config.merging.ties_density))
-  scales = [float(s) for s in ctx.config.merging.ties_scales]
+  merged = ties_merge(task_vectors(ctx.zoo_s, theta0), float(ctx.config.ties.density))
+  scales = [float(s) for s in ctx.config.ties.scales]
   lam, _, _ = choose_scale(ctx, "ties", theta0, merged, scales, scales)
   return scaled(theta0, merged, lam)
 
@@ -246,11 +247,30 @@ def ties_init(ctx: base.MethodContext):
 # ----------------------------------------------------------------- validation
 
 
-TA_FIELDS = {"merging.ta_scales": checks.POSITIVE_REALS,
-             "merging.scale_criterion": checks.one_of(CRITERIA)}
-TIES_FIELDS = {"merging.ties_scales": checks.POSITIVE_REALS,
-               "merging.scale_criterion": checks.one_of(CRITERIA),
-               "merging.ties_density": checks.real_in(0, 1, high_closed=True)}
+def task_arithmetic_defaults():
+  """config.task_arithmetic."""
+  c = ml_collections.ConfigDict()
+  c.scales = (0.25, 0.5, 1.0, 2.0, 4.0)  # lambda = scale / |S|; chosen on Q
+  # How lambda is chosen on Q: "likelihood" (data-free, Eq. 2) or "zoo_data" (the loss on
+  # the Q models' own training data; not data-free).
+  c.scale_criterion = "likelihood"
+  return c
+
+
+def ties_defaults():
+  """config.ties."""
+  c = ml_collections.ConfigDict()
+  c.density = 0.2                       # fraction of each task vector's entries kept (top-k)
+  c.scales = (0.0625, 0.125, 0.25, 0.5, 1.0)  # lambda = scale (TIES' multiplier); chosen on Q
+  c.scale_criterion = "likelihood"      # as in task_arithmetic
+  return c
+
+
+TA_FIELDS = {"task_arithmetic.scales": checks.POSITIVE_REALS,
+             "task_arithmetic.scale_criterion": checks.one_of(CRITERIA)}
+TIES_FIELDS = {"ties.scales": checks.POSITIVE_REALS,
+               "ties.scale_criterion": checks.one_of(CRITERIA),
+               "ties.density": checks.real_in(0, 1, high_closed=True)}
 
 
 def validate_task_arithmetic(config):
@@ -261,16 +281,18 @@ def validate_ties(config):
   checks.check(config, TIES_FIELDS)
 
 
-def _reads_zoo_data(config):
+def _reads_zoo_data(section):
   """lambda chosen on the Q models' own data ("zoo_data") reads the zoo tasks' data."""
-  return config.merging.scale_criterion == "zoo_data"
+  return lambda config: (section in config
+                         and config[section].get("scale_criterion") == "zoo_data")
 
 
 TASK_ARITHMETIC = base.Method(
     "task_arithmetic", ("baseline",), task_arithmetic_init,
     "task arithmetic (Ilharco et al. 2023): shared init + lambda * sum of task vectors",
-    validate_task_arithmetic, uses_task_data=_reads_zoo_data)
+    validate_task_arithmetic, uses_task_data=_reads_zoo_data("task_arithmetic"),
+    sections={"task_arithmetic": task_arithmetic_defaults})
 TIES = base.Method(
     "ties", ("baseline",), ties_init,
     "TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint mean of task vectors",
-    validate_ties, uses_task_data=_reads_zoo_data)
+    validate_ties, uses_task_data=_reads_zoo_data("ties"), sections={"ties": ties_defaults})

@@ -30,6 +30,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -189,16 +190,16 @@ def posterior_mean(models, mean, weights):
 
 def mfgp_init(ctx: base.MethodContext):
   """The GP posterior mean of the zoo's parameters at the mean descriptor."""
-  mc = ctx.config.merging
+  mc = ctx.config.mfgp
   models = ctx.zoo
   gram, mean = centered_gram(models)
   n, p = gram.shape[0], num_params(models)
-  desc = pca_descriptors(gram, int(mc.mfgp_descriptor_dim))
+  desc = pca_descriptors(gram, int(mc.descriptor_dim))
   scale = jnp.trace(gram) / (n * p)
   hp0 = init_hparams(desc, gram, p)
   lml0 = log_marginal_likelihood(hp0, desc, gram, p, scale)
-  hp, _ = fit_hparams(hp0, desc, gram, p, int(mc.mfgp_fit_steps),
-                          float(mc.mfgp_fit_lr))
+  hp, _ = fit_hparams(hp0, desc, gram, p, int(mc.fit_steps),
+                          float(mc.fit_lr))
   lml = log_marginal_likelihood(hp, desc, gram, p, scale)
   if not bool(jnp.isfinite(lml)) or lml < lml0:  # the fit failed or diverged: keep the start.
     metrics.log.warning("mfgp: hyperparameter fit did not improve the marginal likelihood "
@@ -228,21 +229,30 @@ def mfgp_init(ctx: base.MethodContext):
   return theta
 
 
-FIELDS = {"merging.mfgp_descriptor_dim": checks.POSITIVE_INT,
-          "merging.mfgp_fit_steps": checks.NON_NEGATIVE_INT,
-          "merging.mfgp_fit_lr": checks.POSITIVE_REAL}
+def defaults():
+  """config.mfgp."""
+  c = ml_collections.ConfigDict()
+  c.descriptor_dim = 4                  # PCA dimensions of the stand-in task descriptors
+  c.fit_steps = 300                     # Adam steps on the GP log marginal likelihood
+  c.fit_lr = 0.05
+  return c
+
+
+FIELDS = {"mfgp.descriptor_dim": checks.POSITIVE_INT,
+          "mfgp.fit_steps": checks.NON_NEGATIVE_INT,
+          "mfgp.fit_lr": checks.POSITIVE_REAL}
 
 
 def validate(config):
   checks.check(config, FIELDS)
-  dim = config.merging.mfgp_descriptor_dim
+  dim = config.mfgp.descriptor_dim
   if checks.is_int(config.zoo.num_models) and dim > config.zoo.num_models - 1:
     raise ConfigError(
-        f"config.merging.mfgp_descriptor_dim={dim} exceeds the {config.zoo.num_models - 1} "
+        f"config.mfgp.descriptor_dim={dim} exceeds the {config.zoo.num_models - 1} "
         f"principal components a zoo of {config.zoo.num_models} models has")
 
 
 MFGP = base.Method(
     "mfgp", ("baseline",), mfgp_init,
     "GP model fusion (Lam et al. 2021) over PCA descriptors of the zoo, at the mean descriptor",
-    validate)
+    validate, sections={"mfgp": defaults})

@@ -17,9 +17,9 @@ aligned to a reference B, with T^(l-1) the previous layer's transport map:
 What we do (docs/baselines.md, section ota):
 
 - N models: every zoo model (S and Q, as `va` averages) is aligned to one
-  reference model (`merging.align_reference`: the model closest to the zoo's
+  reference model (`ota.align_reference`: the model closest to the zoo's
   mean by default, see `permutations.choose_reference`), and the N aligned
-  models are averaged. `merging.align_rounds > 1` aligns every model again to
+  models are averaged. `ota.align_rounds > 1` aligns every model again to
   the previous round's fused average.
 - A unit's support point is everything the layer owns for it: its incoming
   kernel weights (a Conv4 unit is an output channel: the (3, 3, C_in) slice),
@@ -28,14 +28,14 @@ What we do (docs/baselines.md, section ota):
   inputs are transported with the same map (the head of Conv4 reads the
   flattened (h, w, C) map, so its rows are transported channel-wise). The cost
   matrix is divided by its mean, so `ot_reg` is relative to a typical cost.
-- `merging.ot_reg = 0`: exact OT. With uniform masses and equal widths an
+- `ota.reg = 0`: exact OT. With uniform masses and equal widths an
   optimal plan is a permutation (Birkhoff), found by
   `scipy.optimize.linear_sum_assignment`; the aligned model computes exactly the
   function of the original.
-- `merging.ot_reg > 0`: entropic OT by log-domain Sinkhorn (`sinkhorn`), a
+- `ota.reg > 0`: entropic OT by log-domain Sinkhorn (`sinkhorn`), a
   jitted `lax.while_loop` that stops once the largest relative marginal error
   |sum / target - 1| is at most SINKHORN_TOL = 1e-3, after at most
-  `merging.ot_iters` iterations; a plan still off by more raises
+  `ota.iters` iterations; a plan still off by more raises
   SinkhornNotConverged (raise ot_iters or ot_reg). M = n T^T (rows sum
   to 1) maps the model's units onto the reference's, and each aligned unit is
   the M-weighted average of the model's units, on both sides of the layer
@@ -48,6 +48,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dfl2l_jax import checks
@@ -56,11 +57,22 @@ from dfl2l_jax import permutations as perm_lib
 from dfl2l_jax.errors import ConfigError
 from dfl2l_jax.methods import base
 
+def defaults():
+  """config.ota."""
+  c = ml_collections.ConfigDict()
+  c.reg = 0.0                           # 0: exact assignment; > 0: Sinkhorn entropy weight
+                                        # (relative to the mean ground cost)
+  c.iters = 5000                        # at most this many Sinkhorn iterations (stops at 1e-3)
+  c.align_reference = "closest_to_mean"  # model aligned to: closest_to_mean | first (S[0])
+  c.align_rounds = 1                    # > 1: realign every model to the last fused average
+  return c
+
+
 FIELDS = {
-    "merging.ot_reg": checks.explained(checks.NON_NEGATIVE_REAL, "0: exact assignment"),
-    "merging.ot_iters": checks.POSITIVE_INT,
-    "merging.align_reference": checks.one_of(perm_lib.REFERENCES),
-    "merging.align_rounds": checks.POSITIVE_INT,
+    "ota.reg": checks.explained(checks.NON_NEGATIVE_REAL, "0: exact assignment"),
+    "ota.iters": checks.POSITIVE_INT,
+    "ota.align_reference": checks.one_of(perm_lib.REFERENCES),
+    "ota.align_rounds": checks.POSITIVE_INT,
 }
 
 
@@ -69,7 +81,7 @@ SINKHORN_TOL = 1e-3
 
 
 class SinkhornNotConverged(ConfigError):
-  """Sinkhorn reached `merging.ot_iters` with marginals off by more than the tolerance."""
+  """Sinkhorn reached `ota.iters` with marginals off by more than the tolerance."""
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -170,9 +182,9 @@ def ot_align_with_stats(spec, reference, models, reg, iters, tol=SINKHORN_TOL):
       raise SinkhornNotConverged(
           f"ota: Sinkhorn did not converge on layer {p.name} (model {worst}): its largest "
           f"relative marginal error is {float(err[worst]):.3g} after {int(n)} iterations "
-          f"(merging.ot_iters = {iters}), above the tolerance {tol:g}, so the matrix is not "
-          f"a transport plan; raise merging.ot_iters or merging.ot_reg (now {reg:g}), or "
-          f"set merging.ot_reg = 0 for exact OT")
+          f"(ota.iters = {iters}), above the tolerance {tol:g}, so the matrix is not "
+          f"a transport plan; raise ota.iters or ota.reg (now {reg:g}), or "
+          f"set ota.reg = 0 for exact OT")
     stats["sinkhorn_iters"] = max(stats.get("sinkhorn_iters", 0.0), float(n))
     stats["sinkhorn_err"] = max(stats.get("sinkhorn_err", 0.0), float(np.max(err)))
     maps = dict(maps)
@@ -212,14 +224,14 @@ def ot_fuse(spec, models, ref_idx, reg, iters, rounds=1, tol=SINKHORN_TOL):
 
 def ota_init(ctx: base.MethodContext):
   """theta_init = average of the N zoo models after OT alignment to a reference."""
-  mc = ctx.config.merging
+  mc = ctx.config.ota
   spec = perm_lib.spec_from_params(ctx.template)
   ref_idx = perm_lib.choose_reference(ctx.zoo, ctx.s_idx, mc.align_reference)
-  fused, info = ot_fuse(spec, ctx.zoo, ref_idx, float(mc.ot_reg), int(mc.ot_iters),
+  fused, info = ot_fuse(spec, ctx.zoo, ref_idx, float(mc.reg), int(mc.iters),
                         int(mc.align_rounds))
-  mode = "exact" if mc.ot_reg == 0 else f"Sinkhorn reg {mc.ot_reg}"
+  mode = "exact" if mc.reg == 0 else f"Sinkhorn reg {mc.reg}"
   if "sinkhorn_iters" in info:
-    mode += (f", at most {info['sinkhorn_iters']:.0f} of {mc.ot_iters} iterations, marginal "
+    mode += (f", at most {info['sinkhorn_iters']:.0f} of {mc.iters} iterations, marginal "
              f"error {info['sinkhorn_err']:.2g}")
   metrics.log.info(
       "ota (%s): reference model %d (%s), mean squared distance to it %.4g before, %.4g "
@@ -233,10 +245,9 @@ def ota_init(ctx: base.MethodContext):
 
 
 def validate(config):
-  checks.require_section(config, "merging", "merging()")
   checks.check(config, FIELDS)
 
 
 OTA = base.Method("ota", ("baseline",), ota_init,
                   "OT fusion (Singh & Jaggi 2020): weight-based layer-wise alignment to a "
-                  "reference model, then averaging", validate)
+                  "reference model, then averaging", validate, sections={"ota": defaults})

@@ -15,9 +15,9 @@ order, sweep after sweep, until a sweep improves nothing.
 What we do (docs/baselines.md, section weight_matching):
 
 - N models: every zoo model (S and Q, as `va` averages) is matched to one
-  reference model (`merging.align_reference`, the model closest to the zoo's
+  reference model (`weight_matching.align_reference`, the model closest to the zoo's
   mean by default; see `permutations.choose_reference`), and the N permuted
-  models are averaged. `merging.align_rounds > 1` matches every model again to
+  models are averaged. `weight_matching.align_rounds > 1` matches every model again to
   the previous round's average, warm-started from its permutations (Git
   Re-Basin's MergeMany, Appendix, matches each model to the mean of the others
   repeatedly; this is the same idea with the mean of all).
@@ -25,12 +25,12 @@ What we do (docs/baselines.md, section weight_matching):
   (its output axis), bias and, for Conv4, BatchNorm scale and offset, plus the
   next layer's kernel (input axis; the Conv4 head's rows channel-wise).
   `permutations.unit_features` stacks them so that A_l = F_ref F_model^T.
-- At most `merging.wm_iters` sweeps, each over the permutations in an order
+- At most `weight_matching.iters` sweeps, each over the permutations in an order
   drawn from the method's key; all N models are matched in the same sweep (the
   assignment matrices of all models come from one batched computation), and
   the loop stops once a sweep improves no model's objective. Stopping at the
-  cap while a model still improved logs a warning (raise merging.wm_iters).
-- Start: `merging.wm_init = "identity"` (the paper's) or `"ota"`: the
+  cap while a model still improved logs a warning (raise weight_matching.iters).
+- Start: `weight_matching.init = "identity"` (the paper's) or `"ota"`: the
   permutations of exact OT fusion (one forward pass matching each layer's
   incoming weights, given the earlier layers), an option of ours. Coordinate
   descent from the identity can stop at a poor coordinate-wise optimum when
@@ -43,6 +43,7 @@ What we do (docs/baselines.md, section weight_matching):
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -52,11 +53,23 @@ from dfl2l_jax import permutations as perm_lib
 from dfl2l_jax.methods import base
 
 INITS = ("identity", "ota")
+
+
+def defaults():
+  """config.weight_matching."""
+  c = ml_collections.ConfigDict()
+  c.iters = 20                          # coordinate-descent sweeps (at most)
+  c.init = "identity"                   # start from: identity (the paper's) | ota
+  c.align_reference = "closest_to_mean"  # model matched to: closest_to_mean | first (S[0])
+  c.align_rounds = 1                    # > 1: match every model again to the last average
+  return c
+
+
 FIELDS = {
-    "merging.wm_iters": checks.POSITIVE_INT,
-    "merging.wm_init": checks.one_of(INITS),
-    "merging.align_reference": checks.one_of(perm_lib.REFERENCES),
-    "merging.align_rounds": checks.POSITIVE_INT,
+    "weight_matching.iters": checks.POSITIVE_INT,
+    "weight_matching.init": checks.one_of(INITS),
+    "weight_matching.align_reference": checks.one_of(perm_lib.REFERENCES),
+    "weight_matching.align_rounds": checks.POSITIVE_INT,
 }
 
 
@@ -75,7 +88,7 @@ def match_weights(spec, reference, models, max_sweeps, key, init_perms=None):
     (perms {name: (N, n) int32}, number of sweeps run, converged: whether the
     last sweep improved no model). Stopping at `max_sweeps` while a model still
     improved logs a warning (the permutations may not be a coordinate-wise
-    optimum; raise merging.wm_iters).
+    optimum; raise weight_matching.iters).
   """
   n_models = jax.tree.leaves(models)[0].shape[0]
   perms = {k: np.array(v, np.int32) for k, v in
@@ -107,8 +120,8 @@ def match_weights(spec, reference, models, max_sweeps, key, init_perms=None):
   if improved:
     metrics.log.warning(
         "weight_matching: coordinate descent stopped at its cap of %d sweeps "
-        "(merging.wm_iters) while %d of %d models still improved in the last sweep; their "
-        "permutations may not be a coordinate-wise optimum: raise merging.wm_iters",
+        "(weight_matching.iters) while %d of %d models still improved in the last sweep; their "
+        "permutations may not be a coordinate-wise optimum: raise weight_matching.iters",
         max_sweeps, len(improved), n_models)
   return perms, sweeps, not improved
 
@@ -158,15 +171,15 @@ def wm_fuse(spec, models, ref_idx, max_sweeps, key, rounds=1, init="identity"):
 
 def weight_matching_init(ctx: base.MethodContext):
   """theta_init = average of the N zoo models after weight matching to a reference."""
-  mc = ctx.config.merging
+  mc = ctx.config.weight_matching
   spec = perm_lib.spec_from_params(ctx.template)
   ref_idx = perm_lib.choose_reference(ctx.zoo, ctx.s_idx, mc.align_reference)
-  fused, info = wm_fuse(spec, ctx.zoo, ref_idx, int(mc.wm_iters), ctx.key,
-                        int(mc.align_rounds), mc.wm_init)
+  fused, info = wm_fuse(spec, ctx.zoo, ref_idx, int(mc.iters), ctx.key,
+                        int(mc.align_rounds), mc.init)
   metrics.log.info(
       "weight_matching: reference model %d (%s), start %s, %d sweeps, mean squared "
       "distance to it %.4g before, %.4g after matching%s", ref_idx, mc.align_reference,
-      mc.wm_init, info["sweeps"], info["dist_before"], info["dist_after"],
+      mc.init, info["sweeps"], info["dist_before"], info["dist_after"],
       f", {100 * info['units_moved']:.0f}% of hidden units moved"
       if "units_moved" in info else "")
   if ctx.writer is not None:
@@ -175,11 +188,10 @@ def weight_matching_init(ctx: base.MethodContext):
 
 
 def validate(config):
-  checks.require_section(config, "merging", "merging()")
   checks.check(config, FIELDS)
 
 
 WEIGHT_MATCHING = base.Method(
     "weight_matching", ("baseline",), weight_matching_init,
     "Git Re-Basin weight matching (Ainsworth et al. 2023) to a reference model, then "
-    "averaging", validate)
+    "averaging", validate, sections={"weight_matching": defaults})

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from dfl2l_jax import checks
@@ -194,6 +195,16 @@ def zoo_distill(ctx: base.MethodContext):
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
 
 
+def defaults():
+  """config.zoo_distill."""
+  z = ml_collections.ConfigDict()
+  z.steps = 3000                        # Adam steps
+  z.batch_size = 64                     # pseudo-inputs per step, shared by every head
+  z.lr = 1e-3
+  z.chunk_steps = 500                   # steps per compiled chunk (and checkpoint)
+  return z
+
+
 FIELDS = {"zoo_distill.steps": checks.POSITIVE_INT,
           "zoo_distill.batch_size": checks.POSITIVE_INT,
           "zoo_distill.chunk_steps": checks.POSITIVE_INT,
@@ -201,7 +212,6 @@ FIELDS = {"zoo_distill.steps": checks.POSITIVE_INT,
 
 
 def validate(config):
-  checks.require_section(config, "zoo_distill", "zoo_distill()")
   checks.check(config, FIELDS)
   inverted_images.validate_inversion(config)              # the pseudo-inputs of images
 
@@ -210,4 +220,5 @@ ZOO_DISTILL = base.Method(
     "zoo_distill", ("function_space",), zoo_distill,
     "one network distilled from the whole zoo on pseudo-inputs (shared body, a head per "
     "model; init = body + mean head; uniform inputs for regression, inverted images for "
-    "images; data-free)", validate, needs_bn_stats=True)
+    "images; data-free)", validate, needs_bn_stats=True,
+    sections={"zoo_distill": defaults, "inversion": inverted_images.inversion_defaults})

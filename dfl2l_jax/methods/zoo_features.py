@@ -36,6 +36,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dfl2l_jax import checks
@@ -169,13 +170,23 @@ def zoo_features(ctx: base.MethodContext):
   return base.Learner(state=state, score=_scorer(apply), cost=cost)
 
 
+def defaults():
+  """config.zoo_features."""
+  z = ml_collections.ConfigDict()
+  # Ridge strength relative to the mean feature energy, chosen per shot count on
+  # meta-validation pseudo tasks (the Q models label random inputs), never on test tasks.
+  z.ridge_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+  z.val_query = 100                     # pseudo-query inputs per meta-validation model
+  z.val_repeats = 5                     # pseudo tasks per meta-validation model
+  return z
+
+
 FIELDS = {"zoo_features.ridge_grid": checks.POSITIVE_REALS,
           "zoo_features.val_query": checks.POSITIVE_INT,
           "zoo_features.val_repeats": checks.POSITIVE_INT}
 
 
 def validate(config):
-  checks.require_section(config, "zoo_features", "zoo_features()")
   checks.check(config, FIELDS)
   if config.benchmark == "sinusoid" and min(config.shots) < 2:
     raise ConfigError("zoo_features fits a ridge head with an intercept: it needs at least 2 "
@@ -186,4 +197,4 @@ ZOO_FEATURES = base.Method(
     "zoo_features", ("function_space",), zoo_features,
     "the zoo as a frozen feature ensemble: a head on the N models' outputs or features "
     "(ridge for regression, nearest class centroid for images), fitted on the support set",
-    validate, learner=True)
+    validate, learner=True, sections={"zoo_features": defaults})
