@@ -1,5 +1,7 @@
 """The zoo as a feature ensemble (methods/zoo_features.py) and the learner meta-test."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +85,37 @@ def test_bad_settings_are_refused():
     zf.validate(helpers.smoke_config(zoo_features__ridge_grid=(0.1, -1.0)))
   with pytest.raises(ConfigError, match="at least 2 support points"):
     zf.validate(helpers.smoke_config(shots=(1, 5)))
+  with pytest.raises(ConfigError, match="image_head must be one of"):
+    zf.validate(helpers.smoke_config(zoo_features__image_head="svm"))
+  with pytest.raises(ConfigError, match="logistic_c"):
+    zf.validate(helpers.smoke_config(zoo_features__logistic_c=0.0))
+  with pytest.raises(ConfigError, match="logistic_steps"):
+    zf.validate(helpers.smoke_config(zoo_features__logistic_steps=0))
+
+
+def test_logistic_head_reaches_the_regularised_optimum():
+  """The fixed-step fit is the minimiser: the objective's gradient vanishes there (it is
+  strictly convex in W), and the fit separates separable data."""
+  rng = np.random.default_rng(0)
+  ways, per_class, d = 4, 3, 20
+  centres = rng.normal(size=(ways, d))
+  y = np.repeat(np.arange(ways), per_class)
+  f = jnp.asarray(centres[y] + 0.3 * rng.normal(size=(len(y), d)), jnp.float32)
+  c = 1.0
+  w, b = zf.fit_logistic(f, jnp.asarray(y), ways, c, 3000)
+  x = f / jnp.linalg.norm(f, axis=1, keepdims=True)
+  n = len(y)
+
+  def objective(w, b):
+    logp = jax.nn.log_softmax(x @ w + b)
+    return (-jnp.mean(logp[jnp.arange(n), y]) + 0.5 / (c * n) * jnp.sum(w * w))
+
+  g_w, g_b = jax.grad(objective, argnums=(0, 1))(w, b)
+  assert float(jnp.abs(g_w).max()) < 1e-4 and float(jnp.abs(g_b).max()) < 1e-4
+  assert np.all(np.argmax(np.asarray(x @ w + b), -1) == y)
+  # The optimum does not depend on the features' scale (rows are scaled to unit length).
+  w2, b2 = zf.fit_logistic(7.0 * f, jnp.asarray(y), ways, c, 3000)
+  np.testing.assert_allclose(w2, w, atol=1e-5)
 
 
 def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
@@ -104,3 +137,11 @@ def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
   f = zf.image_features(bench.model.clone(head=False), zoo, support["x"], support["x"])
   norms = np.linalg.norm(np.asarray(f).reshape(f.shape[0], 3, -1), axis=-1)
   np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
+  # The logistic head (the option) on the same tasks and features.
+  logistic_ctx = dataclasses.replace(
+      ctx, config=helpers.fewshot_config(zoo_features__image_head="logistic"))
+  logistic = zf.zoo_features(logistic_ctx)
+  acc_lr = adaptation.score_learner(logistic, eps, batch_size=2,
+                                    gather_fn=bench.gather_episode, data=bench.data)
+  assert acc_lr.shape == acc.shape and acc_lr.mean() > 80, acc_lr
+  assert logistic.score is not learner.score and logistic.cost(12, 15) == learner.cost(12, 15)
