@@ -20,7 +20,7 @@ from dfl2l_jax.methods import zoo_distill as zd
 from dfl2l_jax.tasks import fewshot
 from tests import helpers
 
-pytestmark = pytest.mark.xdist_group("inversion")  # one worker: the module's zoo, compiled once
+# One xdist worker runs this file (`--dist loadfile`): the module's zoo, compiled once.
 
 HP = inversion.InversionHParams(images_per_class=3, lr=0.1, bn_weight=1.0, tv_weight=1e-3,
                                 l2_weight=1e-4, jitter=1, flip=True)

@@ -18,9 +18,8 @@ from dfl2l_jax.errors import (CheckpointError, ConfigError, Dfl2lError, NotAppli
                               ZooError)
 from tests import helpers
 
-# One xdist worker runs this file (`-n 2 --dist loadgroup`): its tests share the module's
+# One xdist worker runs this file (`-n 2 --dist loadfile`): its tests share the module's
 # finished run and compiled programs, which a second worker would compute again.
-pytestmark = pytest.mark.xdist_group("pipeline")
 
 ALL = "dfl2l,dfl2l_online,va,finetune"
 
