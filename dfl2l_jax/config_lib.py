@@ -134,7 +134,7 @@ _SHARED = {("merging", "scale_criterion"): ("task_arithmetic", "ties"),
            ("merging", "align_rounds"): ("ota", "weight_matching")}
 
 
-def _moved(values):
+def with_moved_fields(values):
   """A recorded config with fields that moved put where they are now."""
   out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
   old = out.pop("merging", None)
@@ -157,7 +157,7 @@ def update_from_dict(config, values):
   `_SHARED`) are set where they are now; fields the recorded run did not
   have yet take the value that reproduces it (`_BEFORE_FIELD_EXISTED`).
   """
-  values = _moved(values)
+  values = with_moved_fields(values)
   _update(config, values)
   for (section, field), old in _BEFORE_FIELD_EXISTED.items():
     if (section in config and field in config[section] and section in values

@@ -32,6 +32,8 @@ import sys
 
 import numpy as np
 
+from dfl2l_jax import config_lib
+from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import results as results_lib
 
 
@@ -110,6 +112,28 @@ def source_commits(run):
   return collections.Counter([run.get("versions", {}).get("git")])
 
 
+def used_data(runs):
+  """Methods that read the zoo tasks' training data (not data-free) in some run: as its
+  rows record it, or, for runs recorded before rows did, as the method registry declares
+  it for the run's recorded config."""
+  out = set()
+  for r in runs:
+    for row in r["rows"]:
+      method = methods_lib.METHODS.get(row["method"])
+      if row.get("uses_task_data") or (
+          method is not None and methods_lib.base.uses_task_data(
+              method, config_lib.with_moved_fields(r.get("config") or {}))):
+        out.add(row["method"])
+  return out
+
+
+def label(method, data_users):
+  return method + (" *" if method in data_users else "")
+
+
+DATA_NOTE = "\\* read the zoo tasks' training data (not data-free)."
+
+
 def has_tasks(row):
   return bool(row.get("per_task"))
 
@@ -166,6 +190,7 @@ def paired(runs, baseline, per_seed_table=False):
   """Differences (method - baseline) on the same tasks: pooled over tasks and over seeds;
   with `per_seed_table`, also each seed's mean difference, a column per seed."""
   diffs = collections.defaultdict(list)
+  users = used_data(runs)
   by_seed = collections.defaultdict(dict)  # (method, shots) -> {seed: mean difference}
   no_tasks = collections.defaultdict(list)  # seeds given by their means alone
   for r in runs:
@@ -196,20 +221,22 @@ def paired(runs, baseline, per_seed_table=False):
     seed_ci = results_lib.mean_ci95(per_seed, student_t=True)[1]
     seed_ci = "n/a (1 seed)" if len(per_seed) < 2 else f"{seed_ci:.3f}"
     if over_seeds_only:
-      lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {seed_ci} | "
+      lines.append(f"| {label(method, users)} | {shots} | {np.mean(per_seed):+.3f} | {seed_ci} | "
                    f"{len(per_seed)} |")
       continue
     missing = no_tasks[(method, shots)]
     if missing:
       lost = f"n/a (seeds {missing}: means only)"
-      lines.append(f"| {method} | {shots} | {np.mean(per_seed):+.3f} | {lost} | {seed_ci} | "
+      lines.append(f"| {label(method, users)} | {shots} | {np.mean(per_seed):+.3f} | {lost} | {seed_ci} | "
                    f"{len(per_seed)} | {lost} |")
       continue
     d = np.asarray(diffs[(method, shots)])
     ci = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
     wins = (d > 0) if better == "higher" else (d < 0)
-    lines.append(f"| {method} | {shots} | {d.mean():+.3f} | {ci:.3f} | {seed_ci} | "
+    lines.append(f"| {label(method, users)} | {shots} | {d.mean():+.3f} | {ci:.3f} | {seed_ci} | "
                  f"{len(per_seed)} | {wins.sum()} of {(d != 0).sum()} |")
+  if users:
+    lines += ["", DATA_NOTE]
   if per_seed_table:
     seeds = [r["seed"] for r in runs]
     lines += ["", f"Each seed's mean difference (method - {baseline}):", "",
@@ -218,8 +245,10 @@ def paired(runs, baseline, per_seed_table=False):
     for (method, shots), d in sorted(by_seed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
       cells = [f"{d[k]:+.3f}" if k in d else "n/a" for k in seeds]
       n_better = sum((v > 0) if better == "higher" else (v < 0) for v in d.values())
-      lines.append(f"| {method} | {shots} | " + " | ".join(cells) +
+      lines.append(f"| {label(method, users)} | {shots} | " + " | ".join(cells) +
                    f" | {n_better} of {len(d)} |")
+    if users:
+      lines += ["", DATA_NOTE]
   return "\n".join(lines) + "\n"
 
 
@@ -248,15 +277,19 @@ def table(runs):
   median_col = "" if lost else " median over all tasks |"
   lines = [f"| method | shots | {metric}: mean over {n} seeds | 95% CI (seeds) |{median_col} "
            "seeds |", "|---|---|---|---|" + ("" if lost else "---|") + "---|"]
+  users = used_data(runs)
   for key in sorted(order, key=lambda k: (k[1], order.index(k))):
+    name = label(key[0], users)
     if key not in by_key:
-      lines.append(f"| {key[0]} | {key[1]} | n/a: {na[key]} | n/a |{'' if lost else ' n/a |'} 0 |")
+      lines.append(f"| {name} | {key[1]} | n/a: {na[key]} | n/a |{'' if lost else ' n/a |'} 0 |")
       continue
     v = np.asarray(by_key[key])
     ci = results_lib.mean_ci95(v, student_t=True)[1]
     median = "" if lost else (f" n/a (seeds {no_tasks[key]}: means only) |" if no_tasks[key]
                               else f" {np.median(pooled[key]):.3f} |")
-    lines.append(f"| {key[0]} | {key[1]} | {v.mean():.3f} | {ci:.3f} |{median} {len(v)} |")
+    lines.append(f"| {name} | {key[1]} | {v.mean():.3f} | {ci:.3f} |{median} {len(v)} |")
+  if users:
+    lines += ["", DATA_NOTE]
   q = [r["zoo_quality"]["mean"] for r in runs]
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]

@@ -62,7 +62,7 @@ def test_means_intervals_and_paired_differences(tmp_path, capsys):
   assert float(va[3]) == pytest.approx(T1 * np.std([55, 45], ddof=1) / math.sqrt(2), abs=1e-3)
   assert va[4] == "50.000"  # median over the four tasks
   assert _cells(out, "dfl2l", "mean over 2 seeds")[2] == "51.750"
-  assert _cells(out, "oml", "mean over 2 seeds")[2] == "n/a: no data"
+  assert _cells(out, "oml *", "mean over 2 seeds")[2] == "n/a: no data"
 
   # Paired per task: seed 1 [+2, +1], seed 2 [+4, 0] (the tie is left out of the count).
   d = _cells(out, "dfl2l", "Paired against va")
@@ -144,6 +144,41 @@ def test_per_seed_table_lists_each_seed_difference(tmp_path, capsys):
   assert "| method | shots | seed 1 | seed 2 | seed 3 | seeds where method is higher |" in out
   assert _cells(out, "dfl2l", "Each seed's mean difference") == [
       "dfl2l", "10", "+1.500", "-0.500", "n/a", "1 of 2"]
+
+
+def test_rows_that_read_the_zoo_tasks_data_are_marked_in_every_table(tmp_path, capsys):
+  """As a row records it (`uses_task_data`), or, for rows recorded before they did, as the
+  method registry declares it (maml here; ties only with the zoo_data criterion)."""
+  def mark(run):
+    for row in run["rows"]:
+      if row["method"] == "my_oracle":
+        row["uses_task_data"] = True
+    run["config"] = {"ties": {"scale_criterion": "likelihood"}}
+  paths = []
+  for k in (1, 2):
+    path = tmp_path / f"s{k}.json"
+    _write(path, k, [("va", [50.0, 60.0]), ("my_oracle", [51.0, 60.0 + k]),
+                     ("maml", [50.0, 61.0]), ("ties", [50.0, 59.0]),
+                     ("zoo_features", [55.0, 66.0])])
+    _edit(path, mark)
+    paths.append(str(path))
+  script = helpers.load_script("aggregate_seeds")
+  script.main(["--baseline", "va", "--per-seed", *paths])
+  out = capsys.readouterr().out
+  assert _cells(out, "my_oracle *", "mean over 2 seeds")[2] == "56.250"
+  assert _cells(out, "my_oracle *", "Paired against va")[2] == "+1.250"
+  assert _cells(out, "my_oracle *", "Each seed's mean difference")[2:4] == ["+1.000", "+1.500"]
+  assert _cells(out, "maml *", "Paired against va")[2] == "+0.500"
+  assert _cells(out, "zoo_features", "Paired against va")[2] == "+5.500"  # data-free: no mark
+  assert _cells(out, "ties", "Paired against va")[2] == "-0.500"
+  assert "zoo_features *" not in out and "va *" not in out and "ties *" not in out
+  assert out.count("\\* read the zoo tasks' training data (not data-free).") == 3
+  # An old recorded config (one merging section) choosing lambda on the zoo data.
+  for path in paths:
+    _edit(tmp_path / os.path.basename(path),
+          lambda run: run.update(config={"merging": {"scale_criterion": "zoo_data"}}))
+  script.main(paths)
+  assert _cells(capsys.readouterr().out, "ties *", "mean over 2 seeds")[2] == "54.500"
 
 
 def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
