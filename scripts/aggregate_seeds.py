@@ -285,9 +285,10 @@ def table(runs):
       continue
     v = np.asarray(by_key[key])
     ci = results_lib.mean_ci95(v, student_t=True)[1]
+    ci = "n/a (1 seed)" if len(v) < 2 else f"{ci:.3f}"
     median = "" if lost else (f" n/a (seeds {no_tasks[key]}: means only) |" if no_tasks[key]
                               else f" {np.median(pooled[key]):.3f} |")
-    lines.append(f"| {name} | {key[1]} | {v.mean():.3f} | {ci:.3f} |{median} {len(v)} |")
+    lines.append(f"| {name} | {key[1]} | {v.mean():.3f} | {ci} |{median} {len(v)} |")
   if users:
     lines += ["", DATA_NOTE]
   q = [r["zoo_quality"]["mean"] for r in runs]

@@ -79,8 +79,10 @@ def test_means_intervals_and_paired_differences(tmp_path, capsys):
 def test_one_seed_paired_interval_is_marked_not_available(tmp_path, capsys):
   path = _write(tmp_path / "s1.json", 3, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 58.0])])
   helpers.load_script("aggregate_seeds").main([path])
-  d = _cells(capsys.readouterr().out, "dfl2l", "Paired against va")
+  out = capsys.readouterr().out
+  d = _cells(out, "dfl2l", "Paired against va")
   assert d[2] == "+0.000" and d[4] == "n/a (1 seed)" and d[6] == "1 of 2"
+  assert _cells(out, "dfl2l", "mean over 1 seeds")[2:4] == ["55.000", "n/a (1 seed)"]
 
 
 def test_refuses_conflicting_rows_missing_files_and_mixed_benchmarks(tmp_path):
