@@ -1,4 +1,4 @@
-"""MAML, FO-MAML and online meta-learning (FTML): dfl2l_jax/maml.py, methods/maml.py."""
+"""MAML, FO-MAML and online meta-learning (FTML): dfl2l_jax/metalearning.py, methods/maml.py."""
 
 import jax
 import jax.numpy as jnp

@@ -27,7 +27,7 @@ from dfl2l_jax import inversion
 from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import inverted_images
-from dfl2l_jax.methods import maml as maml_methods
+from dfl2l_jax.methods import meta_training
 
 def label_permutations(seed, num_models, ways, count):
   """(N * count, R) permutations and (N * count,) model index: the pseudo-task table."""
@@ -57,15 +57,15 @@ def inversion_maml(ctx: base.MethodContext, name="inversion_maml"):
   models, perms = label_permutations(ctx.config.seed, n, ways, int(ic.label_perms))
   tasks = jax.device_put({"model": models, "perm": perms})
   batch_fn = pseudo_episode_batch_fn(ways, per_class, int(ctx.config.zoo.batch_size))
-  hp = maml_methods.hparams(mc, bool(ic.first_order), "vmap")
-  chunk = maml_methods.make_meta_chunk(
+  hp = meta_training.hparams(mc, bool(ic.first_order), "vmap")
+  chunk = meta_training.make_meta_chunk(
       batch_fn, ctx.benchmark.loss_fn, float(mc.outer_lr), hp,
       maml_lib.UniformTasks(len(models), mc.meta_batch_size))
   start = jax.tree.map(lambda x: x.mean(0), ctx.zoo) if ic.start == "va" else None
-  spec = dict(maml_methods.spec_common(ctx, name, len(models), bool(ic.first_order)),
+  spec = dict(meta_training.spec_common(ctx, name, len(models), bool(ic.first_order)),
               inversion=ctx.config.inversion.to_dict(), inversion_maml=ic.to_dict(),
               benchmark=ctx.benchmark.spec)
-  return maml_methods.meta_train(ctx, name, spec, mc.meta_steps, chunk,
+  return meta_training.meta_train(ctx, name, spec, mc.meta_steps, chunk,
                                  lambda start_, length: tasks, start=start, data=images).params
 
 
@@ -84,7 +84,7 @@ FIELDS = {"inversion_maml.start": checks.one_of(("va", "random")),
 
 
 def validate(config):
-  maml_methods.validate_maml(config)
+  meta_training.validate_maml(config)
   inverted_images.validate_inversion(config)
   checks.check(config, FIELDS)
 
