@@ -118,20 +118,18 @@ def dict_diff(found, wanted, prefix=""):
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0}
 
 
-# Fields that moved: the `merging` section of older runs became one section per method.
-_MOVED = {("merging", "ta_scales"): ("task_arithmetic", "scales"),
-          ("merging", "ties_scales"): ("ties", "scales"),
-          ("merging", "ties_density"): ("ties", "density"),
-          ("merging", "mfgp_descriptor_dim"): ("mfgp", "descriptor_dim"),
-          ("merging", "mfgp_fit_steps"): ("mfgp", "fit_steps"),
-          ("merging", "mfgp_fit_lr"): ("mfgp", "fit_lr"),
-          ("merging", "ot_reg"): ("ota", "reg"),
-          ("merging", "ot_iters"): ("ota", "iters"),
-          ("merging", "wm_iters"): ("weight_matching", "iters"),
-          ("merging", "wm_init"): ("weight_matching", "init")}
-_SHARED = {("merging", "scale_criterion"): ("task_arithmetic", "ties"),
-           ("merging", "align_reference"): ("ota", "weight_matching"),
-           ("merging", "align_rounds"): ("ota", "weight_matching")}
+# Fields that moved: each field of the `merging` section of older runs, and where it is now
+# (a field two methods shared went to both).
+_MOVED_FROM_MERGING = {
+    "ta_scales": [("task_arithmetic", "scales")], "ties_scales": [("ties", "scales")],
+    "ties_density": [("ties", "density")],
+    "scale_criterion": [("task_arithmetic", "scale_criterion"), ("ties", "scale_criterion")],
+    "mfgp_descriptor_dim": [("mfgp", "descriptor_dim")],
+    "mfgp_fit_steps": [("mfgp", "fit_steps")], "mfgp_fit_lr": [("mfgp", "fit_lr")],
+    "ot_reg": [("ota", "reg")], "ot_iters": [("ota", "iters")],
+    "wm_iters": [("weight_matching", "iters")], "wm_init": [("weight_matching", "init")],
+    "align_reference": [("ota", "align_reference"), ("weight_matching", "align_reference")],
+    "align_rounds": [("ota", "align_rounds"), ("weight_matching", "align_rounds")]}
 
 
 def with_moved_fields(values):
@@ -141,11 +139,8 @@ def with_moved_fields(values):
   if not isinstance(old, dict):
     return out
   for field, value in old.items():
-    if ("merging", field) in _MOVED:
-      new_section, new_field = _MOVED[("merging", field)]
-      out.setdefault(new_section, {}).setdefault(new_field, value)
-    for new_section in _SHARED.get(("merging", field), ()):
-      out.setdefault(new_section, {}).setdefault(field, value)
+    for section, new_field in _MOVED_FROM_MERGING.get(field, ()):
+      out.setdefault(section, {}).setdefault(new_field, value)
   return out
 
 
@@ -153,8 +148,8 @@ def update_from_dict(config, values):
   """Sets the fields of `config` from a JSON dict, e.g. a run's recorded config.
 
   Lists become tuples where the config declares a tuple; keys the config does
-  not have (fields of an older version) are ignored, fields that moved (`_MOVED`,
-  `_SHARED`) are set where they are now; fields the recorded run did not
+  not have (fields of an older version) are ignored, fields that moved
+  (`_MOVED_FROM_MERGING`) are set where they are now; fields the recorded run did not
   have yet take the value that reproduces it (`_BEFORE_FIELD_EXISTED`).
   """
   values = with_moved_fields(values)

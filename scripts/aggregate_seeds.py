@@ -118,11 +118,11 @@ def used_data(runs):
   it for the run's recorded config."""
   out = set()
   for r in runs:
+    config = config_lib.with_moved_fields(r.get("config") or {})
     for row in r["rows"]:
       method = methods_lib.METHODS.get(row["method"])
       if row.get("uses_task_data") or (
-          method is not None and methods_lib.base.uses_task_data(
-              method, config_lib.with_moved_fields(r.get("config") or {}))):
+          method is not None and methods_lib.base.uses_task_data(method, config)):
         out.add(row["method"])
   return out
 

@@ -114,12 +114,15 @@ def select_ridge(apply, zoo_s, zoo_q, shots, grid, domain, n_query, repeats, see
   return chosen, table
 
 
+def _unit_rows(f):
+  return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + 1e-8)
+
+
 def image_features(net, zoo, x, reference):
   """(n, N * D): every zoo model's unit-length last-block features of the images x, its
   BatchNorm normalised with the statistics of `reference`; models one after another."""
   def one(params):
-    f = models.apply_with_reference(net, params, x, reference)
-    return f / (jnp.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+    return _unit_rows(models.apply_with_reference(net, params, x, reference))
   feats = jax.lax.map(one, zoo)  # (N, n, D)
   return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
 
@@ -140,7 +143,7 @@ def fit_logistic(f, y, ways, c, steps):
   cross-entropy + ||W||^2 / (2 c n), bias unpenalised, `steps` gradient steps of 1 / L
   from zero (L = 1 + 1 / (c n) bounds the objective's curvature). Returns (W, b)."""
   n, d = f.shape
-  x = f / (jnp.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+  x = _unit_rows(f)
   onehot = jax.nn.one_hot(y, ways, dtype=x.dtype)
   l2 = 1.0 / (c * n)
 
@@ -161,8 +164,7 @@ def _logistic_score(net, ways, c, steps, state, support, query):
   f_s = image_features(net, zoo, support["x"], support["x"])
   f_q = image_features(net, zoo, query["x"], support["x"])
   w, b = fit_logistic(f_s, support["y"], ways, c, steps)
-  x_q = f_q / (jnp.linalg.norm(f_q, axis=1, keepdims=True) + 1e-8)
-  return 100.0 * jnp.mean(jnp.argmax(x_q @ w + b, -1) == query["y"])
+  return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == query["y"])
 
 
 @functools.lru_cache(maxsize=8)
