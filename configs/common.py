@@ -27,6 +27,8 @@ def fusion(embed_dim):
   f.w_scale = 0.1
   f.embed_init_std = 0.1
   f.chunk_steps = 100
+  f.rate_halvings = 3                   # on divergence: restart with the 4 rates halved,
+  #                                       at most this often (methods/dfl2l.py)
   return f
 
 

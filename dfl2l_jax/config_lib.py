@@ -17,6 +17,7 @@ FIELDS = {
     "fusion.embed_dim": checks.POSITIVE_INT, "fusion.epochs": checks.POSITIVE_INT,
     "fusion.inner_steps": checks.POSITIVE_INT, "fusion.dro_steps": checks.POSITIVE_INT,
     "fusion.meta_batch_size": checks.POSITIVE_INT, "fusion.chunk_steps": checks.POSITIVE_INT,
+    "fusion.rate_halvings": checks.NON_NEGATIVE_INT,
     "fusion.sigma": checks.POSITIVE_REAL, "fusion.inner_lr": checks.POSITIVE_REAL,
     "fusion.outer_lr": checks.POSITIVE_REAL, "fusion.dro_lr": checks.POSITIVE_REAL,
     "fusion.embed_lr": checks.POSITIVE_REAL, "fusion.w_scale": checks.POSITIVE_REAL,
@@ -115,7 +116,7 @@ def dict_diff(found, wanted, prefix=""):
 
 # Fields added after runs were recorded, with the value that reproduces what those runs
 # did (a recorded config without the field ran the old behaviour, not today's default).
-_BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0}
+_BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now

@@ -31,6 +31,7 @@ import numpy as np
 from dfl2l_jax import adaptation
 from dfl2l_jax import checkpointing
 from dfl2l_jax import config_lib
+from dfl2l_jax import loops
 from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import metrics
 from dfl2l_jax import results as results_lib
@@ -149,10 +150,16 @@ def meta_test_rows(config, benchmark, name, theta_init, episodes, mesh=None):
   return rows
 
 
+def with_notes(rows, notes):
+  """`rows` with the method's MethodContext.notes recorded in each (if it has any)."""
+  return [dict(r, notes=dict(notes)) if notes else r for r in rows]
+
+
 def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_idx, command,
-            previous, meshes, commit, inits=None):
+            previous, meshes, commit, inits=None, diverged=()):
   """Saves the run's initialisations, merges its rows into the workdir's results and
-  writes them; then fails if any row's meta-test was non-finite."""
+  writes them; then fails if a method diverged in training (`diverged`) or any row's
+  meta-test was non-finite."""
   for name, theta_init in (inits or {}).items():
     checkpointing.save_tree(os.path.join(workdir, "inits", name), theta_init)
   wall = time.perf_counter() - t0
@@ -171,6 +178,11 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
   out = results_lib.merge(previous, new)
   results_lib.write(workdir, out)
   log.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
+  if diverged:
+    raise loops.DivergenceError(
+        f"{'; '.join(diverged)}. The other methods' rows were written to "
+        f"{os.path.join(workdir, 'results.md')}; the diverged method's rows are marked FAILED "
+        f"there, or keep an earlier result of theirs")
   failed = [f"{r['method']} at {r['shots']} shots ({r['failed']})" for r in rows
             if r.get("failed")]
   if failed:
@@ -224,7 +236,7 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
   bn_stats = (zoo_lib.bn_stats(config, benchmark, zoo, workdir)
               if any(m.needs_bn_stats for m in chosen) else None)
-  rows, inits = [], {}
+  rows, inits, diverged = [], {}, []
   for method in chosen:
     ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks,
                          bn_stats, mesh=meshes[sharding.MODELS])
@@ -234,19 +246,25 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
       log.warning("%s is not applicable here: %s", method.name, e)
       rows += [results_lib.na_row(method.name, shots, str(e)) for shots in config.shots]
       continue
-    if isinstance(theta_init, methods_lib.Learner):  # nothing to save: rebuilt from the zoo
-      rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes,
-                             meshes[sharding.TASKS])
+    except loops.DivergenceError as e:
+      # One method's divergence does not cost the others' results: they still run and
+      # are written; the run fails at the end (_finish), naming this one.
+      log.error("%s diverged in training (%s); the other methods go on", method.name, e)
+      diverged.append(f"{method.name}: {e}")
+      rows += [results_lib.failed_row(method.name, shots, f"training diverged: {e}",
+                                      results_lib.metatest_settings(config))
+               for shots in config.shots]
       continue
-    try:
-      zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
-    except ZooError as e:
-      raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
-    inits[method.name] = theta_init
-    rows += meta_test_rows(config, benchmark, method.name, theta_init, episodes,
-                           meshes[sharding.TASKS])
+    if not isinstance(theta_init, methods_lib.Learner):  # a Learner is rebuilt from the zoo
+      try:
+        zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
+      except ZooError as e:
+        raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
+      inits[method.name] = theta_init
+    rows += with_notes(meta_test_rows(config, benchmark, method.name, theta_init, episodes,
+                                      meshes[sharding.TASKS]), ctx.notes)
   return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
-                 command, previous, meshes, commit, inits)
+                 command, previous, meshes, commit, inits, diverged)
 
 
 def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
@@ -308,7 +326,10 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  inits = {}
+  inits, notes = {}, {}
+  for r in (previous or {}).get("rows", []):  # what each saved init's method recorded
+    if r.get("notes"):
+      notes[r["method"]] = r["notes"]
   for name in names:
     theta_init = checkpointing.load_tree(os.path.join(inits_dir, name), template)
     try:
@@ -324,10 +345,13 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:
       raise ConfigError(f"{method.name} is not applicable here: {e}") from e
+    notes.pop(method.name, None)
+    if ctx.notes:
+      notes[method.name] = dict(ctx.notes)
   rows = []
   for name, theta_init in inits.items():
-    rows += meta_test_rows(config, benchmark, name, theta_init, episodes,
-                           meshes[sharding.TASKS])
+    rows += with_notes(meta_test_rows(config, benchmark, name, theta_init, episodes,
+                                      meshes[sharding.TASKS]), notes.get(name))
   return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
                  command, previous, meshes, commit)
 

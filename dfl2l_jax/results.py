@@ -122,6 +122,12 @@ def na_row(method, shots, reason):
           "per_task": [], "na": reason}
 
 
+def failed_row(method, shots, reason, metatest):
+  """The row of a method whose training failed: no numbers, marked FAILED with `reason`."""
+  return {"method": method, "shots": int(shots), "mean": None, "ci95": None, "n_tasks": 0,
+          "per_task": [], "failed": reason, "metatest": metatest}
+
+
 def row_key(r):
   return (r["method"], int(r["shots"]), json.dumps(r.get("metatest"), sort_keys=True))
 
@@ -166,8 +172,9 @@ def merge(old, new):
   """`new` (one run's record) with the rows of `old` that it did not replace.
 
   Rows are matched by method, shots and meta-test settings; `old` rows keep their
-  place, replaced ones take the new values, new ones follow. Runs that no longer own a
-  row stay listed (what ran in this workdir), and rows keep pointing at theirs.
+  place, replaced ones take the new values, new ones follow; a FAILED row does not
+  replace a row with numbers (a failed rerun leaves the earlier result). Runs that no
+  longer own a row stay listed (what ran in this workdir), and rows keep pointing at theirs.
   """
   if old is None:
     return new
@@ -179,7 +186,11 @@ def merge(old, new):
   runs = list(old["runs"]) + list(new["runs"])
   offset = len(old["runs"])
   fresh = {row_key(r): dict(r, run=r["run"] + offset) for r in new["rows"]}
-  rows = [fresh.pop(row_key(r), r) for r in old["rows"]]
+  rows = []
+  for r in old["rows"]:
+    replacement = fresh.pop(row_key(r), r)
+    keep_old = replacement.get("failed") and r.get("mean") is not None
+    rows.append(r if keep_old else replacement)
   rows += list(fresh.values())
   return dict(new, rows=rows, runs=runs)
 
@@ -198,6 +209,12 @@ def cost_label(cost):
     return ""
   return (f"{cost['networks']} net{'s' if cost['networks'] != 1 else ''}, "
           f"{cost['forward']:,} fwd + {cost['backward']:,} bwd")
+
+
+def notes_label(r):
+  """' (rate_scale=0.5)': what the method recorded about how it ran (MethodContext.notes)."""
+  notes = r.get("notes")
+  return f" ({', '.join(f'{k}={v}' for k, v in sorted(notes.items()))})" if notes else ""
 
 
 def _settings_label(settings):
@@ -221,7 +238,7 @@ def to_markdown(results):
       continue
     mean = "FAILED" if r.get("failed") else f"{r['mean']:.4f}"
     ci = r["failed"] if r.get("failed") else f"{r['ci95']:.4f}"
-    name = r["method"] + (" *" if r.get("uses_task_data") else "")
+    name = r["method"] + (" *" if r.get("uses_task_data") else "") + notes_label(r)
     lines.append(f"| {name} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | "
                  f"{cost_label(r.get('cost'))} | {run} |")
   q = results.get("zoo_quality")

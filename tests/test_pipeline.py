@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dfl2l_jax import loops
 from dfl2l_jax import pipeline
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.errors import (CheckpointError, ConfigError, Dfl2lError, NotApplicable,
@@ -295,6 +296,35 @@ def test_a_diverging_meta_test_fails_the_run_and_marks_its_rows(finished_run, tm
   assert {(r["method"], r["shots"]) for r in failed} == {("va", 5), ("va", 10)}
   assert all(r["mean"] is None for r in failed)
   assert len(res["rows"]) == len(finished_run[1]["rows"]) + 2  # the good rows kept
+
+
+def test_a_method_diverging_in_training_costs_no_other_rows(finished_run, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "fusion", "dfl2l"))  # refit, at absurd rates
+  absurd = {f"fusion__{k}": 1e4 for k in ("inner_lr", "outer_lr", "dro_lr", "embed_lr")}
+  with pytest.raises(loops.DivergenceError, match=r"dfl2l: .*non-finite.* The other "
+                     r"methods' rows were written"):
+    pipeline.run(helpers.smoke_config(methods="dfl2l,va", metatest__steps=7,
+                                      fusion__rate_halvings=0, **absurd), workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  rows = {(r["method"], r["shots"], r["metatest"]["steps"]): r for r in res["rows"]}
+  for shots in (5, 10):
+    assert rows["va", shots, 7]["mean"] > 0  # va ran after dfl2l failed
+    assert rows["dfl2l", shots, 7]["failed"].startswith("training diverged: dfl2l:")
+    assert rows["dfl2l", shots, 20]["per_task"] == _per_task(finished_run[1])["dfl2l", shots]
+  # The saved initialisation is the finished run's; evaluating it later replaces the FAILED
+  # rows, and what the method noted when it ran stays with its rows.
+  for r in res["rows"]:
+    if r["method"] == "dfl2l" and r["metatest"]["steps"] == 20:
+      r["notes"] = {"rate_scale": 0.5}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(res, f)
+  out = pipeline.evaluate(helpers.smoke_config(methods="dfl2l", metatest__steps=7), workdir)
+  rows = {(r["method"], r["shots"], r["metatest"]["steps"]): r for r in out["rows"]}
+  assert all(rows["dfl2l", s, 7]["mean"] > 0 and not rows["dfl2l", s, 7].get("failed")
+             and rows["dfl2l", s, 7]["notes"] == {"rate_scale": 0.5} for s in (5, 10))
 
 
 def test_evaluate_refuses_a_non_finite_saved_initialisation(finished_run, tmp_path):

@@ -83,6 +83,26 @@ def test_merge_replaces_only_rows_with_the_same_method_shots_and_settings():
     results.merge(old, _record([], seed=1))
 
 
+def test_a_failed_row_does_not_replace_an_earlier_result_but_fills_a_new_place():
+  old = _record([_row("dfl2l", 5, 2.0), _row("va", 5, 1.0)])
+  failed = [dict(results.failed_row(m, 5, "training diverged: x", {"steps": s}), run=0)
+            for m, s in (("dfl2l", 20), ("dfl2l", 7))]
+  merged = results.merge(old, _record(failed + [_row("va", 5, 9.0)]))
+  got = [(r["method"], r["metatest"]["steps"], r["mean"], r.get("failed")) for r in merged["rows"]]
+  assert got == [("dfl2l", 20, 2.0, None), ("va", 20, 9.0, None),
+                 ("dfl2l", 7, None, "training diverged: x")]
+  md = results.to_markdown(merged)
+  assert "| dfl2l | 5 | FAILED | training diverged: x |" in md
+  # A later good row replaces a FAILED one.
+  again = results.merge(merged, _record([_row("dfl2l", 5, 3.0, steps=7)]))
+  assert [r["mean"] for r in again["rows"]] == [2.0, 9.0, 3.0]
+
+
+def test_what_a_method_noted_is_shown_beside_its_rows():
+  r = dict(_row("dfl2l", 5, 2.0), notes={"rate_scale": 0.25})
+  assert "| dfl2l (rate_scale=0.25) | 5 | 2.0000 |" in results.to_markdown(_record([r]))
+
+
 def test_files_of_the_earlier_layout_are_upgraded_on_load(tmp_path):
   legacy = {"benchmark": "sinusoid", "metric": "mse", "seed": 0, "setting": "offline",
             "config": {"metatest": {"steps": 1000, "lr": 0.005, "batch_size": 100}},

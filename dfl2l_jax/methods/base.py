@@ -49,6 +49,9 @@ class MethodContext:
       checkpoint carries them; given to methods with `needs_bn_stats`, else None.
     mesh: the run's "models" mesh (built once by the pipeline); None: the mesh of
       config.mesh, built on request (`models_mesh`).
+    notes: what the method decided while running that a reader of its rows needs
+      (JSON-able values, e.g. {"rate_scale": 0.5}); the pipeline records them with
+      the method's rows as `notes`.
   """
   config: Any
   benchmark: tasks_base.Benchmark
@@ -61,6 +64,7 @@ class MethodContext:
   hooks: Optional[Callable] = None
   zoo_bn_stats: Any = None
   mesh: Any = None
+  notes: dict = dataclasses.field(default_factory=dict)
 
   @property
   def zoo_s(self):

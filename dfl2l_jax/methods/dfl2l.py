@@ -3,8 +3,25 @@
 Both fit the fusion model with `fusion.py`'s loops, checkpointing every chunk
 under workdir/fusion/<method>, and return Eq. (10)'s theta_init =
 f_phi(mean embedding).
+
+Rates and divergence. Eq. (2)'s gradients scale with the zoo's parameter spread
+||theta - f_phi(e)||^2 / sigma^2, and f_phi(e) = W e + b is bilinear in (W, e), so
+plain gradient steps are stable only while the rates times |e|^2 and times
+lambda_max(W^T W) stay below a constant. The paper's rates (0.03) are far inside
+that on zoos fine-tuned from one initialisation; on zoos whose members start from
+their own initialisations (the field's protocol: a mean squared distance of about
+270 between members) the embeddings of Q grow until the steps leave the stable
+range and the likelihoods become non-finite (results/data_free.md). When a loop
+diverges, the fusion restarts from step 0 with all four rates (inner, outer, DRO,
+embedding) halved, at most `fusion.rate_halvings` times; each attempt has its own
+checkpoint folder (fusion/<method>, then fusion/<method>_rates_x0.5, ...), a
+diverged one keeps a `diverged.json` so that a resumed run skips it, and the scale
+used is recorded with the method's rows (`notes.rate_scale`). The rule looks at
+nothing but the training loss being finite: no validation or test task.
 """
 
+import json
+import os
 
 import jax
 import ml_collections
@@ -12,6 +29,8 @@ import numpy as np
 
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
+from dfl2l_jax import loops
+from dfl2l_jax import metrics
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
 from dfl2l_jax import zoo as zoo_lib
@@ -34,34 +53,110 @@ def _initial_state(ctx, fc, optimizer):
       embed_init_std=fc.embed_init_std if fc.embed_init_std > 0 else None)
 
 
+# The four rates a divergence halves, and the field that bounds how often.
+RATES = ("inner_lr", "outer_lr", "dro_lr", "embed_lr")
+_NOT_IN_SPEC = ("rate_halvings",)  # how divergence is handled does not change a state
+
+
 def _spec(ctx, fc, setting):
-  return {"setting": setting, "fusion": fc.to_dict(), "seed": ctx.config.seed,
+  fields = {k: v for k, v in fc.to_dict().items() if k not in _NOT_IN_SPEC}
+  return {"setting": setting, "fusion": fields, "seed": ctx.config.seed,
           "n_s": len(ctx.s_idx), "n_q": len(ctx.q_idx)}
 
 
-def _run(ctx, fc, name, setting, optimizer, total_steps, run_chunk, mesh):
-  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>.
+def scaled_rates(fc, scale):
+  """A copy of the fusion section with the four RATES multiplied by `scale`."""
+  fc = fc.copy_and_resolve_references()
+  with fc.unlocked():
+    for k in RATES:
+      fc[k] = fc[k] * scale
+  return fc
 
-  Every chunk receives its state placed as chunks return it (fusion.place_state;
-  a restored checkpoint too), so the chunk compiles once.
+
+def attempt_name(name, halvings):
+  return name if halvings == 0 else f"{name}_rates_x{0.5 ** halvings:g}"
+
+
+def _marker(ctx, name):
+  return None if ctx.workdir is None else os.path.join(ctx.workdir, "fusion", name,
+                                                       "diverged.json")
+
+
+def _diverged_before(ctx, name, spec):
+  """The error recorded by an earlier attempt with this exact spec, or None."""
+  path = _marker(ctx, name)
+  if path is None or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    found = json.load(f)
+  return found["error"] if found.get("spec") == json.loads(json.dumps(spec)) else None
+
+
+def _record_divergence(ctx, name, spec, error):
+  path = _marker(ctx, name)
+  if path is None:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"error": str(error), "spec": spec}, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _run(ctx, fc, name, setting, build):
+  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>;
+  on divergence, again with the rates halved (module docstring).
+
+  `build(fc) -> (optimizer, total_steps, run_chunk)` makes the loop for one
+  attempt's rates. Every chunk receives its state placed as chunks return it
+  (fusion.place_state; a restored checkpoint too), so the chunk compiles once.
   """
-  return ctx.run_loop(
-      name, _spec(ctx, fc, setting), _initial_state(ctx, fc, optimizer),
-      total_steps=total_steps, chunk_steps=fc.chunk_steps,
-      run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
-                                                    length))
+  halvings = fc.get("rate_halvings", 0)
+  mesh = ctx.models_mesh
+  for k in range(halvings + 1):
+    fck = scaled_rates(fc, 0.5 ** k) if k else fc
+    attempt = attempt_name(name, k)
+    spec = _spec(ctx, fck, setting)
+    error = _diverged_before(ctx, attempt, spec)
+    if error is None:
+      optimizer, total_steps, run_chunk = build(fck)
+      try:
+        state = ctx.run_loop(
+            attempt, spec, _initial_state(ctx, fck, optimizer), total_steps=total_steps,
+            chunk_steps=fc.chunk_steps,
+            run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
+                                                          length))
+      except loops.DivergenceError as e:
+        error = e
+        _record_divergence(ctx, attempt, spec, e)
+      else:
+        if k:
+          ctx.notes["rate_scale"] = 0.5 ** k
+        return state
+    else:
+      metrics.log.info("%s: skipped, it diverged before (%s)", attempt,
+                       _marker(ctx, attempt))
+    if k == halvings:
+      raise loops.DivergenceError(
+          f"{error} (after {halvings} halving{'s' if halvings != 1 else ''} of the rates; "
+          f"config.fusion.rate_halvings)" if halvings else str(error))
+    metrics.log.warning("%s diverged (%s); restarting from step 0 with the rates halved "
+                        "(x%g of config.fusion's, attempt %d of %d)", attempt, error,
+                        0.5 ** (k + 1), k + 2, halvings + 1)
 
 
 def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
   """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
-  optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
-  mesh = ctx.models_mesh
-  chunk = make_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
-  return _run(ctx, fc, name, setting, optimizer,
-              fc.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
-              lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length), mesh)
+
+  def build(fck):
+    optimizer = optimizers.make(fck.optimizer, fck.outer_lr)
+    chunk = make_chunk(hparams(fck), optimizer, fck.meta_batch_size, mesh=ctx.models_mesh)
+    return (optimizer, fck.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
+            lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
+
+  return _run(ctx, fc, name, setting, build)
 
 
 def offline_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
@@ -80,19 +175,23 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   materialised, so a stored zoo is streamed: memory does not grow with |S|.
   """
   fc = fc or ctx.config.fusion
-  optimizer = optimizers.make(fc.optimizer, fc.outer_lr)
   mesh = ctx.models_mesh
-  chunk = fusion.make_online_chunk(hparams(fc), optimizer, fc.meta_batch_size, mesh=mesh)
   zoo_q = sharding.put_replicated(zoo_lib.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)
 
-  def run_chunk(st, start, length):
-    # Only the models arriving in [start, start + length) enter the compiled chunk.
-    arriving = zoo_lib.take(ctx.zoo, arrivals[start:start + length])
-    return chunk(st, arriving, zoo_q, key)
+  def build(fck):
+    optimizer = optimizers.make(fck.optimizer, fck.outer_lr)
+    chunk = fusion.make_online_chunk(hparams(fck), optimizer, fck.meta_batch_size, mesh=mesh)
 
-  return _run(ctx, fc, name, "online", optimizer, len(arrivals), run_chunk, mesh)
+    def run_chunk(st, start, length):
+      # Only the models arriving in [start, start + length) enter the compiled chunk.
+      arriving = zoo_lib.take(ctx.zoo, arrivals[start:start + length])
+      return chunk(st, arriving, zoo_q, key)
+
+    return optimizer, len(arrivals), run_chunk
+
+  return _run(ctx, fc, name, "online", build)
 
 
 def mle_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
