@@ -16,7 +16,8 @@ verify of these papers.
 
 Variants, comma-separated: `proxy` (CIFAR-FS only: Mini-ImageNet at 32x32 stands in for
 CIFAR-100), `smoke` (seconds to minutes on a CPU), `reduced` (the CPU budget of our results
-pages: 40 teachers, 250 steps of batch 16, 50 test tasks, 15 adaptation steps).
+pages: 40 teachers, 250 steps of batch 16, 50 test tasks, 15 adaptation steps; for the methods
+that need them, 200 inversion steps and 300 MAML meta-steps, as in the proxy's data_free variant).
 """
 
 from configs import fewshot_base
@@ -47,4 +48,6 @@ def make(protocol, arg=None):
       c.zoo.chunk_steps = 50
       c.metatest.num_tasks = 50
       c.metatest.steps = 15
+      c.inversion.steps = 200
+      c.maml.meta_steps = 300
   return c

@@ -29,8 +29,8 @@ def test_the_field_protocol_configs_state_the_field_settings_and_validate():
               (1, 5), 32, False, 100, 5, 600, 15)
   assert dfml_cifarfs.get_config("proxy").data.dataset == "mini_imagenet32"
   reduced = dfml_miniimagenet.get_config("reduced")
-  assert (reduced.zoo.num_models, reduced.metatest.num_tasks, reduced.model.filters) == (
-      40, 50, 32)
+  assert (reduced.zoo.num_models, reduced.metatest.num_tasks, reduced.model.filters,
+          reduced.inversion.steps, reduced.maml.meta_steps) == (40, 50, 32, 200, 300)
   for c in (full, reduced, dfml_cifarfs.get_config("proxy,smoke")):
     config_lib.validate(c)
   with pytest.raises(ValueError, match="unknown config variants"):
