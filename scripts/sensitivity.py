@@ -12,7 +12,7 @@ reference, so each cell is also reported as a paired difference to VA.
 Writes <out>.json (every cell of every seed; rerunning skips the cells already
 there), <out>.md (the table) and <out>.png (the plot, needs matplotlib). A cell
 whose fusion diverges (NaN, see loops.DivergenceError) is recorded as diverged,
-not dropped.
+not dropped (the fusion's rate halving, fusion.rate_halvings, is off here).
 """
 
 import argparse
@@ -95,6 +95,7 @@ def run_seed(workdir, gammas, ks, dro_lr, done, save):
       fc = config.fusion.copy_and_resolve_references()
       with fc.unlocked():
         fc.gamma, fc.dro_steps = gamma, k
+        fc.rate_halvings = 0  # the cell's rates as given: a divergence is the finding
         if dro_lr is not None:
           fc.dro_lr = dro_lr
       try:
