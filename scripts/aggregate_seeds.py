@@ -134,6 +134,21 @@ def label(method, data_users):
 DATA_NOTE = "\\* read the zoo tasks' training data (not data-free)."
 
 
+def notes_line(runs):
+  """'Recorded by the methods: dfl2l: rate_scale=0.5 (seeds 2, 4).': what methods noted
+  about how they ran (a row's `notes`, e.g. DFL2L's halved rates), by method and seed."""
+  seen = collections.defaultdict(set)
+  for r in runs:
+    for row in r["rows"]:
+      for k, v in sorted((row.get("notes") or {}).items()):
+        seen[row["method"], f"{k}={v}"].add(r["seed"])
+  if not seen:
+    return []
+  parts = [f"{m}: {note} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))})"
+           for (m, note), s in sorted(seen.items())]
+  return ["", "Recorded by the methods: " + "; ".join(parts) + "."]
+
+
 def has_tasks(row):
   return bool(row.get("per_task"))
 
@@ -291,6 +306,7 @@ def table(runs):
     lines.append(f"| {name} | {key[1]} | {v.mean():.3f} | {ci} |{median} {len(v)} |")
   if users:
     lines += ["", DATA_NOTE]
+  lines += notes_line(runs)
   q = [r["zoo_quality"]["mean"] for r in runs]
   q_range = [(r["zoo_quality"]["min"], r["zoo_quality"]["max"]) for r in runs]
   walls = [r["wall_seconds"] for r in runs]

@@ -183,6 +183,16 @@ def test_rows_that_read_the_zoo_tasks_data_are_marked_in_every_table(tmp_path, c
   assert _cells(capsys.readouterr().out, "ties *", "mean over 2 seeds")[2] == "54.500"
 
 
+def test_what_the_methods_noted_is_listed_by_seed(tmp_path, capsys):
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0]), ("dfl2l", [51.0, 60.0])])
+           for k in (1, 2, 3)]
+  for k in (1, 3):
+    _edit(tmp_path / f"s{k}.json", lambda run: run["rows"][1].update(notes={"rate_scale": 0.5}))
+  helpers.load_script("aggregate_seeds").main(paths)
+  assert ("Recorded by the methods: dfl2l: rate_scale=0.5 (seeds 1, 3).\n"
+          in capsys.readouterr().out)
+
+
 def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
   paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0 + k])]) for k in (1, 2, 3)]
   _edit(tmp_path / "s2.json", lambda run: run["versions"].update(processor="Other CPU"))
