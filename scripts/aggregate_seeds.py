@@ -37,11 +37,13 @@ from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import results as results_lib
 
 
-def load(paths, keep=None):
+def load(paths, keep=None, skip_failed=False):
   """results.json of each workdir (or a results JSON file given directly).
 
   Runs of the same seed (e.g. methods added to a seed in a second workdir) are
-  merged into one run; a (method, shots) row present in both must be identical.
+  merged into one run; a (method, shots) row present in both must be identical. A FAILED
+  row (a diverged training or meta-test) is an error, or with `skip_failed` left out and
+  reported on stderr.
   """
   by_seed = {}
   for w in paths:
@@ -66,12 +68,17 @@ def load(paths, keep=None):
             f"error: {path} holds {twice[0][0]}@{twice[0][1]} under several meta-test "
             "settings (runs of launch.evaluate with other settings); aggregate one "
             "setting: keep only its rows in a copy of the file")
+      failed = [r for r in run["rows"] if r.get("failed")]
+      for r in failed:
+        if not skip_failed:
+          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} failed "
+                           f"({r['failed']}); --skip-failed leaves such rows out")
+        print(f"left out: {path}: {r['method']}@{r['shots']} failed ({r['failed']})",
+              file=sys.stderr)
+      run["rows"] = [r for r in run["rows"] if not r.get("failed")]
       for r in run["rows"]:
         if r.get("na"):
           continue
-        if r.get("failed"):
-          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} failed "
-                           f"({r['failed']})")
         if not isinstance(r.get("mean"), (int, float)):
           raise KeyError(f"mean of {r['method']}@{r['shots']}")
         if not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
@@ -401,6 +408,9 @@ def main(argv=None):
   parser.add_argument("--scrub", action="append", default=[], metavar="NAME=PATH",
                       help="with --save-merged: write PATH as $NAME in the saved files "
                       "(repeatable), e.g. MINI_IMAGENET=/data/mini-imagenet")
+  parser.add_argument("--skip-failed", action="store_true",
+                      help="leave out FAILED rows (a diverged training or meta-test; listed on "
+                      "stderr) instead of stopping with an error")
   args = parser.parse_args(argv)
   scrub = []
   for item in args.scrub:
@@ -408,7 +418,7 @@ def main(argv=None):
     if not sep or not name or not path:
       parser.error(f"--scrub takes NAME=PATH, got {item!r}")
     scrub.append((name, path))
-  runs = load(args.workdirs, select_metatest(args.metatest))
+  runs = load(args.workdirs, select_metatest(args.metatest), args.skip_failed)
   if args.save_merged:
     save_merged(runs, args.save_merged, scrub)
   text = table(runs)

@@ -240,11 +240,25 @@ def test_refuses_failed_rows_and_rows_of_several_meta_test_settings(tmp_path):
   _write(tmp_path / "s.json", 1, [("va", [50.0])])
   _edit(tmp_path / "s.json", lambda run: run["rows"][0].update(
       mean=None, per_task=[None], failed="non-finite on 1 of 1 tasks"))
-  with pytest.raises(SystemExit, match=r"va@10 failed \(non-finite on 1 of 1 tasks\)"):
+  with pytest.raises(SystemExit, match=r"va@10 failed \(non-finite on 1 of 1 tasks\); "
+                     r"--skip-failed leaves"):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "s.json")])
   _write(tmp_path / "t.json", 1, [("va", [50.0]), ("va", [40.0])])
   with pytest.raises(SystemExit, match="va@10 under several meta-test settings"):
     helpers.load_script("aggregate_seeds").main([str(tmp_path / "t.json")])
+
+
+def test_skip_failed_leaves_out_the_failed_rows_and_says_so(tmp_path, capsys):
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0]), ("dfl2l", [51.0, 61.0])])
+           for k in (1, 2)]
+  _edit(tmp_path / "s2.json", lambda run: run["rows"][1].update(
+      mean=None, per_task=[], failed="training diverged: dfl2l: ..."))
+  helpers.load_script("aggregate_seeds").main(["--skip-failed", *paths])
+  captured = capsys.readouterr()
+  assert "left out: " in captured.err and "s2.json: dfl2l@10 failed (training diverged" in (
+      captured.err)
+  assert _cells(captured.out, "dfl2l", "mean over 2 seeds")[2:] == ["56.000", "n/a (1 seed)",
+                                                                    "56.000", "1"]
 
 
 def test_metatest_filter_and_ratio_table(tmp_path, capsys):
