@@ -399,7 +399,11 @@ def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tm
   from dfl2l_jax import tasks  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "w")
   shutil.copytree(finished_run[0], workdir)
-  config = helpers.smoke_config()
+  # The contract, not the results: shortest loops (the fusion section stays the finished
+  # run's, whose dfl2l and dfl2l_online checkpoints are restored).
+  config = helpers.smoke_config(maml__meta_steps=4, maml__chunk_steps=4, mfgp__fit_steps=10,
+                                zoo_distill__steps=10, zoo_distill__chunk_steps=10,
+                                zoo_features__val_repeats=1, zoo_features__ridge_grid=(1e-3,))
   benchmark = tasks.get_benchmark(config)
   zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo
   s_idx, q_idx = zoo_lib.split(config)
