@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dfl2l_jax import loops
+from dfl2l_jax.errors import CheckpointError
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import dfl2l
 from tests import helpers
@@ -62,6 +63,10 @@ def test_a_diverging_fusion_restarts_with_halved_rates_and_resumes_past_them(
   ctx = _ctx(tmp_path / "a", lr=0.2)
   _assert_same(dfl2l.offline_fusion(ctx), state)
   assert ran == ["dfl2l_rates_x0.5"] and ctx.notes == {"rate_scale": 0.5}
+  # A damaged marker is named, not trusted.
+  (tmp_path / "a" / "fusion" / "dfl2l" / "diverged.json").write_text('{"err')
+  with pytest.raises(CheckpointError, match=r"dfl2l/diverged.json is unreadable"):
+    dfl2l.offline_fusion(_ctx(tmp_path / "a", lr=0.2))
 
 
 def test_without_halvings_or_when_they_run_out_the_divergence_is_an_error(tmp_path):

@@ -34,6 +34,7 @@ from dfl2l_jax import metrics
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
 from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.errors import CheckpointError
 from dfl2l_jax.methods import base
 
 
@@ -87,9 +88,14 @@ def _diverged_before(ctx, name, spec):
   path = _marker(ctx, name)
   if path is None or not os.path.exists(path):
     return None
-  with open(path) as f:
-    found = json.load(f)
-  return found["error"] if found.get("spec") == json.loads(json.dumps(spec)) else None
+  try:
+    with open(path) as f:
+      found = json.load(f)
+    same = found["spec"] == json.loads(json.dumps(spec))
+    return found["error"] if same else None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e!r}); delete it to run that attempt "
+                          "again") from e
 
 
 def _record_divergence(ctx, name, spec, error):
