@@ -192,10 +192,12 @@ def test_launcher_runs_end_to_end(tmp_path):
 
 def test_pretrain_then_evaluate_without_inits_fails_cleanly(tmp_path):
   workdir = str(tmp_path / "w")
-  out = helpers.launch("launch.pretrain", "--config=configs/sinusoid.py:smoke", f"--workdir={workdir}")
+  short = ("--config=configs/sinusoid.py:smoke", "--config.zoo.steps=20",
+           "--config.zoo.chunk_steps=10", f"--workdir={workdir}")
+  out = helpers.launch("launch.pretrain", *short)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert os.path.exists(os.path.join(workdir, "zoo", "200"))
-  out = helpers.launch("launch.evaluate", "--config=configs/sinusoid.py:smoke", f"--workdir={workdir}")
+  assert os.path.exists(os.path.join(workdir, "zoo", "20"))
+  out = helpers.launch("launch.evaluate", *short)
   assert out.returncode == 1 and "no saved initialisations" in out.stderr
 
 

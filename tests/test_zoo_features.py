@@ -126,7 +126,7 @@ def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
                            s_idx=np.arange(2), q_idx=np.arange(2, 3), key=jax.random.key(1))
   learner = zf.zoo_features(ctx)
   eps = bench.make_episodes(4)
-  acc = adaptation.score_learner(learner, eps, batch_size=2, gather_fn=bench.gather_episode,
+  acc = adaptation.score_learner(learner, eps, batch_size=10, gather_fn=bench.gather_episode,
                                  data=bench.data)
   # 3-way tasks of class-coloured noise: random Conv4 features separate them well.
   assert acc.shape == (eps["support_idx"].shape[0],) and acc.mean() > 80, acc
@@ -138,10 +138,10 @@ def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
   norms = np.linalg.norm(np.asarray(f).reshape(f.shape[0], 3, -1), axis=-1)
   np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
   # The logistic head (the option) on the same tasks and features.
-  logistic_ctx = dataclasses.replace(
-      ctx, config=helpers.fewshot_config(zoo_features__image_head="logistic"))
+  logistic_ctx = dataclasses.replace(ctx, config=helpers.fewshot_config(
+      zoo_features__image_head="logistic", zoo_features__logistic_steps=300))
   logistic = zf.zoo_features(logistic_ctx)
-  acc_lr = adaptation.score_learner(logistic, eps, batch_size=2,
+  acc_lr = adaptation.score_learner(logistic, eps, batch_size=10,
                                     gather_fn=bench.gather_episode, data=bench.data)
   assert acc_lr.shape == acc.shape and acc_lr.mean() > 80, acc_lr
   assert logistic.score is not learner.score and logistic.cost(12, 15) == learner.cost(12, 15)
