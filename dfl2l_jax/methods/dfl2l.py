@@ -155,10 +155,11 @@ def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
   """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
+  mesh = ctx.models_mesh
 
   def build(fck):
     optimizer = optimizers.make(fck.optimizer, fck.outer_lr)
-    chunk = make_chunk(hparams(fck), optimizer, fck.meta_batch_size, mesh=ctx.models_mesh)
+    chunk = make_chunk(hparams(fck), optimizer, fck.meta_batch_size, mesh=mesh)
     return (optimizer, fck.epochs * (len(ctx.s_idx) + len(ctx.q_idx)),
             lambda st, start, length: chunk(st, zoo_s, zoo_q, key, length=length))
 
