@@ -9,8 +9,9 @@ the pooled median over all tasks of all seeds. Paired differences to a baseline
 are given two ways: over all tasks pooled (per-task differences; tasks of one
 seed share a zoo, so this interval ignores seed-to-seed variation) and over
 seeds (each seed's mean difference, t interval). Also prints the zoo quality
-and wall times, and the git commit of the code behind each results file
-(results.json records it since 1d3e55c).
+and wall times, and the git commit of the run that made each row (results.json records
+each run's commit since 1d3e55c; rows of files merged by --save-merged before it kept each
+row's commit are counted by file).
 
 A seed may be given by its per-seed means alone (rows with a `mean` and no
 `per_task`, e.g. a seed whose per-task files are gone): it counts in every
@@ -86,12 +87,21 @@ def load(paths, keep=None, skip_failed=False):
     except KeyError as e:
       raise SystemExit(f"error: {path} is not a results file: no {e}") from None
     commits = source_commits(run)
+    if run.get("runs") and not merged_file(run):
+      # A workdir's results.json: its top-level wall time is its last run's.
+      run["wall_seconds"] = sum(r.get("wall_seconds", 0.0) for r in run["runs"])
+    for r in run["rows"]:
+      r["commit"] = row_commit(run, r)
+    if any(r["commit"] is UNKNOWN for r in run["rows"]):
+      run["commits"] = commits  # file-level counts, for those rows only
+    else:
+      run["commits"] = collections.Counter()
+    run["files"] = run.get("merged_files", 1)
     if seed not in by_seed:
-      run["commits"] = commits
       by_seed[seed] = run
       continue
     merged = by_seed[seed]
-    merged["commits"] += commits
+    merged["commits"] += run["commits"]
     have = {(r["method"], r["shots"]): r for r in merged["rows"]}
     for r in run["rows"]:
       key = (r["method"], r["shots"])
@@ -103,11 +113,35 @@ def load(paths, keep=None, skip_failed=False):
         continue
       merged["rows"].append(r)
     merged["wall_seconds"] += run["wall_seconds"]
+    merged["files"] += run["files"]
   runs = list(by_seed.values())
   benchmarks = {r["benchmark"] for r in runs}
   if len(benchmarks) != 1:
     raise SystemExit(f"error: runs of several benchmarks: {sorted(benchmarks)}")
   return runs
+
+
+def merged_file(run):
+  """Whether `run` was written by --save-merged (its `runs` are its first file's only)."""
+  return "source_commits" in run or "merged_files" in run
+
+
+UNKNOWN = object()  # a row merged by --save-merged before rows kept their commit
+
+
+def row_commit(run, row):
+  """The git commit of the run that made `row` (None: not recorded, UNKNOWN: see above):
+  as --save-merged kept it, or that of the entry of the file's `runs` the row names, or the
+  file's own for files from before `runs`."""
+  if "commit" in row:
+    return row["commit"]
+  if merged_file(run):
+    return UNKNOWN
+  runs = run.get("runs") or []
+  i = row.get("run")
+  if isinstance(i, int) and 0 <= i < len(runs):
+    return (runs[i].get("versions") or {}).get("git")
+  return run.get("versions", {}).get("git")
 
 
 def source_commits(run):
@@ -196,9 +230,13 @@ def save_merged(runs, out_dir, scrub=()):
   replaced (`scrub`: (NAME, PATH) pairs; module docstring)."""
   os.makedirs(out_dir, exist_ok=True)
   for r in runs:
-    run = {k: v for k, v in r.items() if k != "commits"}
-    run["source_commits"] = {(c or "unrecorded"): k for c, k in sorted(
-        r["commits"].items(), key=lambda ck: ck[0] or "")}
+    run = {k: v for k, v in r.items() if k not in ("commits", "files")}
+    run["merged_files"] = r["files"]
+    run["rows"] = [{k: v for k, v in row.items() if k != "commit" or v is not UNKNOWN}
+                   for row in r["rows"]]
+    if r["commits"]:  # rows whose commit an older merge did not keep
+      run["source_commits"] = {(c or "unrecorded"): k for c, k in sorted(
+          r["commits"].items(), key=lambda ck: ck[0] or "")}
     run = scrub_paths(run, _machine_paths(run, scrub))
     path = os.path.join(out_dir, f"seed{r['seed']}.json")
     with open(path + ".tmp", "w") as f:
@@ -322,8 +360,8 @@ def table(runs):
   lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
             f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
-            f"Wall seconds per run: {', '.join(f'{x:.1f}' for x in walls)} ({where}).",
-            "Code (git commit: results files): " + commits(runs) + "."]
+            f"Wall seconds per seed (all runs of its files): {', '.join(f'{x:.1f}' for x in walls)} ({where}).",
+            *commits(runs)]
   if lost:
     lines.append(f"Seeds {lost} are given by their per-seed means alone: the columns that "
                  "need per-task values (medians, tasks pooled, task counts) are left out.")
@@ -341,14 +379,39 @@ def machines(runs):
   return "; ".join(f"{w} for seeds {seeds}" for w, seeds in by.items())
 
 
+def short(commit):
+  return (commit[:12] + commit[40:]) if commit else "unrecorded"
+
+
 def commits(runs):
-  """Which commits produced the results files, most files first; `unrecorded` for files
-  written before results.json recorded it (or outside a git checkout)."""
+  """'Code (git commit: rows): C: va, ota (seeds 1, 2); D: dfl2l (seed 1).': the commit of
+  the run that made each row, by method and seed; `unrecorded` for runs from before
+  results.json recorded it (or outside a git checkout). Rows of files merged before rows
+  kept their commit are counted by results file on a line of their own."""
+  seeds = collections.defaultdict(lambda: collections.defaultdict(set))
+  for r in runs:
+    for row in r["rows"]:
+      if row["commit"] is not UNKNOWN:
+        seeds[row["commit"]][row["method"]].add(r["seed"])
+  lines = []
+  if seeds:
+    parts = []
+    for c in sorted(seeds, key=lambda c: (c is None, -len(seeds[c]), c or "")):
+      groups = collections.defaultdict(list)  # seed set -> methods made with it
+      for m, s in seeds[c].items():
+        groups[tuple(sorted(s))].append(m)
+      parts.append(f"{short(c)}: " + ", ".join(
+          f"{', '.join(sorted(ms))} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+          for s, ms in sorted(groups.items(), key=lambda sm: (-len(sm[0]), sm[0]))))
+    lines.append("Code (git commit: rows): " + "; ".join(parts) + ".")
   total = collections.Counter()
   for r in runs:
     total.update(r["commits"])
-  order = sorted(total.items(), key=lambda ck: (-ck[1], ck[0] is None, ck[0] or ""))
-  return ", ".join(f"{(c[:12] + c[40:]) if c else 'unrecorded'}: {k}" for c, k in order)
+  if total:
+    order = sorted(total.items(), key=lambda ck: (-ck[1], ck[0] is None, ck[0] or ""))
+    lines.append("Code of rows merged before rows kept their commit (git commit: results "
+                 "files): " + ", ".join(f"{short(c)}: {k}" for c, k in order) + ".")
+  return lines
 
 
 def select_metatest(spec):

@@ -71,9 +71,39 @@ def test_means_intervals_and_paired_differences(tmp_path, capsys):
   assert float(d[4]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
   assert d[5] == "2" and d[6] == "3 of 3"
 
-  assert "Wall seconds per run: 10.0, 15.0 (cpu, Test CPU)." in out
-  assert ("Code (git commit: results files): aaaaaaaaaaaa: 1, aaaaaaaaaaaa+dirty: 1, "
-          "unrecorded: 1.") in out
+  assert "Wall seconds per seed (all runs of its files): 10.0, 15.0 (cpu, Test CPU)." in out
+  assert ("Code (git commit: rows): aaaaaaaaaaaa: dfl2l, oml, va (seed 1); "
+          "aaaaaaaaaaaa+dirty: va (seed 2); unrecorded: dfl2l (seed 2).\n") in out
+  assert "results files" not in out
+
+
+def test_each_row_is_credited_to_the_commit_of_the_run_that_made_it(tmp_path, capsys):
+  """A workdir's results.json holds rows of several runs (methods added later, as
+  launch.offline and launch.evaluate merge them): each row names its run."""
+  a, b = "a" * 40, "b" * 40
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0]), ("dfl2l", [51.0, 60.0])],
+                  commit=a) for k in (1, 2)]
+
+  def two_runs(run):
+    run["runs"] = [{"versions": {"git": a}, "wall_seconds": 3.0},
+                   {"versions": {"git": b}, "wall_seconds": 4.0}]
+    run["rows"][0]["run"], run["rows"][1]["run"] = 0, 1
+  _edit(tmp_path / "s2.json", two_runs)
+  script = helpers.load_script("aggregate_seeds")
+  script.main(paths)
+  out = capsys.readouterr().out
+  assert ("Code (git commit: rows): aaaaaaaaaaaa: va (seeds 1, 2), dfl2l (seed 1); "
+          "bbbbbbbbbbbb: dfl2l (seed 2).\n") in out
+  # Seed 2's wall time is its two runs', not the last run's (the file's top level).
+  assert "Wall seconds per seed (all runs of its files): 10.0, 7.0 (" in out
+  # --save-merged keeps each row's commit: the saved files give the same line.
+  script.main([*paths, "--save-merged", str(tmp_path / "kept")])
+  capsys.readouterr()
+  script.main([str(tmp_path / "kept" / f"seed{k}.json") for k in (1, 2)])
+  out = capsys.readouterr().out
+  assert ("Code (git commit: rows): aaaaaaaaaaaa: va (seeds 1, 2), dfl2l (seed 1); "
+          "bbbbbbbbbbbb: dfl2l (seed 2).\n") in out
+  assert "Wall seconds per seed (all runs of its files): 10.0, 7.0 (" in out
 
 
 def test_one_seed_paired_interval_is_marked_not_available(tmp_path, capsys):
@@ -121,7 +151,10 @@ def test_a_seed_given_by_its_means_counts_over_seeds_and_not_per_task(tmp_path, 
   d = _cells(out, "dfl2l", "Paired against va")
   assert d[2] == "+1.750" and d[4] == "2" and len(d) == 5
   assert float(d[3]) == pytest.approx(T1 * np.std([1.5, 2.0], ddof=1) / math.sqrt(2), abs=1e-3)
-  assert "Code (git commit: results files): unrecorded: 3, bbbbbbbbbbbb: 1." in out
+  # Seed 2's file was merged before rows kept their commit: counted by file.
+  assert "Code (git commit: rows): bbbbbbbbbbbb: dfl2l, va (seed 1).\n" in out
+  assert ("Code of rows merged before rows kept their commit (git commit: results files): "
+          "unrecorded: 3.\n") in out
   assert "(cpu, Test CPU)." in out
 
 
@@ -197,7 +230,7 @@ def test_names_the_machine_of_each_seed_when_they_differ(tmp_path, capsys):
   paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0 + k])]) for k in (1, 2, 3)]
   _edit(tmp_path / "s2.json", lambda run: run["versions"].update(processor="Other CPU"))
   helpers.load_script("aggregate_seeds").main(paths)
-  assert ("Wall seconds per run: 10.0, 10.0, 10.0 (cpu, Test CPU for seeds [1, 3]; "
+  assert ("Wall seconds per seed (all runs of its files): 10.0, 10.0, 10.0 (cpu, Test CPU for seeds [1, 3]; "
           "cpu, Other CPU for seeds [2]).") in capsys.readouterr().out
 
 
@@ -211,8 +244,9 @@ def test_save_merged_round_trips_to_the_same_tables(tmp_path, capsys):
   before = capsys.readouterr().out
   kept = sorted(str(p) for p in (tmp_path / "kept").iterdir())
   assert [os.path.basename(p) for p in kept] == ["seed1.json", "seed2.json"]
-  assert json.loads((tmp_path / "kept" / "seed2.json").read_text())["source_commits"] == {
-      "d" * 40: 1, "unrecorded": 1}
+  seed2 = json.loads((tmp_path / "kept" / "seed2.json").read_text())
+  assert {r["method"]: r["commit"] for r in seed2["rows"]} == {"va": "d" * 40, "dfl2l": None}
+  assert "source_commits" not in seed2
   script.main(kept)
   assert capsys.readouterr().out == before
 
