@@ -145,3 +145,74 @@ def test_image_zoo_features_classify_by_nearest_centroid_of_support_features():
                                     gather_fn=bench.gather_episode, data=bench.data)
   assert acc_lr.shape == acc.shape and acc_lr.mean() > 80, acc_lr
   assert logistic.score is not learner.score and logistic.cost(12, 15) == learner.cost(12, 15)
+
+
+
+def _mean_brightness(state, support, query):
+  del state, support
+  return jnp.mean(query["x"])
+
+
+def _minus_mean_brightness(state, support, query):
+  del state, support
+  return -jnp.mean(query["x"])
+
+
+def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_only():
+  from dfl2l_jax.errors import DataError, NotApplicable  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  config = helpers.fewshot_config(zoo_features__image_head="select", shots=(4,),
+                                  zoo_features__logistic_steps=50,
+                                  zoo_features__image_val_tasks=3)
+  synthetic, splits = helpers.synthetic_image_loader(), []
+
+  def loader(split):
+    splits.append(split)
+    return synthetic(split)
+  bench = fewshot.make_benchmark(config, loader)
+  assert splits == ["train", "test"]  # the meta-validation classes are read on first use
+  zoo = jax.vmap(bench.init_params)(jax.random.split(jax.random.key(0), 3))
+  # As a data-free method receives it: the meta-validation classes are not the zoo's data.
+  ctx = base.MethodContext(config=config, benchmark=base.DataFreeBenchmark(bench, "zf"),
+                           zoo=zoo, s_idx=np.arange(2), q_idx=np.arange(2, 3),
+                           key=jax.random.key(1))
+  learner = zf.zoo_features(ctx)
+  assert splits.count("val") == 1
+  chosen = ctx.notes["image_head"]
+  assert chosen in ("4:centroid", "4:logistic")
+  # On the test tasks the learner is the chosen head.
+  head = (zf._centroid_scorer(bench.model, 3) if chosen == "4:centroid" else
+          zf._logistic_scorer(bench.model, 3, 1.0, 50))
+  eps = bench.make_episodes(4)
+  got = adaptation.score_learner(learner, eps, batch_size=10, gather_fn=bench.gather_episode,
+                                 data=bench.data)
+  want = adaptation.score_learner(base.Learner({"zoo": zoo}, head, None), eps, batch_size=10,
+                                  gather_fn=bench.gather_episode, data=bench.data)
+  np.testing.assert_array_equal(got, want)
+
+  # The choice is the head of the higher meta-validation accuracy at each shot count (the
+  # centroid on a tie), made on episodes of the validation classes; each shot count gets
+  # its own head.
+  episodes, _, _ = bench.validation_episodes(2, 3)
+  assert episodes["support_idx"].max() < 3 * 20  # indices into the 3 validation classes
+  two = dataclasses.replace(ctx, config=helpers.override(config, shots=(2, 4)))
+  tie = {"centroid": _mean_brightness, "logistic": _mean_brightness}
+  assert zf.select_head(two, tie, {})[0] == {2: "centroid", 4: "centroid"}
+  heads = {"centroid": _minus_mean_brightness, "logistic": _mean_brightness}
+  chosen, table = zf.select_head(two, heads, {})
+  assert chosen == {2: "logistic", 4: "logistic"}
+  for k in (2, 4):
+    assert table[k]["logistic"] == -table[k]["centroid"] > 0
+  score = zf._selected_scorer(((6, _mean_brightness), (12, _minus_mean_brightness)))
+  query = {"x": jnp.ones((15, 16, 16, 3))}
+  assert score({}, {"x": jnp.zeros((6, 16, 16, 3))}, query) == 1.0
+  assert score({}, {"x": jnp.zeros((12, 16, 16, 3))}, query) == -1.0
+
+  # Benchmarks without meta-validation classes, or whose classes overlap, are refused.
+  no_val = dataclasses.replace(bench, validation_episodes=None)
+  with pytest.raises(NotApplicable, match="meta-validation classes"):
+    zf.zoo_features(dataclasses.replace(ctx, benchmark=no_val))
+  overlapping = fewshot.make_benchmark(
+      config, lambda split: synthetic("test" if split == "val" else split))
+  with pytest.raises(DataError, match="meta-validation classes overlap"):
+    overlapping.validation_episodes(2, 3)

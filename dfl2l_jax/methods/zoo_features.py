@@ -35,6 +35,11 @@ every model weighs the same, and all N concatenated. Two heads
   bias unpenalised; C = `zoo_features.logistic_c`, 1 as scikit-learn's default and as
   in Tian et al. 2020's linear probe), from zero by `zoo_features.logistic_steps`
   gradient steps of 1 / L, L = 1 + 1 / (C n) bounding the curvature. Fixed a priori.
+- "select": one of the two per shot count, the one of the higher mean accuracy on
+  `zoo_features.image_val_tasks` episodes of the meta-validation classes (the benchmark's
+  `validation_episodes`: real labelled images of classes that are neither the zoo's nor
+  the test tasks'; the field's protocol selects on them), the centroid on a tie. The
+  choice is logged and recorded with the rows (`notes.image_head`). Never the test tasks.
 
 Cost per task: N networks, N (2 K R + Q R) forward passes (one support pass gives the
 statistics); the logistic head's fit adds steps x n x N D x R multiply-adds, far below
@@ -48,6 +53,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dfl2l_jax import adaptation
 from dfl2l_jax import checks
 from dfl2l_jax import metrics
 from dfl2l_jax import models
@@ -177,6 +183,46 @@ def _logistic_scorer(net, ways, c, steps):
   return functools.partial(_logistic_score, net.clone(head=False), ways, c, steps)
 
 
+def _selected_score(scores, state, support, query):
+  """The head chosen for this task's support-set size (static: one per shot count)."""
+  return dict(scores)[support["x"].shape[0]](state, support, query)
+
+
+@functools.lru_cache(maxsize=8)
+def _selected_scorer(scores):
+  """`scores`: ((n_support, score), ...), hashable so the scorer is a stable object."""
+  return functools.partial(_selected_score, scores)
+
+
+def select_head(ctx, heads, state):
+  """{shots: head name} of the higher mean accuracy on meta-validation episodes (the
+  centroid on a tie), and {shots: {head: mean accuracy}}; module doc, "select"."""
+  if ctx.benchmark.validation_episodes is None:
+    raise NotApplicable("zoo_features.image_head=select needs the benchmark's "
+                        "meta-validation classes, and this benchmark has none")
+  n_tasks = int(ctx.config.zoo_features.image_val_tasks)
+  chosen, table = {}, {}
+  for k in (int(s) for s in ctx.config.shots):
+    episodes, data, gather = ctx.benchmark.validation_episodes(k, n_tasks)
+    table[k] = {}
+    for name, score in heads.items():
+      acc = adaptation.score_learner(
+          base.Learner(state=state, score=score, cost=None), episodes,
+          batch_size=int(ctx.config.metatest.batch_size), gather_fn=gather, data=data)
+      if not np.all(np.isfinite(acc)):
+        raise FloatingPointError(f"zoo_features: the {name} head gave a non-finite "
+                                 f"meta-validation accuracy at {k} shots")
+      table[k][name] = float(acc.mean())
+    chosen[k] = max(heads, key=lambda h: (table[k][h], h == "centroid"))
+    metrics.log.info("zoo_features: %d shots, the %s head chosen on %d meta-validation "
+                     "tasks (mean accuracy: %s)", k, chosen[k], n_tasks,
+                     ", ".join(f"{h} {a:.2f}" for h, a in table[k].items()))
+    if ctx.writer is not None:
+      ctx.writer.write_scalars(0, {f"zoo_features/val_accuracy_{h}_{k}": a
+                                   for h, a in table[k].items()})
+  return chosen, table
+
+
 def zoo_features_images(ctx):
   net = ctx.benchmark.model
   if not isinstance(net, models.Conv4):
@@ -186,12 +232,16 @@ def zoo_features_images(ctx):
   cost = lambda n_support, n_query: {"networks": n,
                                      "forward": n * (2 * n_support + n_query), "backward": 0}
   ways, zc = int(ctx.benchmark.spec["ways"]), ctx.config.zoo_features
-  if zc.image_head == "logistic":
-    score = _logistic_scorer(net, ways, float(zc.logistic_c), int(zc.logistic_steps))
-  else:
-    score = _centroid_scorer(net, ways)
-  return base.Learner(state={"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}, score=score,
-                      cost=cost)
+  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
+  heads = {"centroid": _centroid_scorer(net, ways),
+           "logistic": _logistic_scorer(net, ways, float(zc.logistic_c),
+                                        int(zc.logistic_steps))}
+  if zc.image_head != "select":
+    return base.Learner(state=state, score=heads[zc.image_head], cost=cost)
+  chosen, _ = select_head(ctx, heads, state)
+  ctx.notes["image_head"] = ", ".join(f"{k}:{h}" for k, h in sorted(chosen.items()))
+  score = _selected_scorer(tuple((ways * k, heads[h]) for k, h in sorted(chosen.items())))
+  return base.Learner(state=state, score=score, cost=cost)
 
 
 def zoo_features(ctx: base.MethodContext):
@@ -221,7 +271,7 @@ def zoo_features(ctx: base.MethodContext):
   return base.Learner(state=state, score=_scorer(apply), cost=cost)
 
 
-IMAGE_HEADS = ("centroid", "logistic")
+IMAGE_HEADS = ("centroid", "logistic", "select")
 
 
 def defaults():
@@ -232,10 +282,12 @@ def defaults():
   z.ridge_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
   z.val_query = 100                     # pseudo-query inputs per meta-validation model
   z.val_repeats = 5                     # pseudo tasks per meta-validation model
-  # Images: the head on the support features, fixed a priori (nothing chosen on tasks).
-  z.image_head = "centroid"             # centroid: nearest class centroid | logistic
+  # Images: the head on the support features, fixed a priori (nothing chosen on tasks),
+  # or chosen per shot count on meta-validation classes ("select").
+  z.image_head = "centroid"             # centroid (nearest class centroid) | logistic | select
   z.logistic_c = 1.0                    # inverse L2 strength (scikit-learn's C)
   z.logistic_steps = 1000               # gradient steps of the logistic fit
+  z.image_val_tasks = 50                # meta-validation episodes per shot count ("select")
   return z
 
 
@@ -244,7 +296,8 @@ FIELDS = {"zoo_features.ridge_grid": checks.POSITIVE_REALS,
           "zoo_features.val_repeats": checks.POSITIVE_INT,
           "zoo_features.image_head": checks.one_of(IMAGE_HEADS),
           "zoo_features.logistic_c": checks.POSITIVE_REAL,
-          "zoo_features.logistic_steps": checks.POSITIVE_INT}
+          "zoo_features.logistic_steps": checks.POSITIVE_INT,
+          "zoo_features.image_val_tasks": checks.POSITIVE_INT}
 
 
 def validate(config):

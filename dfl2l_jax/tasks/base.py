@@ -46,6 +46,11 @@ class Benchmark:
       BatchNorm population statistics over its own training data (what a
       pretrained CNN checkpoint carries as running statistics); None for
       networks without BatchNorm.
+    validation_episodes: `(shots, num_tasks) -> (episodes, data, gather_fn)`,
+      episodes of the meta-validation classes (disjoint from the meta-training and
+      meta-test ones) in the form `gather_fn(episode, data)` reads, for choices a
+      method makes before the meta-test; never the test tasks. None where the
+      benchmark has no meta-validation classes.
   """
   name: str
   metric: str
@@ -63,6 +68,7 @@ class Benchmark:
   gather_episode: Callable = None
   member_loop: str = "vmap"
   zoo_bn_stats_fn: Callable = None
+  validation_episodes: Callable = None
 
   def __post_init__(self):
     if self.gather_episode is None:

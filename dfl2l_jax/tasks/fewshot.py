@@ -79,22 +79,24 @@ def sample_zoo_tasks(seed, num_models, ways, table):
           "classes": np.stack(classes).astype(np.int32)}
 
 
-def sample_episodes(seed, num_tasks, ways, shots, query, table):
-  """Meta-test episodes as indices into the meta-test images.
+def sample_episodes(seed, num_tasks, ways, shots, query, table, split="meta-test"):
+  """Episodes as indices into the images of one class split (`split`, for messages).
 
   Task t permutes each of its classes' images once; its support set is the
   first `shots` and its query set the last `query`, so the query set is the
-  same at every shot count and never overlaps the support set.
+  same at every shot count and never overlaps the support set. The meta-validation
+  split draws from a random stream of its own.
   """
   n_classes, per_class = table.shape
   if ways > n_classes:
-    raise ConfigError(f"test tasks need {ways} classes; the meta-test split has {n_classes}")
+    raise ConfigError(f"{split} tasks need {ways} classes; the {split} split has {n_classes}")
   if shots + query > per_class:
     raise ConfigError(f"{shots} shots + {query} queries per class exceed the {per_class} "
-                      "images a meta-test class has")
+                      f"images a {split} class has")
+  stream = 2 if split == "meta-validation" else 1
   s_idx, q_idx, classes = [], [], []
   for t in range(num_tasks):
-    rng = np.random.default_rng([seed, 1, t])
+    rng = np.random.default_rng([seed, stream, t])
     cls = rng.choice(n_classes, ways, replace=False)
     perms = np.stack([table[c][rng.permutation(per_class)] for c in cls])
     s_idx.append(perms[:, :shots].reshape(-1))
@@ -222,12 +224,26 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
             for k, v in moments.items()}
 
   def gather_episode(ep, data):
-    img = lambda idx: normalise(data["test_images"][idx], data["mean"], data["std"])
-    return ({"x": img(ep["support_idx"]), "y": ep["support_y"]},
-            {"x": img(ep["query_idx"]), "y": ep["query_y"]})
+    return _gather(ep, data, "test_images")
 
   mt = config.metatest
   per_class = test_table.shape[1]
+  validation = {}  # the meta-validation images, loaded on first use
+
+  def validation_episodes(shots, num_tasks):
+    if not validation:
+      images, labels, names = loader("val")
+      overlap = set(names) & (set(train_names) | set(test_names))
+      if overlap:
+        raise DataError("meta-validation classes overlap the meta-training or meta-test "
+                        f"ones: {sorted(overlap)[:5]}")
+      validation["table"] = class_table(np.asarray(labels), len(names))
+      validation["data"] = {"val_images": jnp.asarray(images), "mean": data["mean"],
+                            "std": data["std"]}
+    eps = sample_episodes(config.seed, num_tasks, ways, shots, mt.query_per_class,
+                          validation["table"], split="meta-validation")
+    return eps, validation["data"], gather_validation_episode
+
   return base.Benchmark(
       name=benchmark_name(protocol, dc.dataset), metric="accuracy", model=net,
       example_input=np.zeros((1,) + train_images.shape[1:], np.float32),
@@ -241,4 +257,15 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
             "image_shape": list(train_images.shape[1:]),
             "train_classes": list(train_names), "test_classes": list(test_names)},
       data=data, gather_episode=gather_episode, member_loop=member_loop,
-      zoo_bn_stats_fn=zoo_bn_stats_fn)
+      zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes)
+
+
+def _gather(ep, data, images):
+  img = lambda idx: normalise(data[images][idx], data["mean"], data["std"])
+  return ({"x": img(ep["support_idx"]), "y": ep["support_y"]},
+          {"x": img(ep["query_idx"]), "y": ep["query_y"]})
+
+
+def gather_validation_episode(ep, data):
+  """One meta-validation episode (a module-level function: a stable static argument)."""
+  return _gather(ep, data, "val_images")
