@@ -161,8 +161,10 @@ def _minus_mean_brightness(state, support, query):
 def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_only():
   from dfl2l_jax.errors import DataError, NotApplicable  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  # The heads of the test above (same tasks and settings): their compiled meta-tests are
+  # reused on one worker (`--dist loadfile`).
   config = helpers.fewshot_config(zoo_features__image_head="select", shots=(4,),
-                                  zoo_features__logistic_steps=50,
+                                  zoo_features__logistic_steps=300,
                                   zoo_features__image_val_tasks=3)
   synthetic, splits = helpers.synthetic_image_loader(), []
 
@@ -182,7 +184,7 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   assert chosen in ("4:centroid", "4:logistic")
   # On the test tasks the learner is the chosen head.
   head = (zf._centroid_scorer(bench.model, 3) if chosen == "4:centroid" else
-          zf._logistic_scorer(bench.model, 3, 1.0, 50))
+          zf._logistic_scorer(bench.model, 3, 1.0, 300))
   eps = bench.make_episodes(4)
   got = adaptation.score_learner(learner, eps, batch_size=10, gather_fn=bench.gather_episode,
                                  data=bench.data)
