@@ -185,9 +185,14 @@ def notes_line(runs):
         seen[row["method"], f"{k}={v}"].add(r["seed"])
   if not seen:
     return []
-  parts = [f"{m}: {note} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))})"
-           for (m, note), s in sorted(seen.items())]
+  parts = [f"{m}: {note} ({seed_list(s)})" for (m, note), s in sorted(seen.items())]
   return ["", "Recorded by the methods: " + "; ".join(parts) + "."]
+
+
+def seed_list(seeds):
+  """'seed 3' or 'seeds 1, 2'."""
+  seeds = sorted(seeds)
+  return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def has_tasks(row):
@@ -360,7 +365,8 @@ def table(runs):
   lines += ["", f"Seeds {seeds}. Zoo quality ({metric} of each zoo model on its own task, "
             f"mean over models): {', '.join(f'{x:.4f}' for x in q)}; "
             f"min..max: {', '.join(f'{a:.4f}..{b:.4f}' for a, b in q_range)}.",
-            f"Wall seconds per seed (all runs of its files): {', '.join(f'{x:.1f}' for x in walls)} ({where}).",
+            "Wall seconds per seed (all runs of its files): "
+            f"{', '.join(f'{x:.1f}' for x in walls)} ({where}).",
             *commits(runs)]
   if lost:
     lines.append(f"Seeds {lost} are given by their per-seed means alone: the columns that "
@@ -401,7 +407,7 @@ def commits(runs):
       for m, s in seeds[c].items():
         groups[tuple(sorted(s))].append(m)
       parts.append(f"{short(c)}: " + ", ".join(
-          f"{', '.join(sorted(ms))} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})"
+          f"{', '.join(sorted(ms))} ({seed_list(s)})"
           for s, ms in sorted(groups.items(), key=lambda sm: (-len(sm[0]), sm[0]))))
     lines.append("Code (git commit: rows): " + "; ".join(parts) + ".")
   total = collections.Counter()
