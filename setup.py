@@ -30,6 +30,8 @@ setup(
         "numpy>=1.26",
         "scipy>=1.13",                # linear assignment (ota, weight_matching)
         "tensorboardX>=2.6.5",        # metrics as TensorBoard event files
+        "safetensors>=0.8.0",         # zoo folders (dfl2l_jax/zoo/store.py), read with numpy
+        "ml-dtypes>=0.7.0",           # bfloat16 tensors in .pth files (dfl2l_jax/zoo/pth.py)
     ],
     package_data={"dfl2l_jax.data": ["*.json"]},
     extras_require={
@@ -41,6 +43,9 @@ setup(
         # (array_record files; TensorFlow itself is not needed).
         "data": ["tensorflow-datasets>=4.9.10", "importlib_resources>=7.1",
                  "pillow>=13.0"],
+        # PyTorch: only scripts/torch_zoo.py (an example teacher zoo) and the tests that check
+        # our .pth files and layouts against torch itself; importing and exporting need none.
+        "torch": ["torch>=2.4"],
         # GPU: pip install -U "jax[cuda12]" (see BUILD.md). TPU: "jax[tpu]".
     },
 )

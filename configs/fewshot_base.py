@@ -93,6 +93,9 @@ def make(protocol, ways, arg=None):
   c.zoo.chunk_steps = 100
   c.zoo.bn_reference = 20               # train images per class giving BN statistics at eval
   c.zoo.member_loop = "auto"            # vmap | map over zoo members; auto: map on CPU
+  c.zoo.source = ""                     # a zoo folder (launch.import_zoo) to use instead of
+  #                                       training one; its manifest sets num_models, ways
+  #                                       and model.filters (docs/zoo_format.md)
 
   c.fusion = common.fusion(embed_dim=50)
 

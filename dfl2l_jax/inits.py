@@ -58,16 +58,30 @@ def available(workdir):
   return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
+def network(workdir):
+  """(flax module, example input) of the networks of `workdir`'s zoo: from zoo/spec.json
+  (a trained zoo) or from the manifest of the imported zoo it ran on."""
+  from dfl2l_jax.zoo import source  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.zoo import store  # pylint: disable=g-import-not-at-top
+  spec_path = os.path.join(workdir, "zoo", "spec.json")
+  if os.path.exists(spec_path):
+    with open(spec_path) as f:
+      return model_from_spec(json.load(f)["benchmark"])
+  imported = source.read_record(workdir)
+  if imported is None or "manifest" not in imported:
+    raise CheckpointError(f"{workdir} has no zoo/spec.json nor {source.RECORD}: not a "
+                          "workdir of a finished run")
+  manifest = imported["manifest"]
+  s = manifest["image_size"]
+  return store.network(manifest), np.zeros((1, s, s, 3), np.float32)
+
+
 def load(workdir, method):
   """The initialisation that `method` saved in `workdir` (see the module docstring)."""
-  spec_path = os.path.join(workdir, "zoo", "spec.json")
-  if not os.path.exists(spec_path):
-    raise CheckpointError(f"{workdir} has no zoo/spec.json: not a workdir of a finished run")
+  model, example = network(workdir)
   if method not in available(workdir):
     raise CheckpointError(f"{workdir} holds no initialisation of {method!r}; it holds: "
                           f"{', '.join(available(workdir)) or 'none'}")
-  with open(spec_path) as f:
-    model, example = model_from_spec(json.load(f)["benchmark"])
   template = model.init(jax.random.key(0), example)["params"]
   params = checkpointing.load_tree(os.path.join(workdir, "inits", method), template)
   for leaf in jax.tree.leaves(params):

@@ -39,6 +39,7 @@ from dfl2l_jax import sharding
 from dfl2l_jax import tasks
 from dfl2l_jax import workdir_lock
 from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.errors import CheckpointError, ConfigError, Dfl2lError, NotApplicable, ZooError
 
 log = metrics.log
@@ -51,11 +52,12 @@ def prepare(config, workdir=None, chosen=()):
   if added:
     metrics.log.info("config has no %s section%s: the defaults are used", ", ".join(added),
                      "s" if len(added) > 1 else "")
+  imported = zoo_source.load_source(config)  # sets the zoo's sizes in the config
   config_lib.validate(config)
   for method in chosen:
     if method.validate is not None:
       method.validate(config)
-  benchmark = tasks.get_benchmark(config)
+  benchmark = tasks.get_benchmark(config, imported)
   config_lib.validate_shots(config, benchmark)
   if workdir is not None:
     make_workdir(workdir)
@@ -80,6 +82,10 @@ def make_workdir(workdir):
 
 def pretrain(config, workdir, hooks=None):
   """Trains the zoo into workdir/zoo; returns (zoo, quality)."""
+  if zoo_source.source_of(config):
+    raise ConfigError("launch.pretrain trains a zoo, and config.zoo.source names one to "
+                      "import: nothing to train. Run launch.offline, launch.online or "
+                      "launch.evaluate with it")
   benchmark = prepare(config, workdir)
   with workdir_lock.hold(workdir):
     writer = metrics.workdir_writer(workdir)
@@ -97,6 +103,41 @@ def make_meshes(config):
   """The run's two 1-D meshes, built once and handed down: {"models": zoo training and
   fusion, "tasks": the meta-test} (sharding.make_mesh, config.mesh)."""
   return {axis: sharding.make_mesh(config, axis) for axis in (sharding.MODELS, sharding.TASKS)}
+
+
+def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
+  """(zoo, quality, running_stats): the zoo's parameters (leading model axis) read from
+  config.zoo.source, or trained (resumed, restored) into workdir/zoo and then written
+  as a zoo folder (workdir/zoo_models); its quality; and its BatchNorm statistics where
+  its models normalise with stored ones (an imported zoo with batch_norm "running"),
+  else None. Refuses a workdir that ran on another zoo."""
+  imported = benchmark.imported_zoo
+  zoo_source.check_workdir(workdir, imported)
+  if imported is not None:
+    zoo = jax.tree.map(jax.numpy.asarray, imported.params)
+    running = (jax.tree.map(jax.numpy.asarray, imported.bn_stats)
+               if imported.manifest["batch_norm"] == "running" else None)
+    quality = zoo_lib.zoo_quality(zoo, benchmark, running)
+    log.info("imported zoo quality (%s on the benchmark's images of each model's classes, "
+             "which may include its training images): mean %.4f min %.4f max %.4f",
+             quality["metric"], quality["mean"], quality["min"], quality["max"])
+    return zoo, quality, running
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks, mesh=mesh)
+  quality = zoo_lib.zoo_quality(zoo, benchmark)
+  if jax.process_index() == 0:
+    zoo_lib.write_zoo_folder(os.path.join(workdir, zoo_source.TRAINED_ZOO), config,
+                             benchmark, zoo, quality)
+  return zoo, quality, None
+
+
+def zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen):
+  """The zoo's BatchNorm population statistics for the methods that need them: the
+  imported zoo's own, or computed once from the zoo tasks' data (zoo.bn_stats)."""
+  if not any(m.needs_bn_stats for m in chosen):
+    return None
+  if running is not None:
+    return running
+  return zoo_lib.bn_stats(config, benchmark, zoo, workdir)
 
 
 def method_key(config, name):
@@ -175,6 +216,12 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
          "setting": launcher, "config": config.to_dict(), "rows": rows,
          "zoo_quality": quality, "split": {"n_s": len(s_idx), "n_q": len(q_idx)},
          "wall_seconds": wall, "versions": record["versions"], "runs": [record]}
+  imported = benchmark.imported_zoo
+  if imported is not None:
+    m = imported.manifest
+    new["zoo_source"] = {"digest": imported.digest, "num_models": imported.num_models,
+                         "batch_norm": m["batch_norm"], "architecture": m["architecture"],
+                         "files": imported.file_hashes(), "producer": m.get("producer")}
   out = results_lib.merge(previous, new)
   results_lib.write(workdir, out)
   log.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
@@ -229,17 +276,15 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
                      writer):
   previous = results_lib.load(workdir)
   meshes = make_meshes(config)
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks,
-                          mesh=meshes[sharding.MODELS])
-  quality = zoo_lib.zoo_quality(zoo, benchmark)
+  zoo, quality, running = obtain_zoo(config, benchmark, workdir, writer, hooks,
+                                     mesh=meshes[sharding.MODELS])
   s_idx, q_idx = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  bn_stats = (zoo_lib.bn_stats(config, benchmark, zoo, workdir)
-              if any(m.needs_bn_stats for m in chosen) else None)
+  bn_stats = zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen)
   rows, inits, diverged = [], {}, []
   for method in chosen:
     ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks,
-                         bn_stats, mesh=meshes[sharding.MODELS])
+                         bn_stats, mesh=meshes[sharding.MODELS], running_stats=running)
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -268,15 +313,17 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
 
 
 def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
-                   hooks=None, bn_stats=None, mesh=None):
+                   hooks=None, bn_stats=None, mesh=None, running_stats=None):
   """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
-  data (methods.base.DataFreeBenchmark), so reading it raises."""
+  data (methods.base.DataFreeBenchmark), so reading it raises. `running_stats`: the
+  BatchNorm statistics the zoo's models normalise with, if they carry them."""
   if not methods_lib.base.uses_task_data(method, config):
     benchmark = methods_lib.base.DataFreeBenchmark(benchmark, method.name)
   return methods_lib.MethodContext(
       config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
       key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks,
-      zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=mesh)
+      zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=mesh,
+      zoo_running_stats=running_stats)
 
 
 def evaluate(config, workdir, command=None):
@@ -296,14 +343,19 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   previous = results_lib.load(workdir)
   inits_dir = os.path.join(workdir, "inits")
   zoo_dir = os.path.join(workdir, "zoo")
-  if not os.path.isdir(zoo_dir):
-    raise CheckpointError(f"{workdir} holds no zoo: run launch.offline or launch.online first")
-  checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
-  with checkpointing.Checkpointer(zoo_dir) as ckpt:
-    if ckpt.latest_step() != config.zoo.steps:
-      raise CheckpointError(
-          f"the zoo in {zoo_dir} is unfinished (step {ckpt.latest_step()} of "
-          f"{config.zoo.steps}): finish it with launch.pretrain or launch.offline first")
+  if benchmark.imported_zoo is None:
+    if not os.path.isdir(zoo_dir):
+      raise CheckpointError(f"{workdir} holds no zoo: run launch.offline or launch.online "
+                            "first")
+    checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
+    with checkpointing.Checkpointer(zoo_dir) as ckpt:
+      if ckpt.latest_step() != config.zoo.steps:
+        raise CheckpointError(
+            f"the zoo in {zoo_dir} is unfinished (step {ckpt.latest_step()} of "
+            f"{config.zoo.steps}): finish it with launch.pretrain or launch.offline first")
+  elif not os.path.exists(os.path.join(workdir, zoo_source.RECORD)):
+    raise CheckpointError(f"{workdir} has not run on an imported zoo: run launch.offline "
+                          "or launch.online with config.zoo.source first")
   names = sorted(os.listdir(inits_dir)) if os.path.isdir(inits_dir) else []
   learners = []  # learner methods are rebuilt from the zoo, not loaded
   if config.methods.strip():
@@ -320,9 +372,8 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   if not names and not learners:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
   meshes = make_meshes(config)
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir,  # restores the finished zoo.
-                          mesh=meshes[sharding.MODELS])
-  quality = zoo_lib.zoo_quality(zoo, benchmark)
+  zoo, quality, running = obtain_zoo(config, benchmark, workdir,  # restores a trained zoo
+                                     mesh=meshes[sharding.MODELS])
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
@@ -340,7 +391,9 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
     inits[name] = jax.device_put(theta_init)
   for method in learners:
     ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir,
-                         mesh=meshes[sharding.MODELS])
+                         bn_stats=zoo_bn_stats(config, benchmark, zoo, running, workdir,
+                                               [method]),
+                         mesh=meshes[sharding.MODELS], running_stats=running)
     try:
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:

@@ -242,8 +242,16 @@ def to_markdown(results):
     lines.append(f"| {name} | {r['shots']} | {mean} | {ci} | {r['n_tasks']} | "
                  f"{cost_label(r.get('cost'))} | {run} |")
   q = results.get("zoo_quality")
+  src = results.get("zoo_source")
+  if src:
+    producer = (src.get("producer") or {}).get("name", "unknown producer")
+    lines += ["", f"Zoo: imported ({src['num_models']} {src['architecture']['name']} models "
+              f"of width {src['architecture']['filters']}, BatchNorm {src['batch_norm']}, "
+              f"from {producer}; manifest digest {src['digest'][:12]})."]
   if q:
-    lines += ["", f"Zoo quality ({q['metric']} of each model on its own task): "
+    where = ("on the benchmark's images of its classes, which may include its training "
+             "images" if src else "on its own task")
+    lines += ["", f"Zoo quality ({q['metric']} of each model {where}): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
   if any(r.get("uses_task_data") for r in results["rows"]):
     lines += ["", "\\* read the zoo tasks' training data (not data-free)."]

@@ -47,6 +47,11 @@ class MethodContext:
     zoo_bn_stats: the zoo's BatchNorm population statistics ({"BatchNorm_i":
       {"mean", "var"}}, leading model axis), part of the zoo as a pretrained CNN
       checkpoint carries them; given to methods with `needs_bn_stats`, else None.
+    zoo_running_stats: the BatchNorm statistics the zoo's models normalise with when they
+      carry them (an imported zoo with batch_norm "running", as PyTorch's eval mode), the
+      same pytree as zoo_bn_stats; None for zoos whose models normalise with the
+      statistics of the batch they are given (our trainer's). Methods that use the zoo's
+      models as functions (features, logits) must use them where given.
     mesh: the run's "models" mesh (built once by the pipeline); None: the mesh of
       config.mesh, built on request (`models_mesh`).
     notes: what the method decided while running that a reader of its rows needs
@@ -63,6 +68,7 @@ class MethodContext:
   writer: Any = None
   hooks: Optional[Callable] = None
   zoo_bn_stats: Any = None
+  zoo_running_stats: Any = None
   mesh: Any = None
   notes: dict = dataclasses.field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from dfl2l_jax import inversion
 from dfl2l_jax import loops
 from dfl2l_jax import metrics
 from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.methods import base
 
 GRID_MODELS, GRID_IMAGES = 8, 10   # the picture: up to 8 models x 10 images
@@ -69,7 +70,7 @@ def invert_zoo(ctx: base.MethodContext):
   key = jax.random.fold_in(jax.random.key(ctx.config.seed), 0x1A7E)  # not method-specific
   ic = ctx.config.inversion
   spec = {"method": "inversion", "inversion": ic.to_dict(), "seed": ctx.config.seed,
-          "benchmark": bench.spec, "zoo": ctx.config.zoo.to_dict()}
+          "benchmark": bench.spec, "zoo": zoo_lib.zoo_settings(ctx.config)}
   state = ctx.run_loop(
       "inversion", spec, state, total_steps=ic.steps, chunk_steps=ic.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, zoo, stats, ids, key, length=length))

@@ -179,6 +179,10 @@ def shared_base(ctx: base.MethodContext):
   Raises:
     NotApplicable: the zoo models do not share an initialisation.
   """
+  if ctx.benchmark.imported_zoo is not None:
+    raise NotApplicable(
+        "task vectors need the base model every zoo model was fine-tuned from, and an "
+        "imported zoo does not carry one (config.zoo.source)")
   if not ctx.config.zoo.shared_init:
     raise NotApplicable(
         "task vectors need a common base model, but config.zoo.shared_init is False: "

@@ -124,19 +124,28 @@ def _unit_rows(f):
   return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + 1e-8)
 
 
-def image_features(net, zoo, x, reference):
+def image_features(net, zoo, x, reference, running_stats=None):
   """(n, N * D): every zoo model's unit-length last-block features of the images x, its
-  BatchNorm normalised with the statistics of `reference`; models one after another."""
-  def one(params):
-    return _unit_rows(models.apply_with_reference(net, params, x, reference))
-  feats = jax.lax.map(one, zoo)  # (N, n, D)
+  BatchNorm normalised with the statistics of `reference`, or with the model's own
+  `running_stats` where the zoo carries them; models one after another."""
+  if running_stats is None:
+    one = lambda params: models.apply_with_reference(net, params, x, reference)
+    feats = jax.lax.map(lambda p: _unit_rows(one(p)), zoo)  # (N, n, D)
+  else:
+    feats = jax.lax.map(lambda ps: _unit_rows(net.apply(
+        {"params": ps[0], "batch_stats": ps[1]}, x, train=False)), (zoo, running_stats))
   return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
 
 
+def support_query_features(net, state, support, query):
+  """image_features of a task's support and query images (the zoo in `state`)."""
+  zoo, stats = state["zoo"], state.get("running_stats")
+  return (image_features(net, zoo, support["x"], support["x"], stats),
+          image_features(net, zoo, query["x"], support["x"], stats))
+
+
 def _centroid_score(net, ways, state, support, query):
-  zoo = state["zoo"]
-  f_s = image_features(net, zoo, support["x"], support["x"])
-  f_q = image_features(net, zoo, query["x"], support["x"])
+  f_s, f_q = support_query_features(net, state, support, query)
   onehot = jax.nn.one_hot(support["y"], ways, dtype=f_s.dtype)  # (n_s, R)
   centroids = (onehot.T @ f_s) / onehot.sum(0)[:, None]
   dist = (jnp.sum(f_q**2, 1, keepdims=True) - 2 * f_q @ centroids.T
@@ -166,9 +175,7 @@ def fit_logistic(f, y, ways, c, steps):
 
 
 def _logistic_score(net, ways, c, steps, state, support, query):
-  zoo = state["zoo"]
-  f_s = image_features(net, zoo, support["x"], support["x"])
-  f_q = image_features(net, zoo, query["x"], support["x"])
+  f_s, f_q = support_query_features(net, state, support, query)
   w, b = fit_logistic(f_s, support["y"], ways, c, steps)
   return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == query["y"])
 
@@ -233,6 +240,8 @@ def zoo_features_images(ctx):
                                      "forward": n * (2 * n_support + n_query), "backward": 0}
   ways, zc = int(ctx.benchmark.spec["ways"]), ctx.config.zoo_features
   state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
+  if ctx.zoo_running_stats is not None:
+    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
   heads = {"centroid": _centroid_scorer(net, ways),
            "logistic": _logistic_scorer(net, ways, float(zc.logistic_c),
                                         int(zc.logistic_steps))}

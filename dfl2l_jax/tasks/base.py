@@ -51,6 +51,9 @@ class Benchmark:
       meta-test ones) in the form `gather_fn(episode, data)` reads, for choices a
       method makes before the meta-test; never the test tasks. None where the
       benchmark has no meta-validation classes.
+    imported_zoo: the zoo read from config.zoo.source (zoo.store.LoadedZoo: its
+      manifest, parameters and BatchNorm statistics), which the pipeline uses instead
+      of training one; None: the zoo is trained from the config.
   """
   name: str
   metric: str
@@ -69,6 +72,7 @@ class Benchmark:
   member_loop: str = "vmap"
   zoo_bn_stats_fn: Callable = None
   validation_episodes: Callable = None
+  imported_zoo: Any = None
 
   def __post_init__(self):
     if self.gather_episode is None:

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from dfl2l_jax import models
-from dfl2l_jax.errors import ConfigError, DataError
+from dfl2l_jax.errors import ConfigError, DataError, ZooError
 from dfl2l_jax.tasks import base
 
 # Ways the images of a class are split for each zoo model (paper 5.3).
@@ -60,8 +60,13 @@ def split_sizes(per_class):
   return n_train, n_val, per_class - n_train - n_val
 
 
-def sample_zoo_tasks(seed, num_models, ways, table):
-  """Per model: R meta-training classes and a 60/20/20 split of their images."""
+def sample_zoo_tasks(seed, num_models, ways, table, classes_of=None):
+  """Per model: R meta-training classes and a 60/20/20 split of their images.
+
+  `classes_of`: (num_models, R) class indices given by an imported zoo's manifest
+  (default: drawn from the seed); its models' training images are unknown, so its
+  "train" and "test" images are only a split of the benchmark's images of those classes.
+  """
   n_classes, per_class = table.shape
   if ways > n_classes:
     raise ConfigError(f"zoo tasks need {ways} classes but the meta-training split has "
@@ -70,7 +75,8 @@ def sample_zoo_tasks(seed, num_models, ways, table):
   train, test, classes = [], [], []
   for m in range(num_models):
     rng = np.random.default_rng([seed, 3, m])
-    cls = rng.choice(n_classes, ways, replace=False)
+    cls = (rng.choice(n_classes, ways, replace=False) if classes_of is None
+           else np.asarray(classes_of[m]))
     perms = np.stack([table[c][rng.permutation(per_class)] for c in cls])
     train.append(perms[:, :n_train])
     test.append(perms[:, n_train + n_val:])
@@ -142,11 +148,36 @@ def accuracy(logits, labels):
   return 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def make_benchmark(config, loader=None) -> base.Benchmark:
+def imported_zoo_classes(imported, train_names, test_names):
+  """(num_models, R) indices into the meta-training classes of an imported zoo's models'
+  classes; ZooError naming the model and the class for a meta-test class or a class the
+  benchmark's meta-training split does not have."""
+  manifest = imported.manifest
+  index = {n: i for i, n in enumerate(train_names)}
+  test = set(test_names)
+  out = []
+  for m in manifest["models"]:
+    names = [manifest["class_names"][c] for c in m["classes"]]
+    for name in names:
+      if name in test:
+        raise ZooError(f"{imported.directory}: model {m['file']} was trained on {name!r}, a "
+                       "meta-test class of this benchmark: its test tasks would not be new "
+                       "to the zoo (remove the model, or use another benchmark)")
+      if name not in index:
+        raise ZooError(f"{imported.directory}: model {m['file']} has class {name!r}, which "
+                       "is not a meta-training class of this benchmark (is --class_names the "
+                       "list the teachers' labels index into, and the dataset right?)")
+    out.append([index[n] for n in names])
+  return np.asarray(out, np.int32)
+
+
+def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
   """Builds the benchmark; `loader(split)` -> (images, labels, class_names).
 
   `loader` defaults to the tfds datasets of `dfl2l_jax.data` configured by
-  `config.data`; tests pass their own.
+  `config.data`; tests pass their own. `imported`: a zoo read from its folder
+  (zoo.store.LoadedZoo, config.zoo.source): its manifest then gives the network, the
+  input normalisation and channel order, and each zoo model's classes.
   """
   protocol, dc = config.benchmark, config.data
   if dc.dataset not in PROTOCOLS[protocol]:
@@ -156,8 +187,12 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
     from dfl2l_jax.data import load  # pylint: disable=g-import-not-at-top
     loader = functools.partial(load.load_split, dc.dataset, data_dir=dc.data_dir or None,
                                manual_dir=dc.manual_dir or None, strict=dc.strict)
-  train_images, train_labels, train_names = loader("train")
-  test_images, test_labels, test_names = loader("test")
+  manifest = imported.manifest if imported is not None else None
+  bgr = manifest is not None and manifest["channel_order"] == "BGR"
+  # A zoo trained on BGR images gets every image with its channels reversed.
+  load = (lambda split: _reversed_channels(*loader(split))) if bgr else loader
+  train_images, train_labels, train_names = load("train")
+  test_images, test_labels, test_names = load("test")
   if set(train_names) & set(test_names):
     raise DataError("meta-training and meta-test classes overlap: "
                     f"{sorted(set(train_names) & set(test_names))[:5]}")
@@ -167,9 +202,21 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
   if ways > test_table.shape[0]:
     raise ConfigError(f"config.zoo.ways={ways}: a test task needs {ways} classes, but the "
                       f"meta-test split has {test_table.shape[0]}")
-  zoo_tasks = sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table)
-  mean = train_images.reshape(-1, 3).mean(0) / 255.0
-  std = train_images.reshape(-1, 3).std(0) / 255.0
+  if manifest is None:
+    zoo_tasks = sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table)
+    mean = train_images.reshape(-1, 3).mean(0) / 255.0
+    std = train_images.reshape(-1, 3).std(0) / 255.0
+  else:
+    if train_images.shape[1:3] != (manifest["image_size"],) * 2:
+      raise ConfigError(
+          f"the imported zoo {imported.directory} was trained on {manifest['image_size']}-"
+          f"pixel images, this benchmark's are {train_images.shape[1]}x"
+          f"{train_images.shape[2]}: use the config of its image size")
+    zoo_tasks = sample_zoo_tasks(config.seed, imported.num_models, ways, train_table,
+                                 imported_zoo_classes(imported, train_names, test_names))
+    # The zoo's models see the normalisation they were trained with.
+    mean = np.asarray(manifest["normalization"]["mean"], np.float32)
+    std = np.asarray(manifest["normalization"]["std"], np.float32)
   data = {"train_images": jnp.asarray(train_images), "test_images": jnp.asarray(test_images),
           "mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32)}
   conv_impl, member_loop = resolve_backend_choices(config)
@@ -195,13 +242,19 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
     return accuracy(models.apply_with_reference(net, params, query["x"], support["x"]),
                     query["y"])
 
-  def zoo_eval_fn(params, task, data):
+  def zoo_eval_fn(params, task, data, bn_stats=None):
+    """Accuracy on the task's test images; BatchNorm from `bn_stats` (a zoo that carries
+    running statistics) or from `bn_reference` training images per class."""
     img = lambda idx: normalise(data["train_images"][idx.reshape(-1)], data["mean"],
                                 data["std"])
     test_idx = task["test_idx"]
     labels = jnp.repeat(jnp.arange(ways), test_idx.shape[1])
-    logits = models.apply_with_reference(net, params, img(test_idx),
-                                         img(task["train_idx"][:, :n_ref]))
+    if bn_stats is not None:
+      logits = net.apply({"params": params, "batch_stats": bn_stats}, img(test_idx),
+                         train=False)
+    else:
+      logits = models.apply_with_reference(net, params, img(test_idx),
+                                           img(task["train_idx"][:, :n_ref]))
     return accuracy(logits, labels)
 
   def zoo_bn_stats_fn(params, task, data):
@@ -232,7 +285,7 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
 
   def validation_episodes(shots, num_tasks):
     if not validation:
-      images, labels, names = loader("val")
+      images, labels, names = load("val")
       overlap = set(names) & (set(train_names) | set(test_names))
       if overlap:
         raise DataError("meta-validation classes overlap the meta-training or meta-test "
@@ -255,9 +308,14 @@ def make_benchmark(config, loader=None) -> base.Benchmark:
       spec={"benchmark": protocol, "dataset": dc.dataset, "model": "Conv4",
             "filters": config.model.filters, "ways": ways,
             "image_shape": list(train_images.shape[1:]),
-            "train_classes": list(train_names), "test_classes": list(test_names)},
-      data=data, gather_episode=gather_episode, member_loop=member_loop,
+            "train_classes": list(train_names), "test_classes": list(test_names),
+            **({"imported_zoo": imported.digest} if imported is not None else {})},
+      data=data, gather_episode=gather_episode, member_loop=member_loop, imported_zoo=imported,
       zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes)
+
+
+def _reversed_channels(images, labels, names):
+  return np.ascontiguousarray(images[..., ::-1]), labels, names
 
 
 def _gather(ep, data, images):

@@ -14,11 +14,20 @@ from dfl2l_jax import loops
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import ZooError
+from dfl2l_jax.zoo import store
+
+
+def zoo_settings(config):
+  """config.zoo as a dict, without `source` (an imported zoo is identified by its
+  manifest's digest in benchmark.spec), so specs of earlier workdirs stay valid."""
+  settings = config.zoo.to_dict()
+  settings.pop("source", None)
+  return settings
 
 
 def zoo_spec(config, benchmark):
   """What determines the zoo: a workdir whose zoo differs in any of it is rejected."""
-  return {"benchmark": benchmark.spec, "zoo": config.zoo.to_dict(), "seed": config.seed}
+  return {"benchmark": benchmark.spec, "zoo": zoo_settings(config), "seed": config.seed}
 
 
 def initial_params(config, benchmark):
@@ -179,12 +188,21 @@ def bn_stats(config, benchmark, zoo, workdir=None):
   return stats
 
 
-def zoo_quality(zoo, benchmark):
-  """Each zoo model's metric on its own task's held-out data: mean, min, max."""
+def zoo_quality(zoo, benchmark, running_stats=None):
+  """Each zoo model's metric on its own task's held-out data: mean, min, max.
+
+  `running_stats`: the BatchNorm statistics a zoo carries (an imported zoo with batch_norm
+  "running"), which its models then use; its "held-out" images are the benchmark's images
+  of the model's classes, which may include the images it was trained on.
+  """
   tasks = jax.tree.map(jnp.asarray, benchmark.zoo_tasks)
   # One model after another (lax.map), for memory: docs/implementation.md, "zoo_quality".
-  evaluate = jax.jit(lambda z, t, d: jax.lax.map(
-      lambda a: benchmark.zoo_eval_fn(a[0], a[1], d), (z, t)))
+  if running_stats is None:
+    evaluate = jax.jit(lambda z, t, d: jax.lax.map(
+        lambda a: benchmark.zoo_eval_fn(a[0], a[1], d), (z, t)))
+  else:
+    evaluate = jax.jit(lambda z, t, d: jax.lax.map(
+        lambda a: benchmark.zoo_eval_fn(a[0][0], a[1], d, a[0][1]), ((z, running_stats), t)))
   values = np.asarray(sharding_lib.to_host(evaluate(zoo, tasks, benchmark.data)), np.float64)
   return {"metric": benchmark.metric, "mean": float(values.mean()),
           "min": float(values.min()), "max": float(values.max()),
@@ -201,3 +219,36 @@ def split(config):
   perm = np.random.default_rng([config.seed, 2]).permutation(config.zoo.num_models)
   n_q = config_lib.num_validation(config)
   return perm[n_q:], np.sort(perm[:n_q])
+
+
+def write_zoo_folder(directory, config, benchmark, zoo, quality):
+  """The trained zoo as a zoo folder (store.py), so that other runs, other code and
+  launch.export read it as they read an imported one: BatchNorm "batch" (our models
+  normalise with the statistics of the batch they are given), the benchmark's
+  normalisation, each model's classes and its accuracy on its held-out images.
+
+  Image benchmarks only (None otherwise); a folder already written is kept (the workdir's
+  zoo spec fixes its content). Returns the folder, or None.
+  """
+  spec = benchmark.spec
+  if "train_classes" not in spec or benchmark.imported_zoo is not None:
+    return None
+  if os.path.exists(os.path.join(directory, store.MANIFEST)):
+    return directory
+  data = benchmark.data
+  manifest = {
+      "format": store.FORMAT, "version": store.VERSION,
+      "architecture": {"name": "conv4", "filters": int(spec["filters"]),
+                       "ways": int(spec["ways"])},
+      "image_size": int(spec["image_shape"][0]), "channel_order": "RGB",
+      "normalization": {"mean": [float(v) for v in np.asarray(data["mean"])],
+                        "std": [float(v) for v in np.asarray(data["std"])]},
+      "batch_norm": "batch", "class_names": list(spec["train_classes"]),
+      "models": [{"classes": [int(c) for c in cls], "accuracy": acc, "source": None}
+                 for cls, acc in zip(np.asarray(benchmark.zoo_tasks["classes"]),
+                                     quality["per_model"])],
+      "producer": {"name": "dfl2l_jax.zoo.trainer", "benchmark": benchmark.name,
+                   "seed": int(config.seed), "zoo": zoo_settings(config),
+                   "accuracy": "on each model's held-out images of its classes"}}
+  store.write(directory, manifest, sharding_lib.to_host(zoo))
+  return directory
