@@ -437,13 +437,21 @@ def describe(config, workdir=None, setting="offline"):
   zoo_dir = os.path.join(workdir, "zoo")
   steps = sorted(int(d) for d in (os.listdir(zoo_dir) if os.path.isdir(zoo_dir) else [])
                  if d.isdigit())
+  imported = benchmark.imported_zoo
   try:
-    checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
-    if steps:
-      lines.append(f"  zoo: checkpoint at step {steps[-1]} of {config.zoo.steps} "
-                   "(a run resumes from it)")
+    if imported is not None:
+      previous = zoo_source.read_record(workdir)
+      if os.path.isdir(zoo_dir):
+        lines.append("  zoo: a run would be refused: the workdir holds a trained zoo")
+      elif previous is not None and previous["digest"] != imported.digest:
+        lines.append("  zoo: a run would be refused: the workdir ran on another imported zoo")
+      else:
+        lines.append(f"  zoo: imported from {imported.directory} ({imported.num_models} "
+                     f"models, digest {imported.digest[:12]})")
     else:
-      lines.append("  zoo: none yet (a run trains it)")
+      checkpointing.check_spec(zoo_dir, zoo_lib.zoo_spec(config, benchmark), "zoo")
+      lines.append(f"  zoo: checkpoint at step {steps[-1]} of {config.zoo.steps} (a run "
+                   "resumes from it)" if steps else "  zoo: none yet (a run trains it)")
   except Dfl2lError as e:
     lines.append(f"  zoo: a run would be refused: {e}")
   try:

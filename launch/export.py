@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.zoo import exporter
@@ -38,6 +39,7 @@ def parse_flags(argv):
     fail(str(e).splitlines()[0])
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # our progress at INFO, other libraries' quiet
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   for flag in (WORKDIR, METHOD, OUT):

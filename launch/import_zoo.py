@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from dfl2l_jax import metrics
 from dfl2l_jax.errors import Dfl2lError
@@ -61,6 +62,7 @@ def _floats(flag, values):
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # our progress at INFO, other libraries' quiet
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   for flag in (FORMAT, SRC, OUT):

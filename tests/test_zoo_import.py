@@ -298,3 +298,26 @@ def test_safetensors_folder_with_a_user_manifest(tmp_path):
   (src / "zoo.json").write_text(json.dumps(user))
   with pytest.raises(ZooError, match="missing field.*normalization"):
     importer.import_zoo("safetensors", str(src), str(tmp_path / "zoo2"))
+
+
+def test_import_zoo_launcher(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  write_dfml(str(tmp_path / "src"), n=2)
+  (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(*flags):
+    return subprocess.run([sys.executable, "-m", "launch.import_zoo", *flags], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+  common = [f"--src={tmp_path / 'src'}", f"--class_names={tmp_path / 'names.txt'}",
+            "--image_size=32", "--mean=0.5,0.45,0.4", "--std=0.25,0.24,0.26", "--format=dfml"]
+  bad = run(*common, f"--out={tmp_path / 'zoo'}", "--image_size=84")
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "is --image_size right" in bad.stderr and not os.path.exists(tmp_path / "zoo")
+  good = run(*common, f"--out={tmp_path / 'zoo'}")
+  assert good.returncode == 0, good.stderr
+  assert f"--config.zoo.source={tmp_path / 'zoo'}" in good.stdout
+  assert store.load(str(tmp_path / "zoo")).num_models == 2
