@@ -24,7 +24,9 @@ Test-time cost per task: N networks, N (K + Q) forward passes, no backward pass.
 Classification (Conv4 zoos): the features of an image are every zoo model's flattened
 last-block activations (`models.Conv4(head=False)`), each model's BatchNorm normalised
 with the statistics of the task's support set (as every method's evaluation does;
-docs/method.md, "BatchNorm"), each model's feature vector scaled to unit length so that
+docs/method.md, "BatchNorm"), or, for a zoo whose models carry running statistics (an
+imported zoo, docs/zoo_format.md), with the model's own, as it computes in PyTorch's eval
+mode; each model's feature vector scaled to unit length so that
 every model weighs the same, and all N concatenated. Two heads
 (`zoo_features.image_head`):
 
