@@ -86,16 +86,25 @@ def _teacher_zoo(tmp_path, classes, name="zoo", seed=0):
   return str(tmp_path / name)
 
 
-def test_an_imported_teacher_zoo_runs_every_kind_of_method_and_exports(data, tmp_path):
+@pytest.mark.slow
+def test_fusion_and_inversion_methods_run_on_an_imported_teacher_zoo(data, tmp_path):
   zoo = _teacher_zoo(tmp_path, [[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
-  config = _config(data, zoo, methods="va,dfl2l,zoo_features,zoo_distill,task_arithmetic")
+  config = _config(data, zoo, methods="dfl2l,ota,zoo_distill")
   with config.unlocked():
     config.zoo_distill.steps = 4
     config.zoo_distill.chunk_steps = 2
+  results = pipeline.run(config, str(tmp_path / "w"), "offline")
+  for r in results["rows"]:
+    assert r["mean"] is not None and not r.get("failed"), r["method"]
+
+
+def test_an_imported_teacher_zoo_runs_and_exports(data, tmp_path):
+  zoo = _teacher_zoo(tmp_path, [[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
+  config = _config(data, zoo, methods="va,zoo_features,task_arithmetic")
   workdir = str(tmp_path / "w")
   results = pipeline.run(config, workdir, "offline")
   rows = {(r["method"], r["shots"]): r for r in results["rows"]}
-  for m in ("va", "dfl2l", "zoo_features", "zoo_distill"):
+  for m in ("va", "zoo_features"):
     assert rows[(m, 2)]["mean"] is not None, m
   assert rows[("task_arithmetic", 2)].get("na")  # teachers of their own initialisations
   assert results["config"]["zoo"]["num_models"] == 5
