@@ -14,7 +14,6 @@ only when both are complete; a failed write (a full disk) leaves the earlier fil
 they were.
 """
 
-import errno
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 
 import jax
 
-from dfl2l_jax.errors import CheckpointError, Dfl2lError
+from dfl2l_jax.errors import CheckpointError, WriteError, write_error
 
 # Meta-test fields that do not change what is measured (how many tasks are vmapped
 # together), left out of a row's key.
@@ -312,11 +311,12 @@ def write(workdir, results):
     for tmp in tmps:
       if os.path.exists(tmp):
         os.remove(tmp)
-    why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-    raise ResultsError(f"could not write the results to {workdir}: {why}. The earlier "
-                       "results there are unchanged; free space (or fix the folder) and "
-                       "rerun the same command, which resumes from the checkpoints") from e
+    kept = "The earlier results there are unchanged"
+    error = write_error(e, f"the results to {workdir}", kept, cls=ResultsError)
+    raise error or ResultsError(f"could not write the results to {workdir}: {e}. {kept}; "
+                                "fix this and rerun the same command, which resumes from "
+                                "the last checkpoint") from None
 
 
-class ResultsError(Dfl2lError, IOError):
+class ResultsError(WriteError):
   """The results could not be written."""
