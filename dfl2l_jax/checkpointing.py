@@ -303,12 +303,13 @@ def _check_like(restored, template, where):
           f"{np.shape(b)} was expected: it was written by another configuration")
 
 
-def save_tree(directory, tree):
+def save_tree(directory, tree, spec=None):
   """Saves one pytree (a final result such as a meta-initialisation), replacing
   whatever `directory` held once the new tree is complete.
 
-  The tree is saved to a hidden sibling folder `.<name>.saving` first and swapped in
-  when complete: a failed save (a full disk) leaves the earlier tree as it was.
+  The tree (and `spec`, a JSON-able description of what made it, as spec.json; read it
+  with `read_spec`) is saved to a hidden sibling folder `.<name>.saving` first and
+  swapped in when complete: a failed save (a full disk) leaves the earlier tree as it was.
   """
   directory = os.path.abspath(directory)
   new = os.path.join(os.path.dirname(directory), f".{os.path.basename(directory)}.saving")
@@ -318,6 +319,8 @@ def save_tree(directory, tree):
   try:
     with Checkpointer(new, max_to_keep=1) as ckpt:
       ckpt.save(0, tree)
+    if spec is not None:
+      write_spec(new, spec)
   except BaseException:
     if jax.process_index() == 0:
       shutil.rmtree(new, ignore_errors=True)
@@ -368,6 +371,19 @@ def write_json_atomic(path, obj):
 def write_spec(directory, spec):
   os.makedirs(directory, exist_ok=True)
   write_json_atomic(os.path.join(directory, "spec.json"), spec)
+
+
+def read_spec(directory):
+  """The spec.json of `directory` (`save_tree`, `write_spec`), or None if it has none."""
+  path = os.path.join(directory, "spec.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); delete {directory} or use a new "
+                          "workdir") from e
 
 
 def check_spec(directory, spec, what):

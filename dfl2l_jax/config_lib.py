@@ -145,6 +145,17 @@ def with_moved_fields(values):
   return out
 
 
+def recorded_values(values):
+  """A recorded config (a dict) as today's fields read it: fields that moved put where they
+  are now, and fields added since (`_BEFORE_FIELD_EXISTED`) with the value the recorded run
+  had, where their section was recorded."""
+  out = with_moved_fields(values)
+  for (section, field), old in _BEFORE_FIELD_EXISTED.items():
+    if isinstance(out.get(section), dict) and field not in out[section]:
+      out[section] = dict(out[section], **{field: old})
+  return out
+
+
 def update_from_dict(config, values):
   """Sets the fields of `config` from a JSON dict, e.g. a run's recorded config.
 

@@ -33,9 +33,11 @@ def test_round_trip(tmp_path):
 
 
 def test_save_tree_and_load_tree(tmp_path):
-  checkpointing.save_tree(str(tmp_path / "t"), _tree())
+  checkpointing.save_tree(str(tmp_path / "t"), _tree(), spec={"settings": {"zoo": {"n": 1}}})
   got = checkpointing.load_tree(str(tmp_path / "t"), _tree())
   np.testing.assert_array_equal(got["a"], np.arange(5.0))
+  assert checkpointing.read_spec(str(tmp_path / "t")) == {"settings": {"zoo": {"n": 1}}}
+  assert checkpointing.read_spec(str(tmp_path)) is None
   with pytest.raises(CheckpointError, match="no checkpoint"):
     checkpointing.load_tree(str(tmp_path / "missing"), _tree())
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dfl2l_jax import checkpointing
 from dfl2l_jax import loops
 from dfl2l_jax import pipeline
 from dfl2l_jax import zoo as zoo_lib
@@ -52,7 +53,9 @@ def test_results_json_has_the_promised_schema(finished_run):
   assert any(name.startswith("events.out.tfevents") for name in events), events
   for r in res["rows"]:
     assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
-                      "run", "launcher", "cost"}
+                      "settings", "run", "launcher", "cost"}
+    assert r["settings"]["zoo"]["steps"] == 200
+    assert ("fusion" in r["settings"]) == r["method"].startswith("dfl2l")
     # Algorithm 3's cost (fixed-rate SGD here): 20 steps on the K support points, then the
     # 100 query points (and the support points once more).
     assert r["cost"] == {"networks": 1, "forward": 20 * r["shots"] + 100 + r["shots"],
@@ -391,6 +394,33 @@ def test_a_learner_method_is_meta_tested_beside_the_inits_which_stay_identical(f
       assert r["cost"] == {"networks": 10, "forward": 10 * (r["shots"] + 100), "backward": 0}
       assert np.all(np.isfinite(r["per_task"])) and r["n_tasks"] == 8
   assert not os.path.exists(os.path.join(workdir, "inits", "zoo_features"))
+
+
+def test_a_changed_method_setting_adds_rows_and_a_saved_init_keeps_its_own(finished_run,
+                                                                            tmp_path, caplog):
+  """Issue 31: rows were keyed by method, shots and meta-test settings only, so rerunning a
+  method without a checkpoint under another setting replaced its earlier rows."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  for repeats in (1, 2):
+    out = pipeline.evaluate(helpers.smoke_config(
+        methods="zoo_features", zoo_features__val_repeats=repeats,
+        zoo_features__ridge_grid=(1e-3,)), workdir)
+  got = sorted((r["shots"], r["settings"]["zoo_features"]["val_repeats"], r["run"])
+               for r in out["rows"] if r["method"] == "zoo_features")
+  assert got == [(5, 1, 1), (5, 2, 2), (10, 1, 1), (10, 2, 2)]
+  with open(os.path.join(workdir, "results.md")) as f:
+    md = f.read()
+  assert "| zoo_features [zoo_features.val_repeats=2] | 10 |" in md
+  # launch.evaluate meta-tests a saved initialisation as it was made: its rows keep the
+  # settings that made it (and replace the earlier rows of those), whatever the config says.
+  with caplog.at_level("WARNING", logger="dfl2l_jax"):
+    out = pipeline.evaluate(helpers.smoke_config(methods="dfl2l", fusion__gamma=0.5), workdir)
+  dfl2l = [r for r in out["rows"] if r["method"] == "dfl2l"]
+  assert [(r["run"], r["settings"]["fusion"]["gamma"]) for r in dfl2l] == [(3, 1.0)] * 2
+  assert any("fusion.gamma: saved 1.0, now 0.5" in r.getMessage() for r in caplog.records)
+  spec = checkpointing.read_spec(os.path.join(workdir, "inits", "dfl2l"))
+  assert spec["settings"] == dfl2l[0]["settings"]
 
 
 def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tmp_path):
