@@ -192,13 +192,16 @@ def load(workdir):
   """The results.json of `workdir` in the current layout, or None if there is none.
 
   Files written before rows carried their meta-test settings and run are upgraded
-  (every row gets the settings and launcher of the file's one run). An unreadable file
-  raises CheckpointError: it is the user's record, and a new run must not replace it
-  unseen.
+  (every row gets the settings and launcher of the file's one run). An unreadable file,
+  or one with a row this version cannot read (`record_problem`: a row without a method,
+  shots that are not a number, ...), raises CheckpointError naming the file and the row:
+  it is the user's record, a new run must not replace it unseen, and the pipeline loads
+  it before any work, so that a bad row is not found after hours of training.
   """
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return None
+  fix = f"Move it away (mv {path} {path}.old) or use a new --workdir"
   try:
     with open(path) as f:
       old = json.load(f)
@@ -206,7 +209,11 @@ def load(workdir):
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(
         f"{path} is unreadable ({type(e).__name__}: {e}); a new run would replace it. "
-        f"Move it away (mv {path} {path}.old) or use a new --workdir") from e
+        f"{fix}") from e
+  problem = record_problem(old)
+  if problem:
+    raise CheckpointError(f"{path} is not a results file this version can add to: {problem}. "
+                          f"Repair that, or {fix[0].lower()}{fix[1:]}")
   if "runs" not in old:
     run = {k: old.get(k) for k in ("setting", "config", "wall_seconds", "versions")}
     run.update(launcher=old.get("setting"), command=None, finished=None)
@@ -232,6 +239,44 @@ def saved_init_settings(results, method):
     if (r["method"] == method and isinstance(i, int) and 0 <= i < len(runs)
         and runs[i].get("launcher") != "evaluate" and not r.get("na")):
       return r.get("settings")
+  return None
+
+
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def record_problem(record):
+  """What makes `record` (a loaded results.json) one that `merge`, `to_markdown` and the
+  aggregation cannot read, or None: checked when a run starts, before any work."""
+  if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+    return "its top level is not an object with a list of rows"
+  runs = record.get("runs")
+  if runs is not None and not (isinstance(runs, list)
+                               and all(isinstance(r, dict) for r in runs)):
+    return "'runs' is not a list of objects"
+  for i, r in enumerate(record["rows"]):
+    where = f"row {i}"
+    if not isinstance(r, dict):
+      return f"{where} is not an object"
+    if not isinstance(r.get("method"), str):
+      return f"{where} has no 'method' name"
+    where = f"row {i} ({r['method']})"
+    if not _is_number(r.get("shots")) or int(r["shots"]) != r["shots"]:
+      return f"{where} has no whole number of 'shots' ({r.get('shots')!r})"
+    if r.get("mean") is not None and not _is_number(r["mean"]):
+      return f"{where} has a 'mean' that is not a number ({r['mean']!r})"
+    if r.get("ci95") is not None and not _is_number(r["ci95"]):
+      return f"{where} has a 'ci95' that is not a number ({r['ci95']!r})"
+    per_task = r.get("per_task", [])
+    if not isinstance(per_task, list) or not all(v is None or _is_number(v) for v in per_task):
+      return f"{where} has 'per_task' values that are not numbers"
+    for field in ("metatest", "settings", "notes", "cost"):
+      if r.get(field) is not None and not isinstance(r[field], dict):
+        return f"{where} has a '{field}' that is not an object"
+    if "run" in r and not (isinstance(r["run"], int) and not isinstance(r["run"], bool)
+                           and 0 <= r["run"] < max(len(runs or []), 1)):
+      return f"{where} names run {r['run']!r}, which the file does not list"
   return None
 
 

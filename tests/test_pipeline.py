@@ -355,6 +355,20 @@ def test_an_unreadable_results_file_is_refused_before_any_work(finished_run, tmp
     pipeline.evaluate(helpers.smoke_config(), workdir)
 
 
+def test_a_malformed_row_of_the_results_file_is_refused_before_any_work(tmp_path):
+  """A row without its method used to be found by results.merge after the whole run
+  (KeyError: 'method')."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  row = {"shots": 5, "mean": 1.0, "per_task": [1.0]}
+  (workdir / "results.json").write_text(json.dumps({"benchmark": "sinusoid", "seed": 0,
+                                                    "rows": [row]}))
+  with pytest.raises(CheckpointError, match=r"results\.json is not a results file this "
+                     r"version can add to: row 0 has no 'method' name\. Repair that"):
+    pipeline.run(helpers.smoke_config(methods="va"), str(workdir), "offline")
+  assert not (workdir / "zoo").exists()
+
+
 def test_saved_initialisations_load_with_their_model(finished_run):
   from dfl2l_jax import inits  # pylint: disable=g-import-not-at-top
   workdir, results = finished_run

@@ -219,3 +219,20 @@ def test_rows_recorded_before_settings_get_those_of_their_run_or_stay_unknown(tm
   merged = results.merge({**old, "rows": rows}, _record([va]))
   assert [r["mean"] for r in merged["rows"] if r["method"] == "va"] == [4.0, 5.0]
   assert "| va [settings unknown] | 5 | 4.0000 |" in results.to_markdown(merged)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda rec: rec["rows"][0].pop("method"), "row 0 has no 'method' name"),
+    (lambda rec: rec["rows"][0].update(shots="5"), r"row 0 \(va\) has no whole number of "
+                                                   r"'shots' \('5'\)"),
+    (lambda rec: rec["rows"][0].update(per_task=["1.0"]), r"row 0 \(va\) has 'per_task' values that are not"),
+    (lambda rec: rec["rows"][0].update(run=3), r"row 0 \(va\) names run 3, which the file does not list"),
+    (lambda rec: rec.update(rows={"va": 1}), "its top level is not an object with a list of rows"),
+])
+def test_a_results_file_with_a_malformed_row_is_refused_naming_it(tmp_path, change, problem):
+  record = _record([_row("va", 5, 1.0)])
+  change(record)
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  with pytest.raises(CheckpointError, match=f"results.json is not a results file this "
+                     f"version can add to: {problem}"):
+    results.load(str(tmp_path))
