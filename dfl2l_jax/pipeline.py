@@ -289,7 +289,11 @@ def evaluate(config, workdir, command=None):
   """
   t0 = time.perf_counter()
   commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
-  benchmark = prepare(config, workdir)
+  benchmark = prepare(config)
+  if not os.path.isdir(workdir):  # (and create nothing there: no folder, no .lock)
+    raise CheckpointError(f"--workdir {workdir} does not exist: launch.evaluate meta-tests "
+                          "what launch.offline or launch.online saved there; run one first")
+  make_workdir(workdir)  # a clear error if it cannot be written
   with workdir_lock.hold(workdir):
     return _evaluate_locked(config, workdir, command, benchmark, t0, commit)
 

@@ -369,6 +369,14 @@ def test_a_malformed_row_of_the_results_file_is_refused_before_any_work(tmp_path
   assert not (workdir / "zoo").exists()
 
 
+def test_evaluate_on_a_missing_workdir_is_refused_and_creates_nothing(tmp_path):
+  workdir = tmp_path / "nosuch"
+  with pytest.raises(CheckpointError, match=r"--workdir .*nosuch does not exist: "
+                     "launch.evaluate meta-tests what launch.offline"):
+    pipeline.evaluate(helpers.smoke_config(), str(workdir))
+  assert not workdir.exists()
+
+
 def test_saved_initialisations_load_with_their_model(finished_run):
   from dfl2l_jax import inits  # pylint: disable=g-import-not-at-top
   workdir, results = finished_run
