@@ -18,10 +18,15 @@ beside it, and results.md marks it.
 
 Writing is all or nothing: both files are written to temporary names first and renamed
 only when both are complete; a failed write (a full disk) leaves the earlier files as
-they were.
+they were. results.md ends with the sha256 of the results.json it shows, so that a reader
+can tell a stale table: a process killed between the two renames leaves results.json
+newer than results.md (and a results.md.tmp); `stale_markdown` says so, as the next run
+and `--dry_run` do, and the next run writes both again.
 """
 
+import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -40,6 +45,9 @@ from dfl2l_jax.errors import CheckpointError, WriteError, write_error
 # Meta-test fields that do not change what is measured (how many tasks are vmapped
 # together), left out of a row's key.
 _NOT_IN_KEY = ("batch_size",)
+
+
+log = logging.getLogger("dfl2l_jax")
 
 
 def versions(git=None):
@@ -226,6 +234,9 @@ def load(workdir):
   for r in old["rows"]:
     if "settings" not in r:
       r["settings"] = recorded_settings(old["runs"], r)
+  stale = stale_markdown(workdir)
+  if stale:
+    log.warning("%s", stale)
   return old
 
 
@@ -373,7 +384,9 @@ def variant_labels(rows):
   return labels
 
 
-def to_markdown(results):
+def to_markdown(results, json_sha256=None):
+  """results.md: the rows, the zoo's quality and each run; `json_sha256`: that of the
+  results.json written beside it, named on its last line."""
   unit = " (%)" if results["metric"] == "accuracy" else ""
   lines = [f"# {results['benchmark']}: {results['metric']}{unit}, seed {results['seed']}", ""]
   smoke = [str(i + 1) for i, run in enumerate(results["runs"])
@@ -418,7 +431,32 @@ def to_markdown(results):
         + f"on {v.get('backend', '?')} ({v.get('device', '?')}, "
         f"{v.get('device_count', '?')} device(s)); finished {run.get('finished') or '?'}; "
         f"git {v.get('git')}.")
+  if json_sha256:
+    lines += ["", f"{_MADE_FROM}{json_sha256} (if results.json has another, this table is "
+              "older than it: a run stopped between writing the two, and the next run "
+              "writes both again)."]
   return "\n".join(lines) + "\n"
+
+
+_MADE_FROM = "Made from the results.json of sha256 "
+
+
+def stale_markdown(workdir):
+  """A one-line warning if results.md of `workdir` does not show its results.json (a run
+  was stopped between writing the two), else None. A results.md without the sha256 line
+  (written by an earlier version) cannot be checked and passes."""
+  json_path, md_path = (os.path.join(workdir, n) for n in ("results.json", "results.md"))
+  try:
+    with open(md_path) as f:
+      made_from = [ln for ln in f.read().splitlines() if ln.startswith(_MADE_FROM)]
+    with open(json_path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+  except OSError:
+    return None
+  if not made_from or made_from[-1][len(_MADE_FROM):].startswith(digest):
+    return None
+  return (f"{md_path} is older than {json_path} (a run was stopped between writing the "
+          "two): its table is stale until the next run of this workdir writes both again")
 
 
 def summary(results, workdir):
@@ -452,7 +490,8 @@ def write(workdir, results):
   if jax.process_index() != 0:
     return
   paths = [os.path.join(workdir, "results.json"), os.path.join(workdir, "results.md")]
-  texts = [json.dumps(results, indent=1, sort_keys=True) + "\n", to_markdown(results)]
+  text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+  texts = [text, to_markdown(results, hashlib.sha256(text.encode()).hexdigest())]
   tmps = [p + ".tmp" for p in paths]
   try:
     for tmp, text in zip(tmps, texts):

@@ -236,3 +236,33 @@ def test_a_results_file_with_a_malformed_row_is_refused_naming_it(tmp_path, chan
   with pytest.raises(CheckpointError, match=f"results.json is not a results file this "
                      f"version can add to: {problem}"):
     results.load(str(tmp_path))
+
+
+def test_a_kill_between_the_two_renames_leaves_a_table_that_says_it_is_stale(tmp_path,
+                                                                            monkeypatch, caplog):
+  """results.json was renamed into place, then the process died before results.md was:
+  a reader had no way to tell that results.md (and results.md.tmp) did not show it."""
+  workdir = str(tmp_path)
+  results.write(workdir, _record([_row("va", 5, 1.0)]))
+  assert results.stale_markdown(workdir) is None
+  real_replace = os.replace
+
+  def killed_after_the_first(src, dst):
+    if src.endswith("results.md.tmp"):
+      raise KeyboardInterrupt  # the process ends here
+    real_replace(src, dst)
+  monkeypatch.setattr(os, "replace", killed_after_the_first)
+  with pytest.raises(KeyboardInterrupt):
+    results.write(workdir, _record([_row("va", 5, 2.0)]))
+  monkeypatch.undo()
+  assert results.load(workdir)["rows"][0]["mean"] == 2.0
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "| va | 5 | 1.0000 |" in f.read()
+  warning = results.stale_markdown(workdir)
+  assert "results.md is older than" in warning and "next run" in warning
+  with caplog.at_level("WARNING", logger="dfl2l_jax"):
+    results.load(workdir)
+  assert any("results.md is older than" in r.getMessage() for r in caplog.records)
+  results.write(workdir, results.load(workdir))  # the next run writes both again
+  assert results.stale_markdown(workdir) is None
+  assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]
