@@ -80,14 +80,15 @@ def describe_os_error(code, what):
   return what
 
 
-def write_error(e, what, kept, fix="free space (or fix the folder)", cls=WriteError):
+def write_error(e, what, kept, cls=WriteError,
+                then="rerun the same command, which resumes from the last checkpoint"):
   """A one-line `cls` (a WriteError) for exception `e` raised while writing `what` (a file
   or folder, named in the message), or None when `e` is no user-fixable file-system error
   (a bug: the caller re-raises it as it is). `kept`: what is unchanged, e.g. "The earlier
-  results there are unchanged"."""
+  results there are unchanged"; `then`: what to do once the disk or folder is fixed."""
   found = user_os_error(e)
   if found is None:
     return None
   code, strerror, _ = found
-  return cls(f"could not write {what}: {describe_os_error(code, strerror)}. {kept}; {fix} "
-             "and rerun the same command, which resumes from the last checkpoint")
+  return cls(f"could not write {what}: {describe_os_error(code, strerror)}. {kept}; free "
+             f"space (or fix the folder) and {then}")
