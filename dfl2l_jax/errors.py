@@ -77,6 +77,8 @@ def describe_os_error(code, what):
   """'the disk is full (No space left on device)' and the like, for messages."""
   if code in (errno.ENOSPC, errno.EDQUOT):
     return f"the disk is full ({what})"
+  if code == errno.EFBIG:
+    return f"{what} (over the file-size limit, `ulimit -f`)"
   return what
 
 

@@ -197,7 +197,8 @@ def test_a_save_that_cannot_write_is_one_error_and_leaves_nothing_half_written(t
                        text=True, cwd=helpers.ROOT, env=helpers.subprocess_env(), timeout=120)
   assert out.returncode == 0, out.stderr
   assert out.stdout.startswith(f"error: could not write checkpoint step 2 in {d}: File too "
-                               "large. Earlier checkpoints and results are unchanged")
+                               "large (over the file-size limit, `ulimit -f`). Earlier "
+                               "checkpoints and results are unchanged")
   assert "Traceback" not in out.stderr and "orbax" not in out.stderr
   assert sorted(os.listdir(d)) == ["1", checkpointing.CHECKSUMS_DIR]
   assert os.listdir(os.path.join(d, checkpointing.CHECKSUMS_DIR)) == ["1.json"]

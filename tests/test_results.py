@@ -225,8 +225,10 @@ def test_rows_recorded_before_settings_get_those_of_their_run_or_stay_unknown(tm
     (lambda rec: rec["rows"][0].pop("method"), "row 0 has no 'method' name"),
     (lambda rec: rec["rows"][0].update(shots="5"), r"row 0 \(va\) has no whole number of "
                                                    r"'shots' \('5'\)"),
-    (lambda rec: rec["rows"][0].update(per_task=["1.0"]), r"row 0 \(va\) has 'per_task' values that are not"),
-    (lambda rec: rec["rows"][0].update(run=3), r"row 0 \(va\) names run 3, which the file does not list"),
+    (lambda rec: rec["rows"][0].update(per_task=["1.0"]),
+     r"row 0 \(va\) has 'per_task' values that are not"),
+    (lambda rec: rec["rows"][0].update(run=3),
+     r"row 0 \(va\) names run 3, which the file does not list"),
     (lambda rec: rec.update(rows={"va": 1}), "its top level is not an object with a list of rows"),
 ])
 def test_a_results_file_with_a_malformed_row_is_refused_naming_it(tmp_path, change, problem):
