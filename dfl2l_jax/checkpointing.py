@@ -9,16 +9,24 @@ restored unverified, with a warning). `write_spec`/`check_spec` keep a JSON
 description of what produced the checkpoints, so that a workdir made by another
 configuration, or holding checkpoints but no spec.json, is rejected.
 
+A save that fails for a full disk or a read-only folder removes what it had written
+(orbax's `<step>.orbax-checkpoint-tmp` folder) and raises one `errors.WriteError` line;
+orbax's own log lines of that failure are held back, and other failures pass through.
+
 Several hosts: every process calls `save` and `restore`; the workdir must be one
 shared file system seen by every host at the same path.
 Why and details: docs/implementation.md, "checkpointing.py".
 """
 
+import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
+import traceback
 
 import jax
 import numpy as np
@@ -26,7 +34,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from dfl2l_jax import config_lib
-from dfl2l_jax.errors import CheckpointError
+from dfl2l_jax.errors import CheckpointError, write_error
 
 log = logging.getLogger("dfl2l_jax")
 
@@ -51,13 +59,25 @@ class Checkpointer:
     """Saves `tree` as `step` (synchronously), then writes its checksum manifest."""
     step = int(step)
     tree = _host_local_to_numpy(tree)
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-    self._manager.wait_until_finished()
-    if jax.process_index() == 0:
-      manifest = _hash_folder(self._step_dir(step))
-      os.makedirs(os.path.join(self.directory, CHECKSUMS_DIR), exist_ok=True)
-      write_json_atomic(self._manifest_path(step), {"sha256": manifest})
-      self._prune_manifests()
+    _drop_closed_loop_callbacks()
+    try:
+      with _orbax_errors_held() as held:
+        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+          manifest = _hash_folder(self._step_dir(step))
+          os.makedirs(os.path.join(self.directory, CHECKSUMS_DIR), exist_ok=True)
+          write_json_atomic(self._manifest_path(step), {"sha256": manifest})
+          self._prune_manifests()
+    except Exception as e:  # orbax raises ValueError for tensorstore's write errors.
+      error = write_error(e, f"checkpoint step {step} in {self.directory}",
+                          "Earlier checkpoints and results are unchanged")
+      if error is None:
+        _emit(held)
+        raise
+      self._remove_unfinished(step)
+      raise error from None
+    _emit(held)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checksums:{self.directory}:{step}")
 
@@ -74,6 +94,7 @@ class Checkpointer:
     self._verify(step)
     target = None if template is None else jax.tree.map(
         lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+    _drop_closed_loop_callbacks()
     try:
       restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types for damaged files.
@@ -86,6 +107,19 @@ class Checkpointer:
       return jax.tree.map(np.asarray, restored)
     _check_like(restored, template, self.directory)
     return restored
+
+  def _remove_unfinished(self, step):
+    """Removes what a failed save of `step` wrote: orbax's temporary folder, the step's
+    folder (a step without its manifest would read as unverified) and the manifest's
+    temporary file."""
+    if jax.process_index() != 0:
+      return
+    for path in (glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
+                 + [self._step_dir(step)]):
+      shutil.rmtree(path, ignore_errors=True)
+    for path in (self._manifest_path(step), self._manifest_path(step) + ".tmp"):
+      if os.path.exists(path):
+        os.remove(path)
 
   def _step_dir(self, step):
     return os.path.join(self.directory, str(step))
@@ -153,6 +187,62 @@ class Checkpointer:
     self.close()
 
 
+@contextlib.contextmanager
+def _orbax_errors_held():
+  """Holds back the ERROR records orbax's threads log (with tracebacks) while the block
+  runs; yields the list they go to. The caller re-emits them (`_emit`) unless it reports
+  the failure itself, in one line."""
+  held = []
+
+  def hold(record):
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+      held.append(record)
+      return False
+    return True
+
+  logger = logging.getLogger("absl")  # orbax logs through absl.logging.
+  logger.addFilter(hold)
+  try:
+    yield held
+  finally:
+    logger.removeFilter(hold)
+
+
+def _emit(records):
+  for record in records:
+    logging.getLogger("absl").handle(record)
+
+
+_hook_before = []  # the sys.unraisablehook replaced by _drop_closed_loop_callbacks.
+
+
+def _drop_closed_loop_callbacks():
+  """Drops tensorstore's late "Event loop is closed" after orbax failed to read or write.
+
+  orbax runs a restore or save in an event loop that it closes as soon as one array
+  fails; tensorstore then completes the other arrays' reads or writes and calls back into
+  the closed loop, and each call prints a traceback (through sys.unraisablehook) around
+  our one-line error. Called before orbax reads or writes, this installs, once, a hook
+  that drops exactly those and passes every other unraisable exception to the hook it
+  replaces.
+  """
+  if _hook_before:
+    return
+  _hook_before.append(sys.unraisablehook)
+
+  def hook(args):
+    if not _is_closed_loop_callback(args.exc_value, args.exc_traceback):
+      _hook_before[0](args)
+
+  sys.unraisablehook = hook
+
+
+def _is_closed_loop_callback(exc, tb):
+  """Whether `exc` is asyncio's "Event loop is closed" from a call_soon_threadsafe."""
+  return (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+          and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(tb)))
+
+
 def _host_local_to_numpy(tree):
   """With several processes, arrays that live on one process only become numpy.
 
@@ -213,15 +303,39 @@ def _check_like(restored, template, where):
           f"{np.shape(b)} was expected: it was written by another configuration")
 
 
-def save_tree(directory, tree):
+def save_tree(directory, tree, spec=None):
   """Saves one pytree (a final result such as a meta-initialisation), replacing
-  whatever `directory` held."""
-  if os.path.exists(directory) and jax.process_index() == 0:
-    shutil.rmtree(directory)
+  whatever `directory` held once the new tree is complete.
+
+  The tree (and `spec`, a JSON-able description of what made it, as spec.json; read it
+  with `read_spec`) is saved to a hidden sibling folder `.<name>.saving` first and
+  swapped in when complete: a failed save (a full disk) leaves the earlier tree as it was.
+  """
+  directory = os.path.abspath(directory)
+  new = os.path.join(os.path.dirname(directory), f".{os.path.basename(directory)}.saving")
+  if os.path.exists(new) and jax.process_index() == 0:
+    shutil.rmtree(new)
+  _sync(f"save_tree:{directory}")
+  try:
+    with Checkpointer(new, max_to_keep=1) as ckpt:
+      ckpt.save(0, tree)
+    if spec is not None:
+      write_spec(new, spec)
+  except BaseException:
+    if jax.process_index() == 0:
+      shutil.rmtree(new, ignore_errors=True)
+    raise
+  _sync(f"save_tree_done:{directory}")
+  if jax.process_index() == 0:
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(new, directory)
+  _sync(f"save_tree_swapped:{directory}")
+
+
+def _sync(name):
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"save_tree:{directory}")
-  with Checkpointer(directory, max_to_keep=1) as ckpt:
-    ckpt.save(0, tree)
+    multihost_utils.sync_global_devices(name)
 
 
 def load_tree(directory, template):
@@ -240,15 +354,36 @@ def write_json_atomic(path, obj):
   if jax.process_index() != 0:
     return
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    error = write_error(e, path, f"{path} is unchanged")
+    if error is None:
+      raise
+    raise error from None
 
 
 def write_spec(directory, spec):
   os.makedirs(directory, exist_ok=True)
   write_json_atomic(os.path.join(directory, "spec.json"), spec)
+
+
+def read_spec(directory):
+  """The spec.json of `directory` (`save_tree`, `write_spec`), or None if it has none."""
+  path = os.path.join(directory, "spec.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); delete {directory} or use a new "
+                          "workdir") from e
 
 
 def check_spec(directory, spec, what):

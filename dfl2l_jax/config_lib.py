@@ -116,7 +116,8 @@ def dict_diff(found, wanted, prefix=""):
 
 # Fields added after runs were recorded, with the value that reproduces what those runs
 # did (a recorded config without the field ran the old behaviour, not today's default).
-_BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0}
+_BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
+                         ("zoo", "source"): ""}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now
@@ -142,6 +143,17 @@ def with_moved_fields(values):
   for field, value in old.items():
     for section, new_field in _MOVED_FROM_MERGING.get(field, ()):
       out.setdefault(section, {}).setdefault(new_field, value)
+  return out
+
+
+def recorded_values(values):
+  """A recorded config (a dict) as today's fields read it: fields that moved put where they
+  are now, and fields added since (`_BEFORE_FIELD_EXISTED`) with the value the recorded run
+  had, where their section was recorded."""
+  out = with_moved_fields(values)
+  for (section, field), old in _BEFORE_FIELD_EXISTED.items():
+    if isinstance(out.get(section), dict) and field not in out[section]:
+      out[section] = dict(out[section], **{field: old})
   return out
 
 

@@ -202,10 +202,12 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
   writes them; then fails if a method diverged in training (`diverged`) or any row's
   meta-test was non-finite."""
   for name, theta_init in (inits or {}).items():
-    checkpointing.save_tree(os.path.join(workdir, "inits", name), theta_init)
+    checkpointing.save_tree(os.path.join(workdir, "inits", name), theta_init,
+                            spec={"settings": results_lib.settings_of(config, name)})
   wall = time.perf_counter() - t0
   for r in rows:
     r["run"], r["launcher"] = 0, launcher
+    r.setdefault("settings", results_lib.settings_of(config, r["method"]))
     method = methods_lib.METHODS.get(r["method"])
     if method is not None and methods_lib.base.uses_task_data(method, config):
       r["uses_task_data"] = True
@@ -334,7 +336,11 @@ def evaluate(config, workdir, command=None):
   """
   t0 = time.perf_counter()
   commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
-  benchmark = prepare(config, workdir)
+  benchmark = prepare(config)
+  if not os.path.isdir(workdir):  # (and create nothing there: no folder, no .lock)
+    raise CheckpointError(f"--workdir {workdir} does not exist: launch.evaluate meta-tests "
+                          "what launch.offline or launch.online saved there; run one first")
+  make_workdir(workdir)  # a clear error if it cannot be written
   with workdir_lock.hold(workdir):
     return _evaluate_locked(config, workdir, command, benchmark, t0, commit)
 
@@ -356,7 +362,8 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   elif not os.path.exists(os.path.join(workdir, zoo_source.RECORD)):
     raise CheckpointError(f"{workdir} has not run on an imported zoo: run launch.offline "
                           "or launch.online with config.zoo.source first")
-  names = sorted(os.listdir(inits_dir)) if os.path.isdir(inits_dir) else []
+  names = sorted(n for n in (os.listdir(inits_dir) if os.path.isdir(inits_dir) else [])
+                 if not n.startswith("."))  # .<name>.saving: a save_tree under way
   learners = []  # learner methods are rebuilt from the zoo, not loaded
   if config.methods.strip():
     wanted = methods_lib.resolve(config.methods, "offline")
@@ -377,11 +384,12 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   s_idx, q_idx = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  inits, notes = {}, {}
+  inits, notes, settings = {}, {}, {}
   for r in (previous or {}).get("rows", []):  # what each saved init's method recorded
     if r.get("notes"):
       notes[r["method"]] = r["notes"]
   for name in names:
+    settings[name] = saved_settings(config, inits_dir, name, previous)
     theta_init = checkpointing.load_tree(os.path.join(inits_dir, name), template)
     try:
       zoo_lib.check_finite(jax.tree.map(lambda x: x[None], theta_init))
@@ -403,10 +411,25 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
       notes[method.name] = dict(ctx.notes)
   rows = []
   for name, theta_init in inits.items():
-    rows += with_notes(meta_test_rows(config, benchmark, name, theta_init, episodes,
-                                      meshes[sharding.TASKS]), notes.get(name))
+    rows += [dict(r, settings=settings[name]) if name in settings else r
+             for r in with_notes(meta_test_rows(config, benchmark, name, theta_init, episodes,
+                                                meshes[sharding.TASKS]), notes.get(name))]
   return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
                  command, previous, meshes, commit)
+
+
+def saved_settings(config, inits_dir, name, previous):
+  """The settings that made the saved initialisation `name` (recorded beside it; for one
+  saved before they were: results.saved_init_settings), which its rows record; a warning
+  where this config's differ (launch.evaluate does not remake it)."""
+  spec = checkpointing.read_spec(os.path.join(inits_dir, name))
+  saved = spec["settings"] if spec else results_lib.saved_init_settings(previous, name)
+  now = results_lib.settings_of(config, name)
+  if saved is not None and saved != now:
+    log.warning("%s: the saved initialisation was made with other settings than this "
+                "config's (%s); it is meta-tested as saved, and its rows say so", name,
+                "; ".join(config_lib.dict_diff(saved, now)[:4]))
+  return saved
 
 
 def describe(config, workdir=None, setting="offline"):

@@ -8,7 +8,6 @@ or corrupt checkpoint, a full disk) ends in one line `error: ...` and exit statu
 """
 
 import difflib
-import errno
 import os
 import shlex
 import sys
@@ -21,6 +20,7 @@ from ml_collections import config_flags
 from dfl2l_jax import config_lib
 from dfl2l_jax import metrics
 from dfl2l_jax import sharding
+from dfl2l_jax import errors
 from dfl2l_jax.errors import Dfl2lError
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -32,10 +32,6 @@ DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check the config, print it with t
                             "and the workdir's state, and exit without running anything.")
 LIST_METHODS = flags.DEFINE_bool("list_methods", False,
                                  "List the methods (config.methods) and exit.")
-
-# File-system errors a user fixes (space, permissions), reported in one line.
-_USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
 
 def fail(message):
   print(f"error: {message}", file=sys.stderr)
@@ -113,14 +109,9 @@ def parse_flags(argv):
 
 
 def _os_error(e):
-  """The user-fixable OSError in `e`'s chain (a full disk buried in orbax), or None."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
-      return e
-    e = e.__cause__ or e.__context__
-  return None
+  """(errno, what, filename) of the user-fixable file-system error in `e`'s chain (a full
+  disk buried in orbax or tfds), or None."""
+  return errors.user_os_error(e)
 
 
 def list_methods():
@@ -175,9 +166,10 @@ def main_wrapper(fn, setting=None):
       os_error = _os_error(e)
       if os_error is None:
         raise
-      what = f" ({os_error.filename})" if os_error.filename else ""
-      fail(f"{os_error.strerror or os_error}{what}. Results written before are unchanged; "
-           "fix this and rerun the same command to resume")
+      code, what, filename = os_error
+      where = f" ({filename})" if filename else ""
+      fail(f"{errors.describe_os_error(code, what)}{where}. Results written before are "
+           "unchanged; fix this and rerun the same command to resume")
 
   return main
 

@@ -13,6 +13,18 @@ and wall times, and the git commit of the run that made each row (results.json r
 each run's commit since 1d3e55c; rows of files merged by --save-merged before it kept each
 row's commit are counted by file).
 
+Only rows made alike are averaged: each row records (or its run's config says, for files
+from before rows recorded it) what produced it besides the seed, the config sections of the
+zoo and of its method and its meta-test settings (dfl2l_jax/results.py). Rows of one method
+and shots made under settings that differ, in one seed or across seeds, are refused with
+the fields that differ; `--by-setting` tabulates each setting as a row of its own, labelled
+with them ('zoo_features [zoo_features.image_head=select]'), and each row is paired with the
+baseline row of its seed meta-tested on the same tasks of the same zoo. A setting a file
+does not record is unknown there, not a difference: the table names the seeds whose
+settings were not recorded, so not checked. A file that cannot be read (no rows, a row
+without a method or with shots that are not a number, every row failed), files of several
+benchmarks and a `--baseline` that no file has end in one line `error: ...`.
+
 A seed may be given by its per-seed means alone (rows with a `mean` and no
 `per_task`, e.g. a seed whose per-task files are gone): it counts in every
 over-seeds column, and the columns that need per-task values are left out (or
@@ -34,62 +46,109 @@ import sys
 import numpy as np
 
 from dfl2l_jax import config_lib
+from dfl2l_jax import errors
 from dfl2l_jax import methods as methods_lib
 from dfl2l_jax import results as results_lib
 
 
-def load(paths, keep=None, skip_failed=False):
+def fail(message):
+  """Ends the script with one line `error: ...` on stderr and exit status 1."""
+  raise SystemExit(f"error: {message}")
+
+
+def read(path):
+  """One results file, checked: the fields the tables read, and every row readable."""
+  if not os.path.exists(path):
+    fail(f"{path} does not exist (run not finished?)")
+  try:
+    with open(path) as f:
+      run = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    fail(f"{path} is not valid JSON ({e})")
+  except OSError as e:
+    fail(f"{path} cannot be read ({e.strerror or e})")
+  if not isinstance(run, dict):
+    fail(f"{path} is not a results file: its top level is a {type(run).__name__}, not an "
+         "object (a workdir's results.json or a file written by --save-merged)")
+  for field, kind in (("seed", int), ("benchmark", str), ("metric", str), ("rows", list)):
+    if not isinstance(run.get(field), kind) or isinstance(run.get(field), bool):
+      fail(f"{path} is not a results file: no {field!r} ({kind.__name__})")
+  problem = results_lib.record_problem(run)
+  if problem:
+    fail(f"{path} is not a results file: {problem}")
+  if not run["rows"]:
+    fail(f"{path} has no rows: nothing to aggregate")
+  return run
+
+
+def load(paths, keep=None, skip_failed=False, by_setting=False):
   """results.json of each workdir (or a results JSON file given directly).
 
   Runs of the same seed (e.g. methods added to a seed in a second workdir) are
-  merged into one run; a (method, shots) row present in both must be identical. A FAILED
-  row (a diverged training or meta-test) is an error, or with `skip_failed` left out and
-  reported on stderr.
+  merged into one run; a (method, shots) row present in both under the same settings
+  must be identical. A FAILED row (a diverged training or meta-test) is an error, or
+  with `skip_failed` left out and reported on stderr. Rows of one method and shots made
+  under different settings (its config sections, the zoo's, the meta-test's: `settings`)
+  are refused, in one seed or across seeds, unless `by_setting`: then each setting is
+  a row of its own, labelled with what differs (`label_variants`).
   """
+  files = [(w, read(w if w.endswith(".json") else os.path.join(w, "results.json")))
+           for w in paths]
+  benchmarks = collections.defaultdict(list)
+  for w, run in files:
+    benchmarks[run["benchmark"]].append(w)
+  if len(benchmarks) != 1:
+    fail("runs of several benchmarks: " + "; ".join(
+        f"{b} ({', '.join(ws[:3])}{', ...' if len(ws) > 3 else ''})"
+        for b, ws in sorted(benchmarks.items())))
   by_seed = {}
-  for w in paths:
+  for w, run in files:
     path = w if w.endswith(".json") else os.path.join(w, "results.json")
-    if not os.path.exists(path):
-      raise SystemExit(f"error: {path} does not exist (run not finished?)")
-    try:
-      with open(path) as f:
-        run = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise SystemExit(f"error: {path} is not valid JSON ({e})") from None
     if keep is not None:
-      run["rows"] = [r for r in run.get("rows", []) if keep(r)]
+      run["rows"] = [r for r in run["rows"] if keep(r)]
       if not run["rows"]:
-        raise SystemExit(f"error: {path} has no row with the --metatest settings")
-    try:
-      seed = run["seed"]
-      keys = [(r["method"], r["shots"]) for r in run["rows"]]
-      twice = sorted({k for k in keys if keys.count(k) > 1})
-      if twice:
-        raise SystemExit(
-            f"error: {path} holds {twice[0][0]}@{twice[0][1]} under several meta-test "
-            "settings (runs of launch.evaluate with other settings); aggregate one "
-            "setting: keep only its rows in a copy of the file")
-      failed = [r for r in run["rows"] if r.get("failed")]
-      for r in failed:
-        if not skip_failed:
-          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} failed "
-                           f"({r['failed']}); --skip-failed leaves such rows out")
-        print(f"left out: {path}: {r['method']}@{r['shots']} failed ({r['failed']})",
-              file=sys.stderr)
-      run["rows"] = [r for r in run["rows"] if not r.get("failed")]
-      for r in run["rows"]:
-        if r.get("na"):
-          continue
-        if not isinstance(r.get("mean"), (int, float)):
-          raise KeyError(f"mean of {r['method']}@{r['shots']}")
-        if not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
-          raise SystemExit(f"error: {path}: {r['method']}@{r['shots']} has a non-finite value")
-    except KeyError as e:
-      raise SystemExit(f"error: {path} is not a results file: no {e}") from None
+        fail(f"{path} has no row with the --metatest settings")
+    seed = run["seed"]
+    for r in run["rows"]:
+      r["settings"] = row_settings(run, r)
+    twice = [(key, fields) for key, fields in variants_in(run["rows"])
+             if not fields or not by_setting]
+    if twice:
+      (method, shots), fields = twice[0]
+      what = ("several meta-test settings" if all(f.startswith("metatest.") for f in fields)
+              else "several settings")
+      fail(f"{path} holds {method}@{shots} under {what}"
+           + (f" ({'; '.join(fields[:3])})" if fields else "")
+           + " (runs with other settings, e.g. of launch.evaluate); aggregate one setting "
+           "(--metatest keeps the rows of one meta-test setting) or tabulate each apart "
+           "with --by-setting")
+    failed = [r for r in run["rows"] if r.get("failed")]
+    for r in failed:
+      if not skip_failed:
+        fail(f"{path}: {r['method']}@{r['shots']} failed ({r['failed']}); --skip-failed "
+             "leaves such rows out")
+      print(f"left out: {path}: {r['method']}@{r['shots']} failed ({r['failed']})",
+            file=sys.stderr)
+    run["rows"] = [r for r in run["rows"] if not r.get("failed")]
+    if not run["rows"]:
+      fail(f"{path}: every row failed, so nothing of it is left to aggregate; leave the file "
+           "out (or rerun what failed)")
+    for r in run["rows"]:
+      if r.get("na"):
+        continue
+      if not isinstance(r.get("mean"), (int, float)):
+        fail(f"{path} is not a results file: no 'mean of {r['method']}@{r['shots']}'")
+      if not np.all(np.isfinite([r["mean"], *r.get("per_task", [])])):
+        fail(f"{path}: {r['method']}@{r['shots']} has a non-finite value")
+    for field in ("zoo_quality", "versions"):
+      if not isinstance(run.get(field), dict):
+        fail(f"{path} is not a results file: no {field!r}")
     commits = source_commits(run)
     if run.get("runs") and not merged_file(run):
       # A workdir's results.json: its top-level wall time is its last run's.
       run["wall_seconds"] = sum(r.get("wall_seconds", 0.0) for r in run["runs"])
+    if not isinstance(run.get("wall_seconds"), (int, float)):
+      fail(f"{path} is not a results file: no 'wall_seconds'")
     for r in run["rows"]:
       r["commit"] = row_commit(run, r)
     if any(r["commit"] is UNKNOWN for r in run["rows"]):
@@ -102,23 +161,104 @@ def load(paths, keep=None, skip_failed=False):
       continue
     merged = by_seed[seed]
     merged["commits"] += run["commits"]
-    have = {(r["method"], r["shots"]): r for r in merged["rows"]}
     for r in run["rows"]:
-      key = (r["method"], r["shots"])
-      if key in have:
-        if (have[key].get("per_task"), have[key].get("mean")) != (r.get("per_task"),
-                                                                   r.get("mean")):
-          raise SystemExit(f"error: seed {seed} has two different results for {key} "
-                           f"(one in {path})")
-        continue
-      merged["rows"].append(r)
+      same = [h for h in merged["rows"] if (h["method"], h["shots"]) == (r["method"], r["shots"])
+              and not _differing([h, r])]
+      if not same:  # a new row, or one made under other settings (label_variants)
+        merged["rows"].append(r)
+      elif (same[0].get("per_task"), same[0].get("mean")) != (r.get("per_task"), r.get("mean")):
+        fail(f"seed {seed} has two different results for {(r['method'], r['shots'])} (one "
+             f"in {path})")
     merged["wall_seconds"] += run["wall_seconds"]
     merged["files"] += run["files"]
   runs = list(by_seed.values())
-  benchmarks = {r["benchmark"] for r in runs}
-  if len(benchmarks) != 1:
-    raise SystemExit(f"error: runs of several benchmarks: {sorted(benchmarks)}")
+  label_variants(runs, by_setting)
   return runs
+
+
+def row_settings(run, row):
+  """What produced `row` (results.settings_of), as its file records it or its run's config
+  says (files written before rows recorded it; results.recorded_settings), or None
+  (unknown: files merged from several by --save-merged before rows kept it, or with no
+  config)."""
+  if "settings" in row:
+    return row["settings"]
+  if "runs" not in run:  # a file from before `runs`: one run, the file's config.
+    config = run.get("config")
+    return (results_lib.settings_of(config, row["method"]) if isinstance(config, dict)
+            else None)
+  if merged_file(run) and files_merged(run) != 1:
+    return None
+  return results_lib.recorded_settings(run["runs"], row)
+
+
+def files_merged(run):
+  """How many results files a file written by --save-merged merged (None: not known)."""
+  if "merged_files" in run:
+    return run["merged_files"]
+  if "source_commits" in run:
+    return sum(run["source_commits"].values())
+  return None
+
+
+def flat(row):
+  """{"section.field": value} of what produced `row`: its meta-test settings and its
+  settings; a part not recorded is left out (unknown)."""
+  out = {f"metatest.{k}": v for k, v in sorted((row.get("metatest") or {}).items())}
+  out.update(results_lib.flat_settings(row) or {})
+  return out
+
+
+def _differing(rows):
+  """'field: a, b' for each field whose recorded values differ among `rows` (a field a row
+  does not record is unknown there: not a difference)."""
+  values = collections.defaultdict(dict)
+  for r in rows:
+    for k, v in flat(r).items():
+      values[k][json.dumps(v, sort_keys=True)] = v
+  return [f"{k}: {', '.join(map(str, vs.values()))}"
+          for k, vs in sorted(values.items()) if len(vs) > 1]
+
+
+def variants_in(rows):
+  """[((method, shots), differing fields)] of the methods and shots that `rows` (one file)
+  hold more than once."""
+  groups = collections.defaultdict(list)
+  for r in rows:
+    groups[(r["method"], r["shots"])].append(r)
+  return [(key, _differing(g)) for key, g in groups.items() if len(g) > 1]
+
+
+def label_variants(runs, by_setting):
+  """Names each row (`name`): its method, and where rows of that method and shots were
+  made under different settings (in any seeds), what differs: 'zoo_features
+  [zoo_features.image_head=select]'. Such rows are refused unless `by_setting`, since a
+  mean over them would mix settings."""
+  groups = collections.defaultdict(list)
+  for r in runs:
+    for row in r["rows"]:
+      groups[(row["method"], row["shots"])].append((r["seed"], row))
+  mixed = []
+  for (method, shots), members in groups.items():
+    known = [flat(row) for _, row in members]
+    fields = sorted({k for f in known for k in f
+                     if len({json.dumps(g[k], sort_keys=True) for g in known if k in g}) > 1})
+    for _, row in members:
+      f = flat(row)
+      row["name"] = method + (" [" + ", ".join(f"{k}={f.get(k, '?')}" for k in fields) + "]"
+                              if fields else "")
+    if fields:
+      seeds_of = collections.defaultdict(set)
+      for seed, row in members:
+        seeds_of[tuple(flat(row).get(k, "?") for k in fields[:2])].add(seed)
+      mixed.append(f"{method}@{shots} differs in {', '.join(fields[:2])} (" + "; ".join(
+          f"{seed_list(s)}: {', '.join(map(str, v))}" for v, s in sorted(
+              seeds_of.items(), key=lambda vs: sorted(vs[1]))) + ")")
+  if mixed and not by_setting:
+    fail(f"rows to be averaged were made under different settings: {mixed[0]}"
+         + (f", and {len(mixed) - 1} more method(s) and shots" if len(mixed) > 1 else "")
+         + ". A mean over them would mix settings: aggregate runs made alike, keep one "
+         "setting (--metatest), or tabulate each setting apart with --by-setting")
 
 
 def merged_file(run):
@@ -164,7 +304,7 @@ def used_data(runs):
       method = methods_lib.METHODS.get(row["method"])
       if row.get("uses_task_data") or (
           method is not None and methods_lib.base.uses_task_data(method, config)):
-        out.add(row["method"])
+        out.add(row["name"])
   return out
 
 
@@ -182,7 +322,7 @@ def notes_line(runs):
   for r in runs:
     for row in r["rows"]:
       for k, v in sorted((row.get("notes") or {}).items()):
-        seen[row["method"], f"{k}={v}"].add(r["seed"])
+        seen[row["name"], f"{k}={v}"].add(r["seed"])
   if not seen:
     return []
   parts = [f"{m}: {note} ({seed_list(s)})" for (m, note), s in sorted(seen.items())]
@@ -237,18 +377,31 @@ def save_merged(runs, out_dir, scrub=()):
   for r in runs:
     run = {k: v for k, v in r.items() if k not in ("commits", "files")}
     run["merged_files"] = r["files"]
-    run["rows"] = [{k: v for k, v in row.items() if k != "commit" or v is not UNKNOWN}
+    run["rows"] = [{k: v for k, v in row.items()
+                    if k != "name" and (k != "commit" or v is not UNKNOWN)}
                    for row in r["rows"]]
     if r["commits"]:  # rows whose commit an older merge did not keep
       run["source_commits"] = {(c or "unrecorded"): k for c, k in sorted(
           r["commits"].items(), key=lambda ck: ck[0] or "")}
     run = scrub_paths(run, _machine_paths(run, scrub))
     path = os.path.join(out_dir, f"seed{r['seed']}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(run, f, indent=1, sort_keys=True)
-      f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(run, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def write_text(path, text):
+  """Writes `path` through a temporary file and a rename; a full disk or a folder that
+  cannot be written ends in one error line, the earlier file unchanged."""
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    error = errors.write_error(e, path, f"{path} is unchanged", then="run this again")
+    fail(error or f"could not write {path} ({e})")
 
 
 def paired(runs, baseline, per_seed_table=False):
@@ -259,10 +412,10 @@ def paired(runs, baseline, per_seed_table=False):
   by_seed = collections.defaultdict(dict)  # (method, shots) -> {seed: mean difference}
   no_tasks = collections.defaultdict(list)  # seeds given by their means alone
   for r in runs:
-    rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
+    rows = {(row["name"], row["shots"]): row for row in r["rows"] if not row.get("na")}
     for (method, shots), row in rows.items():
-      base = rows.get((baseline, shots))
-      if method == baseline or base is None:
+      base = baseline_row(r, row, baseline)
+      if row["method"] == baseline or base is None:
         continue
       if has_tasks(row) and has_tasks(base):
         d = np.asarray(row["per_task"]) - np.asarray(base["per_task"])
@@ -317,6 +470,53 @@ def paired(runs, baseline, per_seed_table=False):
   return "\n".join(lines) + "\n"
 
 
+def baseline_row(run, row, baseline):
+  """The row of `baseline` in `run` (one seed) that `row` is paired with: at the same
+  shots, meta-tested on the same tasks of the same zoo (the settings of the zoo and the
+  meta-test that both record are equal; so are the task counts). None if the seed has no
+  such row; one made otherwise is refused, as is a choice between several."""
+  def shared(r):
+    return {k: v for k, v in flat(r).items() if k.split(".")[0] in SHARED}
+  bases = [b for b in run["rows"] if b["method"] == baseline and b["shots"] == row["shots"]
+           and not b.get("na")]
+  if not bases:
+    return None
+  fits = [b for b in bases if not _differing([_only(shared(b)), _only(shared(row))])]
+  where = f"seed {run['seed']}: {row['name']}@{row['shots']}"
+  if not fits:
+    fail(f"{where} and its baseline {baseline} were not meta-tested alike ("
+         f"{'; '.join(_differing([_only(shared(bases[0])), _only(shared(row))])[:3])}), so "
+         "they have no paired difference; aggregate runs made alike")
+  if len(fits) > 1:
+    fail(f"{where} could be paired with several rows of {baseline} ("
+         f"{', '.join(b['name'] for b in fits)}); keep one (--metatest)")
+  base = fits[0]
+  if has_tasks(row) and has_tasks(base) and len(row["per_task"]) != len(base["per_task"]):
+    fail(f"{where} has {len(row['per_task'])} tasks, its baseline {baseline} "
+         f"{len(base['per_task'])}: they were not meta-tested on the same tasks")
+  return base
+
+
+# The parts of a row's settings that say which tasks and zoo it was measured on.
+SHARED = ("metatest",) + results_lib.ZOO_SECTIONS
+
+
+def _only(flat_settings):
+  """A stand-in row whose recorded settings are `flat_settings` (for _differing)."""
+  return {"metatest": {k[len("metatest."):]: v for k, v in flat_settings.items()
+                       if k.startswith("metatest.")},
+          "settings": _nest({k: v for k, v in flat_settings.items()
+                             if not k.startswith("metatest.")})}
+
+
+def _nest(flat_settings):
+  out = collections.defaultdict(dict)
+  for k, v in flat_settings.items():
+    section, _, field = k.partition(".")
+    out[section][field] = v
+  return dict(out)
+
+
 def table(runs):
   by_key = collections.defaultdict(list)
   pooled = collections.defaultdict(list)
@@ -325,7 +525,7 @@ def table(runs):
   order = []
   for r in runs:
     for row in r["rows"]:
-      key = (row["method"], row["shots"])
+      key = (row["name"], row["shots"])
       if key not in by_key and key not in na:
         order.append(key)
       if row.get("na"):
@@ -371,7 +571,24 @@ def table(runs):
   if lost:
     lines.append(f"Seeds {lost} are given by their per-seed means alone: the columns that "
                  "need per-task values (medians, tasks pooled, task counts) are left out.")
+  lines += unchecked_line(runs)
   return "\n".join(lines) + "\n"
+
+
+def unchecked_line(runs):
+  """Where the settings of rows (the config sections of the zoo, the method and the
+  meta-test) are not recorded, so not checked to agree (load refuses rows of one method
+  made under recorded settings that differ): which seeds, if any."""
+  blind = [r["seed"] for r in runs if any(not flat(row) for row in r["rows"])]
+  if not blind:
+    return []
+  if len(blind) == len(runs):
+    return ["Settings (the config sections of the zoo, each method and the meta-test) are "
+            "recorded for no seed (files from before rows recorded them): not checked to "
+            "agree."]
+  return [f"Settings (the config sections of the zoo, each method and the meta-test) are not "
+          f"recorded for {seed_list(blind)} (files from before rows recorded them): not "
+          "checked to agree with the other seeds'."]
 
 
 def machines(runs):
@@ -398,7 +615,7 @@ def commits(runs):
   for r in runs:
     for row in r["rows"]:
       if row["commit"] is not UNKNOWN:
-        seeds[row["commit"]][row["method"]].add(r["seed"])
+        seeds[row["commit"]][row["name"]].add(r["seed"])
   lines = []
   if seeds:
     parts = []
@@ -440,10 +657,10 @@ def ratios(runs, baseline):
   """Per seed, each method's mean over the baseline's mean; mean and t interval over seeds."""
   per = collections.defaultdict(list)
   for r in runs:
-    rows = {(row["method"], row["shots"]): row for row in r["rows"] if not row.get("na")}
+    rows = {(row["name"], row["shots"]): row for row in r["rows"] if not row.get("na")}
     for (method, shots), row in rows.items():
-      base = rows.get((baseline, shots))
-      if base is not None and method != baseline:
+      base = baseline_row(r, row, baseline)
+      if base is not None and row["method"] != baseline:
         per[(method, shots)].append(row["mean"] / base["mean"])
   lines = [f"Ratio of means (method / {baseline}), per seed, then over seeds:", "",
            f"| method | shots | mean ratio | 95% CI (seeds, t) | {baseline} / method | "
@@ -462,8 +679,9 @@ def main(argv=None):
                       help="run directories or results JSON files; one seed may be split "
                       "over several (their rows are merged)")
   parser.add_argument("--out", default=None, help="write the table here too")
-  parser.add_argument("--baseline", default="va",
-                      help="also tabulate paired per-task differences against this method")
+  parser.add_argument("--baseline", default=None,
+                      help="also tabulate paired per-task differences against this method "
+                      "(default: va, where the files have it; '' for none)")
   parser.add_argument("--per-seed", action="store_true",
                       help="also tabulate each seed's mean difference to the baseline")
   parser.add_argument("--metatest", default="", metavar="K=V,...",
@@ -477,6 +695,10 @@ def main(argv=None):
   parser.add_argument("--scrub", action="append", default=[], metavar="NAME=PATH",
                       help="with --save-merged: write PATH as $NAME in the saved files "
                       "(repeatable), e.g. MINI_IMAGENET=/data/mini-imagenet")
+  parser.add_argument("--by-setting", action="store_true",
+                      help="rows of one method made under different settings (its config "
+                      "sections, the zoo's, the meta-test's) become rows of their own, "
+                      "labelled with what differs, instead of an error")
   parser.add_argument("--skip-failed", action="store_true",
                       help="leave out FAILED rows (a diverged training or meta-test; listed on "
                       "stderr) instead of stopping with an error")
@@ -487,7 +709,16 @@ def main(argv=None):
     if not sep or not name or not path:
       parser.error(f"--scrub takes NAME=PATH, got {item!r}")
     scrub.append((name, path))
-  runs = load(args.workdirs, select_metatest(args.metatest), args.skip_failed)
+  runs = load(args.workdirs, select_metatest(args.metatest), args.skip_failed,
+              args.by_setting)
+  methods = sorted({row["method"] for r in runs for row in r["rows"]})
+  baseline = args.baseline
+  if baseline is None:
+    baseline = "va" if "va" in methods else ""
+  elif baseline and baseline not in methods:
+    fail(f"--baseline {baseline}: no file has a row of it; the methods are "
+         f"{', '.join(methods)}")
+  args.baseline = baseline
   if args.save_merged:
     save_merged(runs, args.save_merged, scrub)
   text = table(runs)
@@ -498,8 +729,7 @@ def main(argv=None):
       text += "\n" + ratios(runs, args.baseline)
   print(text)
   if args.out:
-    with open(args.out, "w") as f:
-      f.write(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

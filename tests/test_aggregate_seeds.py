@@ -1,6 +1,7 @@
 """scripts/aggregate_seeds.py: the tables of results/ are made by it, so its arithmetic is
 checked here on hand-made results files."""
 
+import errno
 import json
 import math
 import os
@@ -338,3 +339,151 @@ def test_saved_files_carry_no_path_of_the_machine(tmp_path, monkeypatch, capsys)
   assert capsys.readouterr().out == before
   with pytest.raises(SystemExit):
     script.main([path, "--save-merged", "kept", "--scrub", "MINI_IMAGENET"])
+
+
+def _settings(run, zoo_steps=300, steps=15, head="centroid"):
+  """Records in every row of `run` the settings the pipeline records (results.settings_of)."""
+  for r in run["rows"]:
+    r["metatest"] = {"steps": steps, "num_tasks": len(r["per_task"])}
+    r["settings"] = {"zoo": {"steps": zoo_steps}}
+    if r["method"] == "zoo_features":
+      r["settings"]["zoo_features"] = {"image_head": head}
+
+
+def test_seeds_run_with_different_settings_are_refused_or_tabulated_apart(tmp_path, capsys):
+  """Issue 31: seeds run with another zoo and meta-test were averaged ("mean over 2
+  seeds", exit 0)."""
+  script = helpers.load_script("aggregate_seeds")
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])])
+           for k in (1, 2)]
+  _edit(tmp_path / "s1.json", _settings)
+  _edit(tmp_path / "s2.json", lambda run: _settings(run, zoo_steps=100, steps=5))
+  with pytest.raises(SystemExit, match=r"error: rows to be averaged were made under different "
+                     r"settings: va@10 differs in metatest.steps, zoo.steps \(seed 1: 15, 300; "
+                     r"seed 2: 5, 100\), and 1 more .* --by-setting"):
+    script.main(paths)
+  script.main([*paths, "--by-setting"])
+  out = capsys.readouterr().out
+  assert _cells(out, "va [metatest.steps=15, zoo.steps=300]", "mean over")[2:] == [
+      "55.000", "n/a (1 seed)", "55.000", "1"]
+  assert _cells(out, "dfl2l [metatest.steps=5, zoo.steps=100]", "Paired against va")[2] == (
+      "+1.500")
+  # The same check for files from before rows recorded their settings: from the run's config.
+  def recorded_by_the_run(run, steps):
+    for r in run["rows"]:
+      del r["settings"]
+      r["run"] = 0
+    run["runs"] = [{"launcher": "offline", "config": {"zoo": {"steps": steps}},
+                    "methods": ["va", "dfl2l"]}]
+  for k, steps in ((1, 300), (2, 100)):
+    _edit(tmp_path / f"s{k}.json", lambda run, steps=steps: recorded_by_the_run(run, steps))
+  with pytest.raises(SystemExit, match=r"differs in metatest.steps, zoo.steps"):
+    script.main(paths)
+
+
+def test_one_method_under_two_settings_in_one_file_is_refused_or_tabulated_apart(tmp_path,
+                                                                                 capsys):
+  """A workdir keeps a method's rows under each setting it was run with (results.row_key)."""
+  script = helpers.load_script("aggregate_seeds")
+  _write(tmp_path / "s.json", 1, [("va", [50.0, 60.0]), ("zoo_features", [55.0, 66.0]),
+                                  ("zoo_features", [57.0, 66.0])])
+
+  def two_heads(run):
+    _settings(run)
+    run["rows"][2]["settings"]["zoo_features"]["image_head"] = "select"
+  _edit(tmp_path / "s.json", two_heads)
+  path = str(tmp_path / "s.json")
+  with pytest.raises(SystemExit, match=r"holds zoo_features@10 under several settings "
+                     r"\(zoo_features.image_head: centroid, select\)"):
+    script.main([path])
+  script.main([path, "--by-setting"])
+  out = capsys.readouterr().out
+  assert _cells(out, "zoo_features [zoo_features.image_head=select]", "Paired against va")[
+      2] == "+6.500"
+  assert _cells(out, "zoo_features [zoo_features.image_head=centroid]", "mean over")[2] == (
+      "60.500")
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda run: run.update(rows=[]), r"s1\.json has no rows: nothing to aggregate"),
+    (lambda run: run["rows"][0].update(shots="10"),
+     r"s1\.json is not a results file: row 0 \(va\) has no whole number of 'shots'"),
+    (lambda run: run["rows"][0].update(per_task=["50.0", 60.0]),
+     r"s1\.json is not a results file: row 0 \(va\) has 'per_task' values that are not"),
+    (lambda run: run.pop("seed"), r"s1\.json is not a results file: no 'seed'"),
+])
+def test_malformed_files_end_in_one_error_line(tmp_path, change, error):
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0])]) for k in (1, 2)]
+  _edit(tmp_path / "s1.json", change)
+  with pytest.raises(SystemExit, match=r"^error: .*" + error):
+    helpers.load_script("aggregate_seeds").main(paths)
+
+
+def test_a_top_level_list_a_missing_baseline_and_all_rows_failed_are_errors(tmp_path, capsys):
+  script = helpers.load_script("aggregate_seeds")
+  (tmp_path / "list.json").write_text("[1, 2]")
+  with pytest.raises(SystemExit, match=r"list\.json is not a results file: its top level is "
+                     "a list, not an object"):
+    script.main([str(tmp_path / "list.json")])
+  path = _write(tmp_path / "s.json", 1, [("va", [50.0, 60.0]), ("dfl2l", [52.0, 61.0])])
+  with pytest.raises(SystemExit, match=r"--baseline nosuch: no file has a row of it; the "
+                     "methods are dfl2l, va"):
+    script.main([path, "--baseline=nosuch"])
+  _write(tmp_path / "t.json", 1, [("dfl2l", [52.0, 61.0])])  # no va: no paired table
+  script.main([str(tmp_path / "t.json")])
+  assert "Paired against" not in capsys.readouterr().out
+  _edit(tmp_path / "s.json", lambda run: [r.update(mean=None, per_task=[], failed="diverged")
+                                          for r in run["rows"]])
+  with pytest.raises(SystemExit, match=r"s\.json: every row failed, so nothing of it is left"):
+    script.main([path, "--skip-failed"])
+
+
+def test_files_of_two_benchmarks_are_refused_as_such_before_their_rows_are_merged(tmp_path):
+  """Both seed 1: the benchmarks were reported as two different results of one row."""
+  one = _write(tmp_path / "a.json", 1, [("va", [50.0, 60.0])])
+  other = _write(tmp_path / "b.json", 1, [("va", [0.5, 0.6])])
+  _edit(tmp_path / "b.json", lambda run: run.update(benchmark="sinusoid", metric="mse"))
+  with pytest.raises(SystemExit, match=r"runs of several benchmarks: mini_imagenet \(.*a\.json"
+                     r"\); sinusoid \(.*b\.json\)"):
+    helpers.load_script("aggregate_seeds").main([one, other])
+
+
+def test_a_seed_whose_method_and_baseline_saw_other_tasks_has_no_paired_difference(tmp_path):
+  """One seed split over two files meta-tested on different task counts: the per-task
+  differences were a numpy broadcast error."""
+  script = helpers.load_script("aggregate_seeds")
+  paths = [_write(tmp_path / "s1_va.json", 1, [("va", [50.0, 60.0, 70.0])]),
+           _write(tmp_path / "s1_dfl2l.json", 1, [("dfl2l", [52.0, 61.0])])]
+  with pytest.raises(SystemExit, match=r"seed 1: dfl2l@10 has 2 tasks, its baseline va 3"):
+    script.main(paths)
+  for name in ("s1_va.json", "s1_dfl2l.json"):
+    _edit(tmp_path / name, _settings)
+  with pytest.raises(SystemExit, match=r"seed 1: dfl2l@10 and its baseline va were not "
+                     r"meta-tested alike \(metatest.num_tasks: 3, 2\)"):
+    script.main(paths)
+
+
+def test_seeds_whose_settings_are_not_recorded_are_named(tmp_path, capsys):
+  paths = [_write(tmp_path / f"s{k}.json", k, [("va", [50.0, 60.0])]) for k in (1, 2, 3)]
+  _edit(tmp_path / "s3.json", _settings)
+  helpers.load_script("aggregate_seeds").main(paths)
+  assert ("are not recorded for seeds 1, 2 (files from before rows recorded them): not checked "
+          "to agree with the other seeds'.") in capsys.readouterr().out
+
+
+def test_an_out_file_that_cannot_be_written_is_one_error_and_no_temporary(tmp_path,
+                                                                          monkeypatch):
+  path = _write(tmp_path / "s.json", 1, [("va", [50.0, 60.0])])
+  real_open = open
+
+  def full_disk(file, mode="r", *a, **k):
+    if str(file).endswith("table.md.tmp") and "w" in mode:
+      real_open(file, mode, *a, **k).close()
+      raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return real_open(file, mode, *a, **k)
+  monkeypatch.setattr("builtins.open", full_disk)
+  with pytest.raises(SystemExit, match=r"error: could not write .*table\.md: the disk is full "
+                     r"\(No space left on device\)\. .*table\.md is unchanged; free space"):
+    helpers.load_script("aggregate_seeds").main([path, "--out", str(tmp_path / "table.md")])
+  monkeypatch.undo()
+  assert sorted(os.listdir(tmp_path)) == ["s.json"]

@@ -1,13 +1,19 @@
+import asyncio
+import errno
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dfl2l_jax import checkpointing
-from dfl2l_jax.errors import CheckpointError
+from dfl2l_jax.errors import CheckpointError, WriteError
+from tests import helpers
 
 
 def _tree():
@@ -27,9 +33,11 @@ def test_round_trip(tmp_path):
 
 
 def test_save_tree_and_load_tree(tmp_path):
-  checkpointing.save_tree(str(tmp_path / "t"), _tree())
+  checkpointing.save_tree(str(tmp_path / "t"), _tree(), spec={"settings": {"zoo": {"n": 1}}})
   got = checkpointing.load_tree(str(tmp_path / "t"), _tree())
   np.testing.assert_array_equal(got["a"], np.arange(5.0))
+  assert checkpointing.read_spec(str(tmp_path / "t")) == {"settings": {"zoo": {"n": 1}}}
+  assert checkpointing.read_spec(str(tmp_path)) is None
   with pytest.raises(CheckpointError, match="no checkpoint"):
     checkpointing.load_tree(str(tmp_path / "missing"), _tree())
 
@@ -161,3 +169,99 @@ def test_checkpoints_without_spec_are_refused(tmp_path):
   os.remove(os.path.join(d, "spec.json"))
   with pytest.raises(CheckpointError, match="holds checkpoints .*but no spec.json.*new workdir"):
     checkpointing.check_spec(d, {"x": 2}, "zoo")
+
+
+# A save past the file-size limit (`ulimit -f`), in a process of its own: orbax's writer
+# (tensorstore) fails inside its threads exactly as on a full disk, with the OS error as text.
+_SAVE_PAST_LIMIT = """
+import os, resource, signal, sys
+import numpy as np
+from dfl2l_jax import checkpointing
+from dfl2l_jax.errors import WriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+with checkpointing.Checkpointer(sys.argv[1]) as ck:
+  ck.save(1, {"w": np.zeros(10, np.float32)})
+  resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+  try:
+    ck.save(2, {"w": np.random.default_rng(0).normal(size=200_000).astype(np.float32)})
+  except WriteError as e:
+    print("error:", e)
+"""
+
+
+def test_a_save_that_cannot_write_is_one_error_and_leaves_nothing_half_written(tmp_path):
+  """The orbax RESOURCE_EXHAUSTED of a full disk ended in a 265-line traceback, orbax's
+  logged tracebacks and a `*.orbax-checkpoint-tmp` folder; it is now one line."""
+  d = str(tmp_path / "ck")
+  out = subprocess.run([sys.executable, "-c", _SAVE_PAST_LIMIT, d], capture_output=True,
+                       text=True, cwd=helpers.ROOT, env=helpers.subprocess_env(), timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith(f"error: could not write checkpoint step 2 in {d}: File too "
+                               "large (over the file-size limit, `ulimit -f`). Earlier "
+                               "checkpoints and results are unchanged")
+  assert "Traceback" not in out.stderr and "orbax" not in out.stderr
+  assert sorted(os.listdir(d)) == ["1", checkpointing.CHECKSUMS_DIR]
+  assert os.listdir(os.path.join(d, checkpointing.CHECKSUMS_DIR)) == ["1.json"]
+  with checkpointing.Checkpointer(d) as ck:
+    assert ck.latest_step() == 1
+    np.testing.assert_array_equal(ck.restore(1, None)["w"], np.zeros(10))
+
+
+def test_a_failed_save_tree_keeps_the_earlier_tree(tmp_path, monkeypatch):
+  d = str(tmp_path / "inits" / "va")
+  checkpointing.save_tree(d, _tree())
+
+  def full_disk(self, step, *args, **kwargs):
+    del args, kwargs
+    os.makedirs(os.path.join(os.fspath(self.directory), f"{step}.orbax-checkpoint-tmp"))
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing ... No space left on device "
+                     "[os_error_code='28']")
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(WriteError, match=r"could not write checkpoint step 0 in .*inits.*the "
+                     r"disk is full \(No space left on device\)"):
+    checkpointing.save_tree(d, {"a": jnp.zeros(5), "b": {"c": jnp.zeros((2, 3), jnp.int32)},
+                                "s": jnp.int32(0)})
+  monkeypatch.undo()
+  assert os.listdir(tmp_path / "inits") == ["va"]
+  np.testing.assert_array_equal(checkpointing.load_tree(d, _tree())["s"], 7)
+
+
+def test_a_spec_that_cannot_be_written_is_one_error_and_no_temporary(tmp_path, monkeypatch):
+  real_open = open
+
+  def full_disk(path, mode="r", *a, **k):
+    if str(path).endswith(".tmp") and "w" in mode:
+      f = real_open(path, mode, *a, **k)
+      f.close()
+      raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    return real_open(path, mode, *a, **k)
+  monkeypatch.setattr("builtins.open", full_disk)
+  with pytest.raises(WriteError, match=r"spec\.json: the disk is full .* is unchanged"):
+    checkpointing.write_spec(str(tmp_path), {"a": 1})
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == []
+
+
+def test_only_the_closed_loop_callbacks_of_a_failed_read_are_silenced(monkeypatch):
+  """A failed orbax read closes its event loop while tensorstore still completes other
+  reads; their callbacks printed "Event loop is closed" tracebacks after the error line."""
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+  monkeypatch.setattr(checkpointing, "_hook_before", [])
+  checkpointing._drop_closed_loop_callbacks()  # pylint: disable=protected-access
+  checkpointing._drop_closed_loop_callbacks()  # pylint: disable=protected-access  # once
+  loop = asyncio.new_event_loop()
+  loop.close()
+  for exc in _raised(lambda: loop.call_soon_threadsafe(print)), _raised(lambda: 1 / 0):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=exc.__traceback__,
+                                             err_msg=None, object=None))
+  assert [type(e) for e in seen] == [ZeroDivisionError]
+
+
+def _raised(fn):
+  try:
+    fn()
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  raise AssertionError("no exception")

@@ -9,10 +9,12 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import shutil
 import tarfile
+import threading
 import zipfile
 
 import numpy as np
@@ -222,6 +224,39 @@ def test_features_are_plain_tensors(tmp_path):
   assert feats["label"].np_dtype == np.int64
   assert str(builder.info.file_format.value) == "array_record"
   assert builder_lib.class_names(builder, "val") == sorted(MINI_CLASSES["val"])
+
+
+def test_a_run_preparing_a_dataset_another_is_preparing_waits_and_reads_it(tmp_path, caplog):
+  """Two runs preparing one fresh data_dir at once: tfds' rename of the second failed
+  (FileExistsError), and a builder made before the dataset was prepared read no class
+  names. The second now waits for the first's lock and reads what it prepared."""
+  make_mini_imagenet(tmp_path / "src")
+  tfds_dir = tmp_path / "tfds"
+  first = load.get_builder("mini_imagenet32", data_dir=tfds_dir, strict=False)
+  got = {}
+
+  def second_run():
+    try:
+      got["out"] = load.load_split("mini_imagenet32", "train", data_dir=tfds_dir,
+                                   manual_dir=tmp_path / "src", strict=False)
+    except Exception as e:  # pylint: disable=broad-except
+      got["out"] = e
+
+  with caplog.at_level(logging.INFO, logger="dfl2l_jax"):
+    with load._preparing(first):  # pylint: disable=protected-access  # the first run
+      thread = threading.Thread(target=second_run)
+      thread.start()
+      thread.join(timeout=3)
+      assert thread.is_alive(), got  # the second run waits ...
+      load._prepare_unlocked(first, tmp_path / "src")  # pylint: disable=protected-access
+    thread.join(timeout=60)
+  assert not isinstance(got["out"], Exception), got["out"]
+  want = load.load_split("mini_imagenet32", "train", data_dir=tfds_dir, manual_dir=None,
+                         strict=False)
+  for x, y in zip(got["out"], want):  # ... and reads what the first prepared.
+    np.testing.assert_array_equal(x, y)
+  assert any("waiting for another process that prepares mini_imagenet32" in r.getMessage()
+             for r in caplog.records)
 
 
 def test_strict_mode_checks_the_standard_counts(tmp_path):

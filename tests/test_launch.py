@@ -69,5 +69,11 @@ def test_a_full_disk_deep_inside_a_library_error_is_found():
       raise RuntimeError("orbax failed to write") from inner
   except RuntimeError as outer:
     found = common._os_error(outer)  # pylint: disable=protected-access
-  assert found.errno == errno.ENOSPC and found.filename == "/w/zoo/3/d"
+  assert found == (errno.ENOSPC, "No space left on device", "/w/zoo/3/d")
   assert common._os_error(RuntimeError("a bug")) is None  # pylint: disable=protected-access
+  # tensorstore's write errors, as orbax raises them, carry the OS error as text.
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file '
+                     '"/w/zoo/50.orbax-checkpoint-tmp/": Failed to write 444731 bytes to file '
+                     "14: No space left on device [os_error_code='28']")
+  found = common._os_error(orbax)  # pylint: disable=protected-access
+  assert found == (errno.ENOSPC, os.strerror(errno.ENOSPC), None)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dfl2l_jax import checkpointing
 from dfl2l_jax import loops
 from dfl2l_jax import pipeline
 from dfl2l_jax import zoo as zoo_lib
@@ -52,7 +53,9 @@ def test_results_json_has_the_promised_schema(finished_run):
   assert any(name.startswith("events.out.tfevents") for name in events), events
   for r in res["rows"]:
     assert set(r) == {"method", "shots", "mean", "ci95", "n_tasks", "per_task", "metatest",
-                      "run", "launcher", "cost"}
+                      "settings", "run", "launcher", "cost"}
+    assert r["settings"]["zoo"]["steps"] == 200
+    assert ("fusion" in r["settings"]) == r["method"].startswith("dfl2l")
     # Algorithm 3's cost (fixed-rate SGD here): 20 steps on the K support points, then the
     # 100 query points (and the support points once more).
     assert r["cost"] == {"networks": 1, "forward": 20 * r["shots"] + 100 + r["shots"],
@@ -352,6 +355,28 @@ def test_an_unreadable_results_file_is_refused_before_any_work(finished_run, tmp
     pipeline.evaluate(helpers.smoke_config(), workdir)
 
 
+def test_a_malformed_row_of_the_results_file_is_refused_before_any_work(tmp_path):
+  """A row without its method used to be found by results.merge after the whole run
+  (KeyError: 'method')."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  row = {"shots": 5, "mean": 1.0, "per_task": [1.0]}
+  (workdir / "results.json").write_text(json.dumps({"benchmark": "sinusoid", "seed": 0,
+                                                    "rows": [row]}))
+  with pytest.raises(CheckpointError, match=r"results\.json is not a results file this "
+                     r"version can add to: row 0 has no 'method' name\. Repair that"):
+    pipeline.run(helpers.smoke_config(methods="va"), str(workdir), "offline")
+  assert not (workdir / "zoo").exists()
+
+
+def test_evaluate_on_a_missing_workdir_is_refused_and_creates_nothing(tmp_path):
+  workdir = tmp_path / "nosuch"
+  with pytest.raises(CheckpointError, match=r"--workdir .*nosuch does not exist: "
+                     "launch.evaluate meta-tests what launch.offline"):
+    pipeline.evaluate(helpers.smoke_config(), str(workdir))
+  assert not workdir.exists()
+
+
 def test_saved_initialisations_load_with_their_model(finished_run):
   from dfl2l_jax import inits  # pylint: disable=g-import-not-at-top
   workdir, results = finished_run
@@ -391,6 +416,33 @@ def test_a_learner_method_is_meta_tested_beside_the_inits_which_stay_identical(f
       assert r["cost"] == {"networks": 10, "forward": 10 * (r["shots"] + 100), "backward": 0}
       assert np.all(np.isfinite(r["per_task"])) and r["n_tasks"] == 8
   assert not os.path.exists(os.path.join(workdir, "inits", "zoo_features"))
+
+
+def test_a_changed_method_setting_adds_rows_and_a_saved_init_keeps_its_own(finished_run,
+                                                                            tmp_path, caplog):
+  """Issue 31: rows were keyed by method, shots and meta-test settings only, so rerunning a
+  method without a checkpoint under another setting replaced its earlier rows."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(finished_run[0], workdir)
+  for repeats in (1, 2):
+    out = pipeline.evaluate(helpers.smoke_config(
+        methods="zoo_features", zoo_features__val_repeats=repeats,
+        zoo_features__ridge_grid=(1e-3,)), workdir)
+  got = sorted((r["shots"], r["settings"]["zoo_features"]["val_repeats"], r["run"])
+               for r in out["rows"] if r["method"] == "zoo_features")
+  assert got == [(5, 1, 1), (5, 2, 2), (10, 1, 1), (10, 2, 2)]
+  with open(os.path.join(workdir, "results.md")) as f:
+    md = f.read()
+  assert "| zoo_features [zoo_features.val_repeats=2] | 10 |" in md
+  # launch.evaluate meta-tests a saved initialisation as it was made: its rows keep the
+  # settings that made it (and replace the earlier rows of those), whatever the config says.
+  with caplog.at_level("WARNING", logger="dfl2l_jax"):
+    out = pipeline.evaluate(helpers.smoke_config(methods="dfl2l", fusion__gamma=0.5), workdir)
+  dfl2l = [r for r in out["rows"] if r["method"] == "dfl2l"]
+  assert [(r["run"], r["settings"]["fusion"]["gamma"]) for r in dfl2l] == [(3, 1.0)] * 2
+  assert any("fusion.gamma: saved 1.0, now 0.5" in r.getMessage() for r in caplog.records)
+  spec = checkpointing.read_spec(os.path.join(workdir, "inits", "dfl2l"))
+  assert spec["settings"] == dfl2l[0]["settings"]
 
 
 def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from dfl2l_jax import results
 from dfl2l_jax.errors import CheckpointError
+from tests import helpers
 
 
 def test_t_interval_uses_student_t_with_n_minus_1_degrees_of_freedom():
@@ -66,7 +67,7 @@ def _record(rows, seed=0):
 
 def _row(method, shots, mean, steps=20, run=0):
   r = results.row(method, shots, mean, 0.1, [mean])
-  r.update(metatest={"steps": steps}, run=run, launcher="offline")
+  r.update(metatest={"steps": steps}, settings={}, run=run, launcher="offline")
   return r
 
 
@@ -85,7 +86,8 @@ def test_merge_replaces_only_rows_with_the_same_method_shots_and_settings():
 
 def test_a_failed_row_does_not_replace_an_earlier_result_but_fills_a_new_place():
   old = _record([_row("dfl2l", 5, 2.0), _row("va", 5, 1.0)])
-  failed = [dict(results.failed_row(m, 5, "training diverged: x", {"steps": s}), run=0)
+  failed = [dict(results.failed_row(m, 5, "training diverged: x", {"steps": s}), run=0,
+                 settings={})
             for m, s in (("dfl2l", 20), ("dfl2l", 7))]
   merged = results.merge(old, _record(failed + [_row("va", 5, 9.0)]))
   got = [(r["method"], r["metatest"]["steps"], r["mean"], r.get("failed")) for r in merged["rows"]]
@@ -150,3 +152,119 @@ def test_markdown_names_each_rows_run_and_flags_failures():
   rec["rows"].append(dict(_row("maml", 5, 2.0), uses_task_data=True))
   md = results.to_markdown(rec)
   assert "| maml * | 5 | 2.0000 |" in md and "read the zoo tasks' training data" in md
+
+
+def _zf_row(head, mean, run=0):
+  """A zoo_features row made with image_head=`head`, settings as the pipeline records."""
+  config = helpers.smoke_config(zoo_features__image_head=head)
+  return dict(_row("zoo_features", 5, mean, run=run),
+              settings=results.settings_of(config, "zoo_features"))
+
+
+def test_a_row_is_keyed_by_the_settings_of_its_zoo_and_method():
+  config = helpers.smoke_config()
+  va, dfl2l, ties = (results.settings_of(config, m) for m in ("va", "dfl2l", "ties"))
+  assert sorted(va) == ["model", "zoo"]  # sinusoid has no data section; va reads nothing
+  assert va["zoo"]["steps"] == 200 and "chunk_steps" not in va["zoo"]
+  assert dfl2l["fusion"]["gamma"] == 1.0 and "chunk_steps" not in dfl2l["fusion"]
+  assert ties["fusion"] == {"sigma": 1.0} and ties["ties"]["density"] == config.ties.density
+  # A recorded config (a dict) gives the same; the fields it lacks take their old values.
+  assert results.settings_of(config.to_dict(), "dfl2l") == dfl2l
+  recorded = config.to_dict()
+  del recorded["fusion"]["rate_halvings"]
+  assert results.settings_of(recorded, "dfl2l")["fusion"]["rate_halvings"] == 0
+  assert sorted(results.settings_of(config, "zoo_features_logistic")) == ["model", "zoo"]
+
+
+def test_a_changed_setting_of_a_method_adds_a_row_and_replaces_none():
+  """Issue 31: zoo_features' image_head centroid -> select replaced the centroid rows,
+  which were keyed by method, shots and meta-test settings only."""
+  old = _record([_zf_row("centroid", 1.0), _row("va", 5, 3.0)])
+  merged = results.merge(old, _record([_zf_row("select", 2.0)]))
+  got = [(r["method"], (r.get("settings") or {}).get("zoo_features", {}).get("image_head"),
+          r["mean"]) for r in merged["rows"]]
+  assert got == [("zoo_features", "centroid", 1.0), ("va", None, 3.0),
+                 ("zoo_features", "select", 2.0)]
+  md = results.to_markdown(merged)
+  assert "| zoo_features [zoo_features.image_head=centroid] | 5 | 1.0000 |" in md
+  assert "| zoo_features [zoo_features.image_head=select] | 5 | 2.0000 |" in md
+  assert "| va | 5 | 3.0000 |" in md
+  assert "zoo_features [zoo_features.image_head=select]" in results.summary(merged, "w")
+  # The same settings again replace their own row only.
+  again = results.merge(merged, _record([_zf_row("select", 4.0)]))
+  assert [r["mean"] for r in again["rows"]] == [1.0, 3.0, 4.0]
+
+
+def test_rows_recorded_before_settings_get_those_of_their_run_or_stay_unknown(tmp_path):
+  offline = helpers.smoke_config(zoo_features__image_head="centroid", ties__density=0.3)
+  evaluate = helpers.smoke_config(zoo_features__image_head="select", ties__density=0.5)
+  old = _record([_row("ties", 5, 1.0), _row("ties", 5, 2.0, steps=7, run=1),
+                 _row("zoo_features", 5, 3.0, run=1), _row("va", 5, 4.0, steps=7, run=1)])
+  old["runs"] = [{"launcher": "offline", "config": offline.to_dict(), "methods": ["ties"]},
+                 {"launcher": "evaluate", "config": evaluate.to_dict(),
+                  "methods": ["ties", "va", "zoo_features"]}]
+  for r in old["rows"]:
+    del r["settings"]  # recorded before rows kept them
+  (tmp_path / "results.json").write_text(json.dumps(old))
+  rows = results.load(str(tmp_path))["rows"]
+  # ties' saved initialisation was made by the offline run, zoo_features (a learner) was
+  # rebuilt by evaluate itself; va's initialisation came from no run recorded here.
+  assert [r["settings"]["ties"]["density"] for r in rows[:2]] == [0.3, 0.3]
+  assert rows[2]["settings"]["zoo_features"]["image_head"] == "select"
+  assert rows[3]["settings"] is None
+  assert results.saved_init_settings({"rows": rows, "runs": old["runs"]}, "ties") == (
+      rows[0]["settings"])
+  # A row of unknown settings is never replaced: the new one is added beside it.
+  va = dict(_row("va", 5, 5.0, steps=7), settings=results.settings_of(offline, "va"))
+  merged = results.merge({**old, "rows": rows}, _record([va]))
+  assert [r["mean"] for r in merged["rows"] if r["method"] == "va"] == [4.0, 5.0]
+  assert "| va [settings unknown] | 5 | 4.0000 |" in results.to_markdown(merged)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda rec: rec["rows"][0].pop("method"), "row 0 has no 'method' name"),
+    (lambda rec: rec["rows"][0].update(shots="5"), r"row 0 \(va\) has no whole number of "
+                                                   r"'shots' \('5'\)"),
+    (lambda rec: rec["rows"][0].update(per_task=["1.0"]),
+     r"row 0 \(va\) has 'per_task' values that are not"),
+    (lambda rec: rec["rows"][0].update(run=3),
+     r"row 0 \(va\) names run 3, which the file does not list"),
+    (lambda rec: rec.update(rows={"va": 1}), "its top level is not an object with a list of rows"),
+])
+def test_a_results_file_with_a_malformed_row_is_refused_naming_it(tmp_path, change, problem):
+  record = _record([_row("va", 5, 1.0)])
+  change(record)
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  with pytest.raises(CheckpointError, match=f"results.json is not a results file this "
+                     f"version can add to: {problem}"):
+    results.load(str(tmp_path))
+
+
+def test_a_kill_between_the_two_renames_leaves_a_table_that_says_it_is_stale(tmp_path,
+                                                                            monkeypatch, caplog):
+  """results.json was renamed into place, then the process died before results.md was:
+  a reader had no way to tell that results.md (and results.md.tmp) did not show it."""
+  workdir = str(tmp_path)
+  results.write(workdir, _record([_row("va", 5, 1.0)]))
+  assert results.stale_markdown(workdir) is None
+  real_replace = os.replace
+
+  def killed_after_the_first(src, dst):
+    if src.endswith("results.md.tmp"):
+      raise KeyboardInterrupt  # the process ends here
+    real_replace(src, dst)
+  monkeypatch.setattr(os, "replace", killed_after_the_first)
+  with pytest.raises(KeyboardInterrupt):
+    results.write(workdir, _record([_row("va", 5, 2.0)]))
+  monkeypatch.undo()
+  assert results.load(workdir)["rows"][0]["mean"] == 2.0
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "| va | 5 | 1.0000 |" in f.read()
+  warning = results.stale_markdown(workdir)
+  assert "results.md is older than" in warning and "next run" in warning
+  with caplog.at_level("WARNING", logger="dfl2l_jax"):
+    results.load(workdir)
+  assert any("results.md is older than" in r.getMessage() for r in caplog.records)
+  results.write(workdir, results.load(workdir))  # the next run writes both again
+  assert results.stale_markdown(workdir) is None
+  assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]

@@ -9,8 +9,16 @@ The first call prepares the tfds dataset under `data_dir` from the source files
 in `manual_dir` (see the builders in `mini_imagenet.py` and `cifar_fs.py` for
 what goes there); later calls only read it, and then `manual_dir` may be None.
 Preparing and reading need tensorflow-datasets, not TensorFlow.
+
+Two processes that prepare one dataset in one `data_dir` at once (two runs started
+together on a fresh data_dir) take turns: the first prepares it under a lock
+(`<data_dir>/.<name>.<strict|lenient>.lock`), the second waits, then reads it.
 """
 
+import contextlib
+import errno
+import fcntl
+import logging
 import os
 
 import numpy as np
@@ -29,6 +37,7 @@ BUILDERS = {
 }
 SPLITS = builder_lib.SPLITS
 _BATCH = 4096
+_log = logging.getLogger("dfl2l_jax")
 
 
 def get_builder(name, *, data_dir, strict=True):
@@ -63,13 +72,58 @@ def prepare(builder, manual_dir):
     manual_dir: the folder with the source files, or None if the dataset must
       already be prepared.
 
+  Returns:
+    The builder to read the prepared dataset with: `builder`, or a new one of the
+    same dataset when another process prepared it while this one waited (a builder
+    made before the dataset was prepared does not see its metadata).
+
   Raises:
     DataError: if the dataset is not prepared and `manual_dir` is None or is
       not a folder, or the source data is missing or fails its checks.
   """
+  if _is_prepared(builder):
+    return builder
+  with _preparing(builder):
+    if _is_prepared(builder):  # another process prepared it while this one waited.
+      return type(builder)(data_dir=os.fspath(builder.data_dir_root),
+                           config=builder.builder_config.name)
+    _prepare_unlocked(builder, manual_dir)
+  return builder
+
+
+def _is_prepared(builder):
   # (is_prepared() alone logs a warning when the folder does not exist.)
-  if builder.data_path.exists() and builder.is_prepared():
-    return
+  return builder.data_path.exists() and builder.is_prepared()
+
+
+@contextlib.contextmanager
+def _preparing(builder):
+  """Holds the lock of preparing `builder`'s dataset in its data_dir: tfds renames its
+  finished folder into place, and a second process preparing the same dataset at once
+  failed there (FileExistsError). A process that finds the lock taken waits, saying so."""
+  root = os.fspath(builder.data_dir_root)
+  os.makedirs(root, exist_ok=True)
+  path = os.path.join(root, f".{builder.name}.{builder.builder_config.name}.lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno in (errno.EAGAIN, errno.EACCES):
+        _log.info("waiting for another process that prepares %s (%s) in %s (%s)",
+                  builder.name, builder.builder_config.name, root, path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      elif e.errno == errno.ENOLCK:
+        _log.warning("%s: the file system does not support locks; do not prepare %s there "
+                     "from two processes at once", root, builder.name)
+      else:
+        raise
+    yield
+  finally:
+    os.close(fd)  # releases the lock.
+
+
+def _prepare_unlocked(builder, manual_dir):
   what = builder.SOURCE_FILES
   if manual_dir is None:
     raise DataError(
@@ -119,7 +173,7 @@ def load_split(name, split, *, data_dir, manual_dir, strict=True):
   if split not in SPLITS:
     raise ConfigError(f"Unknown split {split!r}; expected one of {SPLITS}.")
   builder = get_builder(name, data_dir=data_dir, strict=strict)
-  prepare(builder, manual_dir)
+  builder = prepare(builder, manual_dir)
   names = builder_lib.class_names(builder, split)
   source = builder.as_data_source(split=split)
   n = len(source)

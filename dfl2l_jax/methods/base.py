@@ -207,6 +207,11 @@ class Method:
       include them all so that flags can override single fields. Sections whose
       values depend on the benchmark (`fusion`, `maml`) are made by the configs and
       are not listed here.
+    reads: the sections made by the configs that the method reads too (`fusion`,
+      `maml`), or single fields of them (`fusion.sigma`). `sections` and `reads`
+      together are what a result of the method depends on besides the zoo and the
+      meta-test (`config_sections`): each row of results.json records their values and
+      is keyed by them (results.settings_of).
   """
   name: str
   tags: Tuple[str, ...]
@@ -218,3 +223,10 @@ class Method:
   needs_bn_stats: bool = False
   sections: Mapping[str, Callable] = dataclasses.field(default_factory=dict, compare=False,
                                                        hash=False)
+  reads: Tuple[str, ...] = ()
+
+
+def config_sections(method):
+  """Every config section (or `section.field`) `method` reads: its own (`sections`), then
+  `reads`."""
+  return tuple(method.sections) + tuple(s for s in method.reads if s not in method.sections)

@@ -216,13 +216,13 @@ def _no_dro(ctx):
 
 DFL2L_NO_DRO = base.Method(
     "dfl2l_no_dro", ("ablation",), _no_dro,
-    "ablation: the bi-level objective of Eq. 3 without the DRO step")
+    "ablation: the bi-level objective of Eq. 3 without the DRO step", reads=("fusion",))
 DFL2L_MLE = base.Method(
     "dfl2l_mle", ("ablation",), lambda ctx: bilevel.meta_init(mle_fusion(ctx)),
-    "ablation: the plain likelihood fit of Eq. 1 (no bi-level, no DRO)")
+    "ablation: the plain likelihood fit of Eq. 1 (no bi-level, no DRO)", reads=("fusion",))
 DFL2L = base.Method(
     "dfl2l", ("offline",), lambda ctx: bilevel.meta_init(offline_fusion(ctx)),
-    "DFL2L offline: bi-level DRO fusion, Algorithm 1")
+    "DFL2L offline: bi-level DRO fusion, Algorithm 1", reads=("fusion",))
 DFL2L_ONLINE = base.Method(
     "dfl2l_online", ("online",), lambda ctx: bilevel.meta_init(online_fusion(ctx)),
-    "DFL2L online: one pass over arriving models, Algorithm 2")
+    "DFL2L online: one pass over arriving models, Algorithm 2", reads=("fusion",))

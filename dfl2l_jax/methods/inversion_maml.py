@@ -93,4 +93,5 @@ INVERSION_MAML = base.Method(
     "inversion_maml", ("function_space",), inversion_maml,
     "MAML on pseudo episodes of images inverted from the zoo (DeepInversion; data-free; "
     "images)", validate, needs_bn_stats=True,
-    sections={"inversion_maml": defaults, "inversion": inverted_images.inversion_defaults})
+    sections={"inversion_maml": defaults, "inversion": inverted_images.inversion_defaults},
+    reads=("maml",))

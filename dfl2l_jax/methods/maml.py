@@ -174,16 +174,18 @@ def validate_zoo_maml(config):
 MAML = base.Method(
     "maml", ("baseline",), lambda ctx: offline_maml(ctx, False, "maml").params,
     "MAML (Finn et al. 2017), meta-trained on the zoo tasks' own data", validate_maml,
-    uses_task_data=True)
+    uses_task_data=True, reads=("maml",))
 FOMAML = base.Method(
     "fomaml", ("baseline",), lambda ctx: offline_maml(ctx, True, "fomaml").params,
     "first-order MAML, meta-trained on the zoo tasks' own data", validate_maml,
-    uses_task_data=True)
+    uses_task_data=True, reads=("maml",))
 OML = base.Method(
     "oml", ("baseline",), lambda ctx: online_maml(ctx).params,
     "online meta-learning, FTML (Finn et al. 2019), on the zoo tasks' data as they "
-    "arrive", validate_oml, uses_task_data=True, sections={"oml": oml_defaults})
+    "arrive", validate_oml, uses_task_data=True, sections={"oml": oml_defaults},
+    reads=("maml",))
 ZOO_MAML = base.Method(
     "zoo_maml", ("function_space",), zoo_maml,
     "MAML on pseudo tasks: zoo models label inputs drawn from the input domain (data-free; "
-    "regression)", validate_zoo_maml, sections={"zoo_maml": zoo_maml_defaults})
+    "regression)", validate_zoo_maml, sections={"zoo_maml": zoo_maml_defaults},
+    reads=("maml",))

@@ -295,8 +295,9 @@ TASK_ARITHMETIC = base.Method(
     "task_arithmetic", ("baseline",), task_arithmetic_init,
     "task arithmetic (Ilharco et al. 2023): shared init + lambda * sum of task vectors",
     validate_task_arithmetic, uses_task_data=_reads_zoo_data("task_arithmetic"),
-    sections={"task_arithmetic": task_arithmetic_defaults})
+    sections={"task_arithmetic": task_arithmetic_defaults}, reads=("fusion.sigma",))
 TIES = base.Method(
     "ties", ("baseline",), ties_init,
     "TIES-Merging (Yadav et al. 2023): trim, elect sign, disjoint mean of task vectors",
-    validate_ties, uses_task_data=_reads_zoo_data("ties"), sections={"ties": ties_defaults})
+    validate_ties, uses_task_data=_reads_zoo_data("ties"), sections={"ties": ties_defaults},
+    reads=("fusion.sigma",))

@@ -255,4 +255,4 @@ def validate(config):
 MFGP = base.Method(
     "mfgp", ("baseline",), mfgp_init,
     "GP model fusion (Lam et al. 2021) over PCA descriptors of the zoo, at the mean descriptor",
-    validate, sections={"mfgp": defaults})
+    validate, sections={"mfgp": defaults}, reads=("fusion.sigma",))
