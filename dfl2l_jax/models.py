@@ -199,6 +199,154 @@ class Conv4(nn.Module):
     return nn.Dense(self.ways)(x.reshape(x.shape[0], -1))
 
 
+# PyTorch's 3x3 convolution with padding 1, whatever the stride. Flax's "SAME" pads a
+# stride-2 convolution of an even input by (0, 1), PyTorch by (1, 1): another function.
+_PAD1 = ((1, 1), (1, 1))
+
+
+def _batch_norm(train, name):
+  """BatchNorm as everywhere in this project (momentum 0, PyTorch's epsilon)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.0, epsilon=1e-5, name=name)
+
+
+class SimpleBlock(nn.Module):
+  """The residual block of the CloserLook ResNet-10/18 (its `SimpleBlock`).
+
+  C1 (3x3, stride `stride`, padding 1, no bias) -> BN1 -> ReLU -> C2 (3x3, padding 1,
+  no bias) -> BN2, plus the shortcut, then ReLU. The shortcut is the identity where the
+  width is unchanged, otherwise `shortcut` (1x1, stride `stride`, no bias) ->
+  `BNshortcut`. The submodules carry the field's names (layouts.py).
+  """
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    y = nn.Conv(self.features, (3, 3), strides=self.stride, padding=_PAD1, use_bias=False,
+                name="C1")(x)
+    y = nn.relu(_batch_norm(train, "BN1")(y))
+    y = nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, name="C2")(y)
+    y = _batch_norm(train, "BN2")(y)
+    if x.shape[-1] != self.features:
+      x = nn.Conv(self.features, (1, 1), strides=self.stride, padding="VALID",
+                  use_bias=False, name="shortcut")(x)
+      x = _batch_norm(train, "BNshortcut")(x)
+    elif self.stride != 1:
+      raise ValueError(f"a SimpleBlock of stride {self.stride} needs a width change "
+                       f"(the identity shortcut keeps the resolution); got {self.features} "
+                       "channels in and out")
+    return nn.relu(y + x)
+
+
+RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2)}
+
+
+class ResNet(nn.Module):
+  """The CloserLook ResNet-10 / ResNet-18 of the field's teachers (FREE `network.py`).
+
+  A stem (3x3 conv of `widths[0]` channels, stride 1, no bias, then BatchNorm; no ReLU
+  and no pooling after it, as in FREE), then `RESNET_BLOCKS[depth]` `SimpleBlock`s per
+  stage of `widths` channels, the first block of stages 2-4 at stride 2; global average
+  pooling and a linear head with `ways` outputs. The field's stem has 64 channels and its
+  widths are (64, 128, 256, 512); ours ties the stem to `widths[0]`, so other widths are
+  the same network made narrower. The widths of consecutive stages must differ (the
+  field's block has no strided identity shortcut).
+
+  Parameters: `Conv_0`, `BatchNorm_0` (the stem), `Block_{j}/{C1,BN1,C2,BN2}` and where
+  the width changes `Block_{j}/{shortcut,BNshortcut}` (blocks numbered 0.. over all
+  stages), `Dense_0` (the head). BatchNorm as in `Conv4` (train mode: the batch's
+  statistics; eval mode: `batch_stats`, which an imported teacher carries). `head=False`
+  returns the pooled features (batch, widths[-1]).
+  """
+  ways: int = 5
+  widths: Sequence[int] = (64, 128, 256, 512)
+  depth: int = 10
+  head: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    if self.depth not in RESNET_BLOCKS or len(self.widths) != 4:
+      raise ValueError(f"ResNet: depth must be one of {sorted(RESNET_BLOCKS)} and widths 4 "
+                       f"numbers, got {self.depth} and {tuple(self.widths)}")
+    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD1, use_bias=False, name="Conv_0")(x)
+    x = _batch_norm(train, "BatchNorm_0")(x)
+    j = 0
+    for stage, (blocks, width) in enumerate(zip(RESNET_BLOCKS[self.depth], self.widths)):
+      for b in range(blocks):
+        stride = 2 if stage >= 1 and b == 0 else 1
+        x = SimpleBlock(width, stride, name=f"Block_{j}")(x, train)
+        j += 1
+    x = x.mean(axis=(-3, -2))
+    if not self.head:
+      return x
+    return nn.Dense(self.ways, name="Dense_0")(x)
+
+
+class ResNet12Block(nn.Module):
+  """A block of the few-shot ResNet-12 (learn2learn's `BasicBlock`, from MetaOptNet).
+
+  conv1 -> bn1 -> LeakyReLU(0.1) -> conv2 -> bn2 -> LeakyReLU -> conv3 -> bn3 (3x3,
+  padding 1, no bias), plus the shortcut `downsample_conv` (1x1, no bias) ->
+  `downsample_bn`; LeakyReLU, then a 2x2 max-pool (odd trailing rows dropped).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    act = lambda v: nn.leaky_relu(v, 0.1)
+    conv = lambda name: nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False,
+                                name=name)
+    y = act(_batch_norm(train, "bn1")(conv("conv1")(x)))
+    y = act(_batch_norm(train, "bn2")(conv("conv2")(y)))
+    y = _batch_norm(train, "bn3")(conv("conv3")(y))
+    r = nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False,
+                name="downsample_conv")(x)
+    r = _batch_norm(train, "downsample_bn")(r)
+    return max_pool_2x2(act(y + r))
+
+
+class ResNet12(nn.Module):
+  """The few-shot ResNet-12 (Mishra et al. 2018; Lee et al. 2019's MetaOptNet code, as
+  learn2learn's `ResNet12`): four `ResNet12Block`s of `widths` channels, global average
+  pooling, a linear head with `ways` outputs.
+
+  Widths (64, 160, 320, 640) (learn2learn's default, `wider=True`) or (64, 128, 256, 512)
+  (`wider=False`, TADAM's). Parameters: `Block_{i}/{conv,bn}{1,2,3}`,
+  `Block_{i}/downsample_{conv,bn}`, `Dense_0`. No DropBlock: it is the identity in eval
+  mode, and this project does not train these networks. `head=False` returns the pooled
+  features (batch, widths[-1]).
+  """
+  ways: int = 5
+  widths: Sequence[int] = (64, 160, 320, 640)
+  head: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    if len(self.widths) != 4:
+      raise ValueError(f"ResNet12: widths must be 4 numbers, got {tuple(self.widths)}")
+    for i, width in enumerate(self.widths):
+      x = ResNet12Block(width, name=f"Block_{i}")(x, train)
+    x = x.mean(axis=(-3, -2))
+    if not self.head:
+      return x
+    return nn.Dense(self.ways, name="Dense_0")(x)
+
+
+# The field's widths of each named ResNet.
+RESNETS = {"resnet10": (64, 128, 256, 512), "resnet18": (64, 128, 256, 512),
+           "resnet12": (64, 160, 320, 640)}
+
+
+def resnet(name, ways, widths=None, head=True):
+  """The ResNet called `name` (a key of RESNETS), of `widths` (default: the field's)."""
+  if name not in RESNETS:
+    raise ValueError(f"unknown ResNet {name!r}; known: {', '.join(RESNETS)}")
+  widths = tuple(RESNETS[name] if widths is None else widths)
+  if name == "resnet12":
+    return ResNet12(ways=ways, widths=widths, head=head)
+  return ResNet(ways=ways, widths=widths, depth=int(name[len("resnet"):]), head=head)
+
+
 def apply_train_mode(model, params, x):
   """Logits with BatchNorm normalising by the statistics of `x` itself."""
   logits, _ = model.apply({"params": params}, x, train=True, mutable=["batch_stats"])

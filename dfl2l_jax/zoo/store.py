@@ -53,8 +53,19 @@ def sha256_bytes(data):
 
 
 def network(manifest, conv_impl="xla", bn_impl="flax"):
-  """The flax module of the manifest's architecture."""
+  """The flax module of the manifest's architecture.
+
+  Besides conv4 (the only architecture a manifest admits so far, ARCHITECTURES) it builds
+  the ResNets of models.RESNETS from {"name": "resnet10" | "resnet18" | "resnet12",
+  "ways": R, "widths": [4 ints] (optional, default the field's)}, for the layouts' tests
+  and a later importer; `conv_impl` and `bn_impl` are Conv4's choices.
+  """
   arch = manifest["architecture"]
+  if arch["name"] in models.RESNETS:
+    if (conv_impl, bn_impl) != ("xla", "flax"):
+      raise ValueError(f"{arch['name']} has no conv_impl / bn_impl choices (Conv4's), got "
+                       f"{conv_impl!r}, {bn_impl!r}")
+    return models.resnet(arch["name"], arch["ways"], arch.get("widths"))
   return models.Conv4(ways=arch["ways"], filters=arch["filters"], conv_impl=conv_impl,
                       bn_impl=bn_impl)
 
