@@ -321,3 +321,25 @@ def test_import_zoo_launcher(tmp_path):
   assert good.returncode == 0, good.stderr
   assert f"--config.zoo.source={tmp_path / 'zoo'}" in good.stdout
   assert store.load(str(tmp_path / "zoo")).num_models == 2
+
+
+def test_dfml_bare_state_dicts_with_a_classes_file(tmp_path):
+  rng = np.random.default_rng(7)
+  src = tmp_path / "src"
+  os.makedirs(src)
+  sds = [torch_style_state_dict(rng) for _ in range(2)]
+  for i, sd in enumerate(sds):
+    pth.save(sd, str(src / f"model_{i}.pth"))
+  with pytest.raises(ZooError, match="--model_classes"):
+    importer.import_zoo("dfml_bare", str(src), str(tmp_path / "zoo"), class_names=NAMES,
+                        image_size=SIZE, mean=MEAN, std=STD)
+  importer.import_zoo("dfml_bare", str(src), str(tmp_path / "zoo"), class_names=NAMES,
+                      image_size=SIZE, mean=MEAN, std=STD,
+                      model_classes=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+  zoo = store.load(str(tmp_path / "zoo"))
+  assert [m["source"] for m in zoo.manifest["models"]] == ["model_0.pth", "model_1.pth"]
+  x = rng.normal(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+  ours = store.network(zoo.manifest).apply(
+      {"params": one(zoo.params, 1), "batch_stats": one(zoo.bn_stats, 1)}, x, train=False)
+  np.testing.assert_allclose(np.asarray(ours), reference_forward(sds[1], x.transpose(0, 3, 1, 2)),
+                             rtol=1e-5, atol=1e-5)
