@@ -119,7 +119,7 @@ def measure_zoo_features(size, tasks, n_models, batch_size, repeats, init_best):
   del config
   zoo = jax.vmap(bench.init_params)(jax.random.split(jax.random.key(1), n_models))
   learner = methods_base.Learner(
-      {"zoo": zoo}, zoo_features._centroid_scorer(bench.model, WAYS), None)  # pylint: disable=protected-access
+      {"zoo": zoo}, zoo_features._centroid_scorer((bench.model.clone(head=False),), WAYS), None)  # pylint: disable=protected-access
   run = lambda: adaptation.score_learner(learner, episodes, batch_size=batch_size,
                                          gather_fn=bench.gather_episode, data=bench.data)
   t0 = time.perf_counter()

@@ -96,6 +96,9 @@ def make(protocol, ways, arg=None):
   c.zoo.source = ""                     # a zoo folder (launch.import_zoo) to use instead of
   #                                       training one; its manifest sets num_models, ways
   #                                       and model.filters (docs/zoo_format.md)
+  c.zoo.group = ""                      # a zoo of several architectures: the group (e.g.
+  #                                       "conv4-32") that parameter-space methods and the
+  #                                       meta-test network use; "": the largest
 
   c.fusion = common.fusion(embed_dim=50)
 

@@ -117,7 +117,7 @@ def dict_diff(found, wanted, prefix=""):
 # Fields added after runs were recorded, with the value that reproduces what those runs
 # did (a recorded config without the field ran the old behaviour, not today's default).
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
-                         ("zoo", "source"): ""}
+                         ("zoo", "source"): "", ("zoo", "group"): ""}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now

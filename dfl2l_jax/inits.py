@@ -73,7 +73,9 @@ def network(workdir):
                           "workdir of a finished run")
   manifest = imported["manifest"]
   s = manifest["image_size"]
-  return store.network(manifest), np.zeros((1, s, s, 3), np.float32)
+  # The run's group of a zoo of several architectures (recorded since such zoos exist).
+  arch = imported.get("architecture", manifest["architecture"])
+  return store.network(arch), np.zeros((1, s, s, 3), np.float32)
 
 
 def load(workdir, method):

@@ -112,10 +112,11 @@ def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
   its models normalise with stored ones (an imported zoo with batch_norm "running"),
   else None. Refuses a workdir that ran on another zoo."""
   imported = benchmark.imported_zoo
-  zoo_source.check_workdir(workdir, imported)
+  zoo_source.check_workdir(workdir, imported, config)
   if imported is not None:
-    zoo = jax.tree.map(jax.numpy.asarray, imported.params)
-    running = (jax.tree.map(jax.numpy.asarray, imported.bn_stats)
+    group = zoo_source.main_group(imported, config.zoo.group)  # the whole zoo, unless mixed
+    zoo = jax.tree.map(jax.numpy.asarray, group.params)
+    running = (jax.tree.map(jax.numpy.asarray, group.bn_stats)
                if imported.manifest["batch_norm"] == "running" else None)
     quality = zoo_lib.zoo_quality(zoo, benchmark, running)
     log.info("imported zoo quality (%s on the benchmark's images of each model's classes, "
@@ -221,9 +222,13 @@ def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_id
   imported = benchmark.imported_zoo
   if imported is not None:
     m = imported.manifest
+    group = zoo_source.main_group(imported, config.zoo.group)
     new["zoo_source"] = {"digest": imported.digest, "num_models": imported.num_models,
-                         "batch_norm": m["batch_norm"], "architecture": m["architecture"],
+                         "batch_norm": m["batch_norm"], "architecture": group.architecture,
                          "files": imported.file_hashes(), "producer": m.get("producer")}
+    if imported.mixed:
+      new["zoo_source"]["groups"] = {g.name: len(g.indices) for g in imported.groups}
+      new["zoo_source"]["group"] = group.name
   out = results_lib.merge(previous, new)
   results_lib.write(workdir, out)
   log.info("wrote %s and results.md", os.path.join(workdir, "results.json"))
@@ -319,13 +324,17 @@ def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer
   """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
   data (methods.base.DataFreeBenchmark), so reading it raises. `running_stats`: the
   BatchNorm statistics the zoo's models normalise with, if they carry them."""
+  note = zoo_source.group_note(benchmark.imported_zoo, config)
   if not methods_lib.base.uses_task_data(method, config):
     benchmark = methods_lib.base.DataFreeBenchmark(benchmark, method.name)
   return methods_lib.MethodContext(
       config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
       key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks,
       zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=mesh,
-      zoo_running_stats=running_stats)
+      zoo_running_stats=running_stats,
+      # A zoo of several architectures: each row names the models it used (a method that
+      # reads every group, zoo_features, says so instead).
+      notes={"zoo_models": note} if note else {})
 
 
 def evaluate(config, workdir, command=None):

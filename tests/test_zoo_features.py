@@ -183,8 +183,8 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   chosen = ctx.notes["image_head"]
   assert chosen in ("4:centroid", "4:logistic")
   # On the test tasks the learner is the chosen head.
-  head = (zf._centroid_scorer(bench.model, 3) if chosen == "4:centroid" else
-          zf._logistic_scorer(bench.model, 3, 1.0, 300))
+  head = (zf._centroid_scorer((bench.model.clone(head=False),), 3) if chosen == "4:centroid" else
+          zf._logistic_scorer((bench.model.clone(head=False),), 3, 1.0, 300))
   eps = bench.make_episodes(4)
   got = adaptation.score_learner(learner, eps, batch_size=10, gather_fn=bench.gather_episode,
                                  data=bench.data)

@@ -22,7 +22,9 @@ time all N models give features.
 Test-time cost per task: N networks, N (K + Q) forward passes, no backward pass.
 
 Classification (Conv4 zoos): the features of an image are every zoo model's flattened
-last-block activations (`models.Conv4(head=False)`), each model's BatchNorm normalised
+last-block activations (`models.Conv4(head=False)`; a ResNet's pooled features, in a zoo
+of several architectures, whose every group is used, one `lax.map` over each group's
+stacked models), each model's BatchNorm normalised
 with the statistics of the task's support set (as every method's evaluation does;
 docs/method.md, "BatchNorm"), or, for a zoo whose models carry running statistics (an
 imported zoo, docs/zoo_format.md), with the model's own, as it computes in PyTorch's eval
@@ -61,6 +63,8 @@ from dfl2l_jax import metrics
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import base
+from dfl2l_jax.zoo import source as zoo_source
+from dfl2l_jax.zoo import store
 
 def features(apply, zoo, x):
   """(n, N): every zoo model's scalar output at each of the n inputs x (n, 1)."""
@@ -139,15 +143,22 @@ def image_features(net, zoo, x, reference, running_stats=None):
   return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
 
 
-def support_query_features(net, state, support, query):
-  """image_features of a task's support and query images (the zoo in `state`)."""
-  zoo, stats = state["zoo"], state.get("running_stats")
-  return (image_features(net, zoo, support["x"], support["x"], stats),
-          image_features(net, zoo, query["x"], support["x"], stats))
+def support_query_features(nets, state, support, query):
+  """image_features of a task's support and query images, every group of the zoo
+  concatenated: nets[0] computes the run's group (state["zoo"], state["running_stats"]),
+  nets[1:] the other architectures' groups of a mixed zoo (state["others"]); one
+  `lax.map` over each group's stacked models."""
+  groups = [(state["zoo"], state.get("running_stats"))] + [
+      (g["zoo"], g.get("running_stats")) for g in state.get("others", ())]
+  f_s = [image_features(net, zoo, support["x"], support["x"], stats)
+         for net, (zoo, stats) in zip(nets, groups, strict=True)]
+  f_q = [image_features(net, zoo, query["x"], support["x"], stats)
+         for net, (zoo, stats) in zip(nets, groups, strict=True)]
+  return jnp.concatenate(f_s, -1), jnp.concatenate(f_q, -1)
 
 
-def _centroid_score(net, ways, state, support, query):
-  f_s, f_q = support_query_features(net, state, support, query)
+def _centroid_score(nets, ways, state, support, query):
+  f_s, f_q = support_query_features(nets, state, support, query)
   onehot = jax.nn.one_hot(support["y"], ways, dtype=f_s.dtype)  # (n_s, R)
   centroids = (onehot.T @ f_s) / onehot.sum(0)[:, None]
   dist = (jnp.sum(f_q**2, 1, keepdims=True) - 2 * f_q @ centroids.T
@@ -176,20 +187,51 @@ def fit_logistic(f, y, ways, c, steps):
       lambda p, g: p - step * g, wb, grad(wb)), wb0)
 
 
-def _logistic_score(net, ways, c, steps, state, support, query):
-  f_s, f_q = support_query_features(net, state, support, query)
+def _logistic_score(nets, ways, c, steps, state, support, query):
+  f_s, f_q = support_query_features(nets, state, support, query)
   w, b = fit_logistic(f_s, support["y"], ways, c, steps)
   return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == query["y"])
 
 
 @functools.lru_cache(maxsize=8)
-def _centroid_scorer(net, ways):
-  return functools.partial(_centroid_score, net.clone(head=False), ways)
+def _centroid_scorer(nets, ways):
+  """`nets`: a tuple of networks (head=False), one per group of the zoo."""
+  return functools.partial(_centroid_score, nets, ways)
 
 
 @functools.lru_cache(maxsize=8)
-def _logistic_scorer(net, ways, c, steps):
-  return functools.partial(_logistic_score, net.clone(head=False), ways, c, steps)
+def _logistic_scorer(nets, ways, c, steps):
+  return functools.partial(_logistic_score, nets, ways, c, steps)
+
+
+def zoo_groups(ctx, net):
+  """(nets, state, n): the feature networks (head=False) of every group of the zoo, the
+  learner's state holding their models, and how many models that is. The run's group
+  (ctx.zoo, ctx.zoo_running_stats) first; a mixed imported zoo adds its other groups
+  (zoo/source.py), each with its own network and BatchNorm statistics."""
+  nets = [net.clone(head=False)]
+  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
+  if ctx.zoo_running_stats is not None:
+    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
+  n = jax.tree.leaves(ctx.zoo)[0].shape[0]
+  imported = ctx.benchmark.imported_zoo
+  if imported is not None and imported.mixed:
+    main = zoo_source.main_group(imported, ctx.config.zoo.group)
+    others = []
+    for g in imported.groups:
+      if g.name == main.name:
+        continue
+      conv4 = g.architecture["name"] == "conv4"
+      nets.append(store.network(g.architecture, net.conv_impl if conv4 else "xla",
+                                net.bn_impl if conv4 else "flax", head=False))
+      other = {"zoo": jax.tree.map(jnp.asarray, g.params)}
+      if ctx.zoo_running_stats is not None:
+        other["running_stats"] = jax.tree.map(jnp.asarray, g.bn_stats)
+      others.append(other)
+      n += len(g.indices)
+    state["others"] = others
+    ctx.notes["zoo_models"] = f"all {n}: {zoo_source.describe_groups(imported)}"
+  return tuple(nets), state, n
 
 
 def _selected_score(scores, state, support, query):
@@ -237,15 +279,12 @@ def zoo_features_images(ctx):
   if not isinstance(net, models.Conv4):
     raise NotApplicable(f"zoo_features for classification needs a Conv4 zoo, got "
                         f"{type(net).__name__}")
-  n = jax.tree.leaves(ctx.zoo)[0].shape[0]
+  nets, state, n = zoo_groups(ctx, net)
   cost = lambda n_support, n_query: {"networks": n,
                                      "forward": n * (2 * n_support + n_query), "backward": 0}
   ways, zc = int(ctx.benchmark.spec["ways"]), ctx.config.zoo_features
-  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
-  if ctx.zoo_running_stats is not None:
-    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
-  heads = {"centroid": _centroid_scorer(net, ways),
-           "logistic": _logistic_scorer(net, ways, float(zc.logistic_c),
+  heads = {"centroid": _centroid_scorer(nets, ways),
+           "logistic": _logistic_scorer(nets, ways, float(zc.logistic_c),
                                         int(zc.logistic_steps))}
   if zc.image_head != "select":
     return base.Learner(state=state, score=heads[zc.image_head], cost=cost)

@@ -30,6 +30,7 @@ import optax
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, DataError, ZooError
 from dfl2l_jax.tasks import base
+from dfl2l_jax.zoo import source as zoo_source
 
 # Ways the images of a class are split for each zoo model (paper 5.3).
 TRAIN_FRACTION, VAL_FRACTION = 0.6, 0.2
@@ -148,10 +149,11 @@ def accuracy(logits, labels):
   return 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def imported_zoo_classes(imported, train_names, test_names):
+def imported_zoo_classes(imported, train_names, test_names, indices=None):
   """(num_models, R) indices into the meta-training classes of an imported zoo's models'
-  classes; ZooError naming the model and the class for a meta-test class or a class the
-  benchmark's meta-training split does not have."""
+  classes (of the models `indices`, default all); ZooError naming the model and the class
+  for a meta-test class or a class the benchmark's meta-training split does not have.
+  Every model of the zoo is checked, whichever `indices` are returned."""
   manifest = imported.manifest
   index = {n: i for i, n in enumerate(train_names)}
   test = set(test_names)
@@ -168,7 +170,8 @@ def imported_zoo_classes(imported, train_names, test_names):
                        "is not a meta-training class of this benchmark (is --class_names the "
                        "list the teachers' labels index into, and the dataset right?)")
     out.append([index[n] for n in names])
-  return np.asarray(out, np.int32)
+  out = np.asarray(out, np.int32)
+  return out if indices is None else out[np.asarray(indices)]
 
 
 def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
@@ -212,8 +215,11 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
           f"the imported zoo {imported.directory} was trained on {manifest['image_size']}-"
           f"pixel images, this benchmark's are {train_images.shape[1]}x"
           f"{train_images.shape[2]}: use the config of its image size")
-    zoo_tasks = sample_zoo_tasks(config.seed, imported.num_models, ways, train_table,
-                                 imported_zoo_classes(imported, train_names, test_names))
+    # A zoo of several architectures: the run's group is the zoo (zoo/source.py).
+    group = zoo_source.main_group(imported, config.zoo.get("group", ""))
+    zoo_tasks = sample_zoo_tasks(config.seed, len(group.indices), ways, train_table,
+                                 imported_zoo_classes(imported, train_names, test_names,
+                                                      group.indices))
     # The zoo's models see the normalisation they were trained with.
     mean = np.asarray(manifest["normalization"]["mean"], np.float32)
     std = np.asarray(manifest["normalization"]["std"], np.float32)
@@ -309,7 +315,9 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
             "filters": config.model.filters, "ways": ways,
             "image_shape": list(train_images.shape[1:]),
             "train_classes": list(train_names), "test_classes": list(test_names),
-            **({"imported_zoo": imported.digest} if imported is not None else {})},
+            **({"imported_zoo": imported.digest} if imported is not None else {}),
+            **({"imported_zoo_group": group.name}
+               if imported is not None and imported.mixed else {})},
       data=data, gather_episode=gather_episode, member_loop=member_loop, imported_zoo=imported,
       zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes)
 

@@ -170,14 +170,16 @@ def _manifest(sizes, image_size, channel_order, mean, std, class_names, entries,
 
 
 def _write(out, manifest, flats):
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
   for i, entry in enumerate(manifest["models"]):
     entry.setdefault("file", store.model_file_name(i))
     entry.setdefault("sha256", "0" * 64)
   store.validate_manifest(manifest, f"{out} (the manifest to write)")
-  stacked = traverse_util.unflatten_dict(
-      {k: np.stack([f[k] for f in flats]) for k in flats[0]}, sep=store.SEPARATOR)
-  written = store.write(out, manifest, stacked["params"], stacked.get("batch_stats"))
+  groups = []
+  for arch, indices in store.group_indices(manifest):
+    params, stats = store.stack([flats[i] for i in indices])
+    groups.append(store.ZooGroup(store.group_name(arch), arch, np.asarray(indices), params,
+                                 stats))
+  written = store.write(out, manifest, groups=groups)
   metrics.log.info("wrote %s: %d models (%s)", out, len(flats),
                    ", ".join(f"{m['source']}" for m in written["models"][:3])
                    + (" ..." if len(flats) > 3 else ""))
@@ -210,25 +212,18 @@ def import_safetensors(src, out):
       given[i] = m.get("sha256")
       manifest["models"][i] = dict(m, sha256=m.get("sha256") or "0" * 64)
   store.validate_manifest(manifest, path)
-  expected = store.expected_shapes(manifest)
-  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  expected = {}  # per architecture: a mixed zoo names one per model
   flats = []
   for i, m in enumerate(manifest["models"]):
     file = os.path.join(src, m["file"])
-    try:
-      with open(file, "rb") as f:
-        data = f.read()
-    except OSError as e:
-      raise ZooError(f"{file}: cannot be read ({e.strerror or e})") from None
-    if given[i] and store.sha256_bytes(data) != given[i]:
-      raise ZooError(f"{file}: its sha256 differs from the one {path} gives")
-    try:
-      tensors = st_numpy.load(data)
-    except Exception as e:  # pylint: disable=broad-except  (safetensors' own error types)
-      raise ZooError(f"{file}: not a readable safetensors file "
-                     f"({str(e).splitlines()[0]})") from None
-    flat = layouts.import_state_dict(file, tensors, layout, expected, manifest["image_size"])
-    store.check_tensors(file, flat, expected)
+    arch = store.model_architecture(manifest, i)
+    key = json.dumps(arch, sort_keys=True)
+    if key not in expected:
+      expected[key] = store.expected_shapes(manifest, arch)
+    tensors = store.read_safetensors(file, given[i], expected_by=path)
+    flat = layouts.import_state_dict(file, tensors, layout, expected[key],
+                                     manifest["image_size"], arch["name"])
+    store.check_tensors(file, flat, expected[key])
     flats.append(flat)
     m["source"] = m.get("source") or m["file"]
     del m["file"], m["sha256"]

@@ -5,7 +5,10 @@ manifest says everything a model's function depends on besides its weights
 (docs/zoo_format.md has the schema with an example):
 
   format, version     "dfl2l_zoo", 1
-  architecture        {"name": "conv4", "filters": F, "ways": R}
+  architecture        {"name": "conv4", "filters": F, "ways": R}, or a ResNet:
+                      {"name": "resnet10" | "resnet18" | "resnet12", "ways": R,
+                      "widths": [4 ints] (optional; default the field's)}; the
+                      architecture of every model that does not name its own
   image_size          the side of the square RGB images the models were trained on
   channel_order       "RGB" or "BGR": the order of the input channels the models expect
   normalization       {"mean": [3], "std": [3]}: a model sees (pixel / 255 - mean) / std
@@ -15,7 +18,9 @@ manifest says everything a model's function depends on besides its weights
   class_names         the classes the models' labels index into
   models              per model: "file", its "sha256", "classes" (indices into
                       class_names, in the order of the model's outputs), "accuracy"
-                      (the producer's, or null) and "source" (where it came from, or null)
+                      (the producer's, or null), "source" (where it came from, or null)
+                      and, optionally, its own "architecture" (a mixed zoo); every
+                      model of a zoo has the same ways
   producer            free-form provenance (which tool, from what), optional
 
 A model file holds our Flax parameters under their paths ("params/Conv_0/kernel",
@@ -23,12 +28,17 @@ A model file holds our Flax parameters under their paths ("params/Conv_0/kernel"
 everything (fields, file hashes, names, shapes, finiteness) and raises ZooError naming
 the file and the problem. Writing goes to a temporary folder renamed at the end, so a
 folder holding `zoo.json` is complete.
+
+A zoo of several architectures is held as one group per architecture (`ZooGroup`: the
+models of that architecture, their parameters stacked along a leading model axis), in
+the order in which the manifest first names each; a zoo of one architecture is one group.
 """
 
 import hashlib
 import json
 import os
 import shutil
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -41,10 +51,12 @@ MANIFEST = "zoo.json"
 FORMAT, VERSION = "dfl2l_zoo", 1
 BATCH_NORM = ("running", "batch")
 CHANNEL_ORDERS = ("RGB", "BGR")
-ARCHITECTURES = {"conv4": ("filters", "ways")}
+# Architecture name -> (its required sizes, its optional ones).
+ARCHITECTURES = {"conv4": (("filters", "ways"), ()),
+                 **{name: (("ways",), ("widths",)) for name in models.RESNETS}}
 FIELDS = ("format", "version", "architecture", "image_size", "channel_order",
           "normalization", "batch_norm", "class_names", "models", "producer")
-MODEL_FIELDS = ("file", "sha256", "classes", "accuracy", "source")
+MODEL_FIELDS = ("file", "sha256", "classes", "accuracy", "source", "architecture")
 SEPARATOR = "/"
 
 
@@ -52,29 +64,46 @@ def sha256_bytes(data):
   return hashlib.sha256(data).hexdigest()
 
 
-def network(manifest, conv_impl="xla", bn_impl="flax"):
-  """The flax module of the manifest's architecture.
+def network(manifest_or_arch, conv_impl="xla", bn_impl="flax", head=True):
+  """The flax module of an architecture (a manifest: its top-level one).
 
-  Besides conv4 (the only architecture a manifest admits so far, ARCHITECTURES) it builds
-  the ResNets of models.RESNETS from {"name": "resnet10" | "resnet18" | "resnet12",
-  "ways": R, "widths": [4 ints] (optional, default the field's)}, for the layouts' tests
-  and a later importer; `conv_impl` and `bn_impl` are Conv4's choices.
+  conv4 {"name", "filters", "ways"}; the ResNets of models.RESNETS {"name": "resnet10" |
+  "resnet18" | "resnet12", "ways": R, "widths": [4 ints] (optional, default the
+  field's)}. `conv_impl` and `bn_impl` are Conv4's choices; `head=False` gives the
+  network's features instead of its logits.
   """
-  arch = manifest["architecture"]
+  arch = manifest_or_arch.get("architecture", manifest_or_arch)
   if arch["name"] in models.RESNETS:
     if (conv_impl, bn_impl) != ("xla", "flax"):
       raise ValueError(f"{arch['name']} has no conv_impl / bn_impl choices (Conv4's), got "
                        f"{conv_impl!r}, {bn_impl!r}")
-    return models.resnet(arch["name"], arch["ways"], arch.get("widths"))
+    return models.resnet(arch["name"], arch["ways"], arch.get("widths"), head=head)
   return models.Conv4(ways=arch["ways"], filters=arch["filters"], conv_impl=conv_impl,
-                      bn_impl=bn_impl)
+                      bn_impl=bn_impl, head=head)
 
 
-def expected_shapes(manifest):
-  """{flat name: shape} a model file of this manifest holds."""
+def group_name(arch):
+  """A short name of an architecture: "conv4-32", "resnet10", "resnet12-16-32-64-128"
+  (a ResNet of other widths than the field's)."""
+  if arch["name"] == "conv4":
+    return f"conv4-{arch['filters']}"
+  widths = arch.get("widths")
+  if widths is None or tuple(widths) == models.RESNETS[arch["name"]]:
+    return arch["name"]
+  return f"{arch['name']}-{'-'.join(str(w) for w in widths)}"
+
+
+def model_architecture(manifest, i):
+  """The architecture of the manifest's model `i`: its own, or the zoo's."""
+  return manifest["models"][i].get("architecture") or manifest["architecture"]
+
+
+def expected_shapes(manifest, arch=None):
+  """{flat name: shape} a model file of this manifest (of architecture `arch`, default
+  the manifest's) holds."""
   s = manifest["image_size"]
-  shapes = jax.eval_shape(network(manifest).init, jax.random.key(0),
-                          np.zeros((1, s, s, 3), np.float32))
+  shapes = jax.eval_shape(network(arch or manifest["architecture"]).init,
+                          jax.random.key(0), np.zeros((1, s, s, 3), np.float32))
   if manifest["batch_norm"] == "batch":
     shapes = {"params": shapes["params"]}
   flat = traverse_util.flatten_dict(shapes, sep=SEPARATOR)
@@ -100,6 +129,26 @@ def _is_int(v):
   return isinstance(v, int) and not isinstance(v, bool)
 
 
+def validate_architecture(where, arch):
+  """Raises ZooError naming `where` unless `arch` is a known architecture with its sizes."""
+  if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
+    _fail(where, f"name must be one of {sorted(ARCHITECTURES)}, got "
+                 f"{arch.get('name') if isinstance(arch, dict) else arch!r}")
+  required, optional = ARCHITECTURES[arch["name"]]
+  _check_keys(where, arch, ("name",) + required + optional, ("name",) + required)
+  for k in required:
+    if not _is_int(arch[k]) or arch[k] < (2 if k == "ways" else 1):
+      _fail(where, f"{k} must be a positive integer (ways >= 2), got {arch[k]!r}")
+  if "widths" in arch and (not isinstance(arch["widths"], list) or len(arch["widths"]) != 4
+                           or not all(_is_int(w) and w >= 1 for w in arch["widths"])):
+    _fail(where, f"widths must be 4 positive integers, got {arch['widths']!r}")
+  if arch["name"] in ("resnet10", "resnet18"):
+    widths = arch.get("widths") or models.RESNETS[arch["name"]]
+    if any(a == b for a, b in zip(widths, widths[1:])):
+      _fail(where, f"widths {list(widths)}: consecutive stages of a CloserLook ResNet "
+                   "must differ in width (its blocks have no strided identity shortcut)")
+
+
 def validate_manifest(manifest, where=MANIFEST):
   """Raises ZooError naming `where` and the first problem of `manifest`."""
   _check_keys(where, manifest, FIELDS, [f for f in FIELDS if f != "producer"])
@@ -107,15 +156,7 @@ def validate_manifest(manifest, where=MANIFEST):
     _fail(where, f"not a {FORMAT} manifest of version {VERSION} (format "
                  f"{manifest['format']!r}, version {manifest['version']!r})")
   arch = manifest["architecture"]
-  if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
-    _fail(where, f"architecture.name must be one of {sorted(ARCHITECTURES)}, got "
-                 f"{arch.get('name') if isinstance(arch, dict) else arch!r}")
-  sizes = ARCHITECTURES[arch["name"]]
-  _check_keys(f"{where} architecture", arch, ("name",) + sizes, ("name",) + sizes)
-  for k in sizes:
-    if not _is_int(arch[k]) or arch[k] < (2 if k == "ways" else 1):
-      _fail(where, f"architecture.{k} must be a positive integer (ways >= 2), got "
-                   f"{arch[k]!r}")
+  validate_architecture(f"{where} architecture", arch)
   if not _is_int(manifest["image_size"]) or manifest["image_size"] < 16:
     _fail(where, f"image_size must be an integer >= 16 (a Conv4 pools four times), got "
                  f"{manifest['image_size']!r}")
@@ -158,6 +199,11 @@ def validate_manifest(manifest, where=MANIFEST):
     files.add(f)
     if not isinstance(m["sha256"], str) or len(m["sha256"]) != 64:
       _fail(w, f"sha256 must be 64 hex digits, got {m['sha256']!r}")
+    if m.get("architecture") is not None:
+      validate_architecture(f"{w} architecture", m["architecture"])
+      if m["architecture"]["ways"] != arch["ways"]:
+        _fail(w, f"a {m['architecture']['ways']}-way model in a {arch['ways']}-way zoo: every "
+                 "model of a zoo has the same number of outputs")
     cls = m["classes"]
     if (not isinstance(cls, list) or len(cls) != arch.get("ways")
         or not all(_is_int(c) and 0 <= c < len(names) for c in cls)):
@@ -194,9 +240,10 @@ def digest(manifest):
   return sha256_bytes(json.dumps(manifest, sort_keys=True).encode())
 
 
-def read_model(path, expected, sha256=None):
-  """{flat name: float32 array} of one model file, checked against `expected` shapes
-  and, when given, the file's `sha256`."""
+def read_safetensors(path, sha256=None, expected_by=None):
+  """{name: array} of the safetensors file `path`; ZooError naming the file if it cannot
+  be read, is not safetensors, or its sha256 differs from `sha256` (given by
+  `expected_by`, default the manifest)."""
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   try:
     with open(path, "rb") as f:
@@ -204,13 +251,20 @@ def read_model(path, expected, sha256=None):
   except OSError as e:
     raise ZooError(f"{path}: cannot be read ({e.strerror or e})") from None
   if sha256 is not None and sha256_bytes(data) != sha256:
-    raise ZooError(f"{path}: its sha256 {sha256_bytes(data)[:12]}... differs from the "
-                   f"manifest's {sha256[:12]}... (changed or corrupt file)")
+    raise ZooError(f"{path}: its sha256 {sha256_bytes(data)[:12]}... differs from "
+                   f"{expected_by or 'the manifest'}'s {sha256[:12]}... (changed or corrupt "
+                   "file)")
   try:
-    tensors = st_numpy.load(data)
+    return st_numpy.load(data)
   except Exception as e:  # pylint: disable=broad-except  (safetensors' own error types)
     raise ZooError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})"
                    ) from None
+
+
+def read_model(path, expected, sha256=None):
+  """{flat name: float32 array} of one model file, checked against `expected` shapes
+  and, when given, the file's `sha256`."""
+  tensors = read_safetensors(path, sha256)
   check_tensors(path, tensors, expected)
   return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
 
@@ -234,13 +288,50 @@ def check_tensors(where, tensors, expected):
       _fail(where, f"{k} holds NaN or Inf")
 
 
-class LoadedZoo:
-  """A zoo read from its folder: the manifest, the stacked parameters (leading model
-  axis) and, for batch_norm "running", the stacked BatchNorm statistics."""
+class ZooGroup(NamedTuple):
+  """The models of one architecture in a zoo: `indices` into the manifest's models, their
+  parameters and (batch_norm "running") BatchNorm statistics stacked in that order."""
+  name: str            # group_name(architecture)
+  architecture: dict
+  indices: Any         # int array
+  params: Any
+  bn_stats: Any
 
-  def __init__(self, directory, manifest, params, bn_stats):
-    self.directory, self.manifest = directory, manifest
-    self.params, self.bn_stats = params, bn_stats
+
+def group_indices(manifest):
+  """[(architecture, [model indices])], one per architecture, in order of first mention."""
+  groups = {}
+  for i in range(len(manifest["models"])):
+    arch = model_architecture(manifest, i)
+    groups.setdefault(json.dumps(arch, sort_keys=True), (arch, []))[1].append(i)
+  return list(groups.values())
+
+
+class LoadedZoo:
+  """A zoo read from its folder: the manifest and its groups (one per architecture,
+  ZooGroup). `params` and `bn_stats` are those of a zoo of one architecture."""
+
+  def __init__(self, directory, manifest, groups):
+    self.directory, self.manifest, self.groups = directory, manifest, list(groups)
+
+  @property
+  def mixed(self):
+    return len(self.groups) > 1
+
+  def _single(self, what):
+    if self.mixed:
+      raise ZooError(f"{self.directory}: a zoo of {len(self.groups)} architectures "
+                     f"({', '.join(g.name for g in self.groups)}) has no single {what}; "
+                     "take one group's (LoadedZoo.groups)")
+    return getattr(self.groups[0], what)
+
+  @property
+  def params(self):
+    return self._single("params")
+
+  @property
+  def bn_stats(self):
+    return self._single("bn_stats")
 
   @property
   def num_models(self):
@@ -254,44 +345,69 @@ class LoadedZoo:
     return {m["file"]: m["sha256"] for m in self.manifest["models"]}
 
 
+def stack(flats):
+  """Per-model {flat name: array} -> (params, batch_stats or None), stacked."""
+  tree = traverse_util.unflatten_dict(
+      {k: np.stack([f[k] for f in flats]) for k in flats[0]}, sep=SEPARATOR)
+  return tree["params"], tree.get("batch_stats")
+
+
 def load(directory):
   """Reads and checks the zoo in `directory`; returns a LoadedZoo."""
   manifest = read_manifest(directory)
-  expected = expected_shapes(manifest)
-  flats = [read_model(os.path.join(directory, m["file"]), expected, m["sha256"])
-           for m in manifest["models"]]
-  stacked = {k: np.stack([f[k] for f in flats]) for k in expected}
-  tree = traverse_util.unflatten_dict(stacked, sep=SEPARATOR)
-  return LoadedZoo(directory, manifest, tree["params"], tree.get("batch_stats"))
+  groups = []
+  for arch, indices in group_indices(manifest):
+    expected = expected_shapes(manifest, arch)
+    flats = [read_model(os.path.join(directory, manifest["models"][i]["file"]), expected,
+                        manifest["models"][i]["sha256"]) for i in indices]
+    params, stats = stack(flats)
+    groups.append(ZooGroup(group_name(arch), arch, np.asarray(indices), params, stats))
+  return LoadedZoo(directory, manifest, groups)
 
 
 def model_file_name(i):
   return f"model_{i:04d}.safetensors"
 
 
-def write(directory, manifest, params, bn_stats=None):
-  """Writes a zoo folder: one file per model of the stacked `params` (and `bn_stats` for
-  batch_norm "running"), then zoo.json with the files' names and hashes filled in.
+def write(directory, manifest, params=None, bn_stats=None, groups=None):
+  """Writes a zoo folder: one file per model, then zoo.json with the files' names and
+  hashes filled in.
 
-  `manifest` is complete except for each model's "file" and "sha256". Refuses a
-  `directory` that exists and is not empty. Everything is written into a temporary
-  folder beside it, renamed at the end: a killed write leaves no folder that holds a
-  zoo.json. Returns the manifest written.
+  The models: the stacked `params` (and `bn_stats` for batch_norm "running") of a zoo of
+  one architecture, or `groups` (ZooGroup: each architecture's models, at their indices
+  into the manifest's models) of any zoo. `manifest` is complete except for each model's
+  "file" and "sha256". Refuses a `directory` that exists and is not empty. Everything is
+  written into a temporary folder beside it, renamed at the end: a killed write leaves no
+  folder that holds a zoo.json. Returns the manifest written.
   """
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
     raise ZooError(f"{directory}: exists and is not an empty folder; choose a new --out")
-  tree = {"params": params}
-  if manifest["batch_norm"] == "running":
-    if bn_stats is None:
-      raise ZooError(f"{directory}: batch_norm 'running' needs the models' statistics")
-    tree["batch_stats"] = bn_stats
-  flat = {k: np.asarray(v, np.float32)
-          for k, v in traverse_util.flatten_dict(tree, sep=SEPARATOR).items()}
+  if groups is None:
+    groups = [ZooGroup("", manifest["architecture"],
+                       np.arange(len(manifest["models"])), params, bn_stats)]
   n = len(manifest["models"])
-  if any(v.shape[0] != n for v in flat.values()):
-    raise ZooError(f"{directory}: the parameters hold "
-                   f"{sorted({v.shape[0] for v in flat.values()})} models, the manifest {n}")
+  per_model = [None] * n
+  for g in groups:
+    tree = {"params": g.params}
+    if manifest["batch_norm"] == "running":
+      if g.bn_stats is None:
+        raise ZooError(f"{directory}: batch_norm 'running' needs the models' statistics")
+      tree["batch_stats"] = g.bn_stats
+    flat = {k: np.asarray(v, np.float32)
+            for k, v in traverse_util.flatten_dict(tree, sep=SEPARATOR).items()}
+    if any(v.shape[0] != len(g.indices) for v in flat.values()):
+      raise ZooError(f"{directory}: the parameters hold "
+                     f"{sorted({v.shape[0] for v in flat.values()})} models, the manifest "
+                     f"{len(g.indices)}")
+    for row, i in enumerate(g.indices):
+      if not 0 <= i < n or per_model[i] is not None:
+        raise ZooError(f"{directory}: model {i} is not one of the manifest's {n} or is "
+                       "given twice")
+      per_model[i] = {k: np.ascontiguousarray(v[row]) for k, v in flat.items()}
+  if any(f is None for f in per_model):
+    raise ZooError(f"{directory}: no parameters for model(s) "
+                   f"{[i for i, f in enumerate(per_model) if f is None][:5]}")
   parent = os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{os.getpid()}")
@@ -300,13 +416,14 @@ def write(directory, manifest, params, bn_stats=None):
   out = json.loads(json.dumps(manifest))
   try:
     for i, entry in enumerate(out["models"]):
-      data = st_numpy.save({k: np.ascontiguousarray(v[i]) for k, v in flat.items()})
+      data = st_numpy.save(per_model[i])
       entry["file"], entry["sha256"] = model_file_name(i), sha256_bytes(data)
       with open(os.path.join(tmp, entry["file"]), "wb") as f:
         f.write(data)
     validate_manifest(out, os.path.join(directory, MANIFEST))
-    check_tensors(os.path.join(directory, out["models"][0]["file"]),
-                  {k: v[0] for k, v in flat.items()}, expected_shapes(out))
+    for arch, indices in group_indices(out):
+      check_tensors(os.path.join(directory, out["models"][indices[0]]["file"]),
+                    per_model[indices[0]], expected_shapes(out, arch))
     with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
       json.dump(out, f, indent=1)
       f.write("\n")

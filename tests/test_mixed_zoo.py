@@ -1,0 +1,231 @@
+"""A zoo of several architectures (Conv4s and ResNets): stored, imported and run.
+
+The manifest gives a model its own architecture; the zoo is read as one stacked group per
+architecture; zoo_features reads every group and computes what a loop over the models
+computes; every other method runs on one Conv4 group and its rows say which; what cannot
+be done is refused in one line.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfl2l_jax import models
+from dfl2l_jax import pipeline
+from dfl2l_jax.errors import ConfigError, ZooError
+from dfl2l_jax.methods import zoo_features as zf
+from dfl2l_jax.zoo import importer
+from dfl2l_jax.zoo import source
+from dfl2l_jax.zoo import store
+from tests import test_image_pipeline as fake
+from tests import test_imported_zoo_pipeline as imported_tests
+
+SIZE, WAYS = 32, 2
+CONV4 = {"name": "conv4", "filters": 8, "ways": WAYS}
+RESNET = {"name": "resnet10", "ways": WAYS, "widths": [4, 8, 16, 32]}
+RESNET12 = {"name": "resnet12", "ways": WAYS, "widths": [4, 8, 8, 16]}
+CLASSES = [[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3], [2, 0]]
+
+
+def _random_group(arch, indices, seed, running):
+  """ZooGroup of random networks of `arch` (random BatchNorm statistics if `running`).
+
+  Drawn with numpy in the shapes of the network's variables: compiling a ResNet's
+  `init` costs about 10 s on a 2-core CPU, its forward well under one.
+  """
+  net = store.network(arch)
+  shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  rng = np.random.default_rng(seed)
+  n = len(indices)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    shape = (n,) + leaf.shape
+    if name == "kernel":  # fan-in scaled, as a network's initialisation is
+      return (rng.normal(size=shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return rng.normal(0, 0.1, shape).astype(np.float32)  # biases, BN shifts, means
+
+  params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
+  stats = jax.tree_util.tree_map_with_path(draw, shapes["batch_stats"]) if running else None
+  return store.ZooGroup(store.group_name(arch), arch, np.asarray(indices), params, stats)
+
+
+def _manifest(archs, batch_norm):
+  return {"format": store.FORMAT, "version": store.VERSION, "architecture": CONV4,
+          "image_size": SIZE, "channel_order": "RGB",
+          "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+          "batch_norm": batch_norm,
+          "class_names": fake.CLASSES["train"] + fake.CLASSES["test"],
+          "models": [dict({"classes": c, "accuracy": None, "source": None},
+                          **({"architecture": a} if a != CONV4 else {}))
+                     for c, a in zip(CLASSES, archs)]}
+
+
+def mixed_zoo(directory, batch_norm="running", archs=None):
+  """A zoo folder of 4 Conv4-8 and 3 narrow ResNet-10 models, interleaved (or `archs`)."""
+  archs = archs or [CONV4, RESNET, CONV4, CONV4, RESNET, CONV4, RESNET]
+  distinct = []
+  for a in archs:
+    if a not in distinct:
+      distinct.append(a)
+  groups = [_random_group(a, [i for i, b in enumerate(archs) if b == a], seed,
+                          batch_norm == "running") for seed, a in enumerate(distinct)]
+  store.write(directory, _manifest(archs, batch_norm), groups=groups)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  return imported_tests.data.__wrapped__(tmp_path_factory)
+
+
+def test_a_mixed_zoo_is_read_as_one_stacked_group_per_architecture(tmp_path):
+  zoo = store.load(mixed_zoo(str(tmp_path / "zoo")))
+  assert [g.name for g in zoo.groups] == ["conv4-8", "resnet10-4-8-16-32"]
+  assert [list(g.indices) for g in zoo.groups] == [[0, 2, 3, 5], [1, 4, 6]]
+  assert zoo.mixed and zoo.num_models == 7
+  assert zoo.groups[1].params["Block_3"]["C1"]["kernel"].shape == (3, 3, 3, 16, 32)
+  assert zoo.groups[1].bn_stats["Block_0"]["BN1"]["var"].shape == (3, 4)
+  with pytest.raises(ZooError, match="2 architectures .conv4-8, resnet10-4-8-16-32."):
+    zoo.params  # pylint: disable=pointless-statement
+  # Each model file holds its own architecture's tensors, written in manifest order.
+  manifest = store.read_manifest(str(tmp_path / "zoo"))
+  resnet_file = os.path.join(tmp_path, "zoo", manifest["models"][4]["file"])
+  flat = store.read_model(resnet_file, store.expected_shapes(manifest, RESNET))
+  np.testing.assert_array_equal(flat["params/Dense_0/kernel"],
+                                zoo.groups[1].params["Dense_0"]["kernel"][1])
+
+
+def test_importing_a_users_mixed_safetensors_folder_keeps_every_model(tmp_path):
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"), archs=[CONV4, RESNET12, CONV4, RESNET12, CONV4,
+                                                    CONV4, RESNET12])
+  user = json.loads(open(os.path.join(zoo_dir, store.MANIFEST)).read())
+  for m in user["models"]:
+    m.pop("sha256")  # a user's manifest need not give hashes
+  with open(os.path.join(zoo_dir, store.MANIFEST), "w") as f:
+    json.dump(user, f)
+  importer.import_zoo("safetensors", zoo_dir, str(tmp_path / "imported"))
+  b = store.load(str(tmp_path / "imported"))
+  assert [g.name for g in b.groups] == ["conv4-8", "resnet12-4-8-8-16"]
+  assert list(b.groups[1].indices) == [1, 3, 6]
+  original = store.read_model(os.path.join(zoo_dir, user["models"][3]["file"]),
+                              store.expected_shapes(user, RESNET12))
+  np.testing.assert_array_equal(original["params/Block_2/conv3/kernel"],
+                                b.groups[1].params["Block_2"]["conv3"]["kernel"][1])
+
+
+def test_bad_mixed_manifests_and_files_are_refused_in_one_line(tmp_path):
+  manifest = _manifest([CONV4, dict(RESNET, ways=3)] + [CONV4] * 5, "batch")
+  for i, m in enumerate(manifest["models"]):
+    m["file"], m["sha256"] = store.model_file_name(i), "0" * 64
+  with pytest.raises(ZooError, match=r"models\[1\]: a 3-way model in a 2-way zoo"):
+    store.validate_manifest(manifest)
+  manifest["models"][1]["architecture"] = {"name": "resnet34", "ways": 2}
+  with pytest.raises(ZooError, match=r"models\[1\] architecture: name must be one of"):
+    store.validate_manifest(manifest)
+  manifest["models"][1]["architecture"] = dict(RESNET, widths=[4, 4, 16, 32])
+  with pytest.raises(ZooError, match="consecutive stages"):
+    store.validate_manifest(manifest)
+  # A ResNet's file whose weights do not fit the architecture the manifest names.
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"), batch_norm="batch")
+  manifest = store.read_manifest(zoo_dir)
+  manifest["models"][1]["architecture"] = dict(RESNET, widths=[4, 8, 16, 64])
+  with open(os.path.join(zoo_dir, store.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(ZooError, match=r"model_0001.safetensors: params/Block_3/BN1/bias has "
+                                     r"shape \(32,\), expected \(64,\)"):
+    store.load(zoo_dir)
+
+
+def _config(data, zoo, methods="va,zoo_features", group=""):
+  c = imported_tests._config(data, zoo, methods=methods)  # pylint: disable=protected-access
+  with c.unlocked():
+    c.zoo.group = group
+  return c
+
+
+def test_zoo_features_reads_every_group_as_a_loop_over_the_models_would(data, tmp_path):
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  config = _config(data, zoo_dir, methods="zoo_features")
+  benchmark = pipeline.prepare(config)
+  assert config.zoo.num_models == 4 and config.model.filters == 8  # the Conv4 group
+  loaded = benchmark.imported_zoo
+  main = source.main_group(loaded)
+  ctx = pipeline.method_context(config, benchmark, zf.ZOO_FEATURES,
+                                jax.tree.map(jnp.asarray, main.params), np.arange(3),
+                                np.arange(3, 4), None, running_stats=main.bn_stats)
+  learner = zf.zoo_features(ctx)
+  assert ctx.notes["zoo_models"] == "all 7: conv4-8 x4, resnet10-4-8-16-32 x3"
+  assert learner.cost(4, 6)["networks"] == 7
+  episodes = benchmark.make_episodes(2)
+  support, query = benchmark.gather_episode(jax.tree.map(lambda x: x[0], episodes),
+                                            benchmark.data)
+  got = learner.score(learner.state, support, query)
+  # The same by hand: model after model, in manifest order, unit-length features.
+  feats_s, feats_q = [], []
+  for g in loaded.groups:
+    net = store.network(g.architecture, head=False)
+    for row in range(len(g.indices)):
+      variables = {"params": jax.tree.map(lambda x: x[row], g.params),
+                   "batch_stats": jax.tree.map(lambda x: x[row], g.bn_stats)}
+      for x, out in ((support["x"], feats_s), (query["x"], feats_q)):
+        f = np.asarray(net.apply(variables, x, train=False), np.float64)
+        out.append(f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8))
+  f_s, f_q = np.concatenate(feats_s, 1), np.concatenate(feats_q, 1)
+  y_s = np.asarray(support["y"])
+  centroids = np.stack([f_s[y_s == c].mean(0) for c in range(WAYS)])
+  pred = np.argmin(((f_q[:, None] - centroids[None]) ** 2).sum(-1), 1)
+  want = 100.0 * np.mean(pred == np.asarray(query["y"]))
+  assert float(got) == pytest.approx(want, abs=1e-4)
+
+
+def test_a_run_on_a_mixed_zoo_names_the_models_each_row_used(data, tmp_path):
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  results = pipeline.run(_config(data, zoo_dir), str(tmp_path / "w"), "offline")
+  rows = {(r["method"], r["shots"]): r for r in results["rows"]}
+  assert rows[("va", 2)]["notes"]["zoo_models"] == "conv4-8: 4 of 7 models"
+  assert rows[("zoo_features", 2)]["notes"]["zoo_models"].startswith("all 7:")
+  assert rows[("zoo_features", 2)]["cost"]["networks"] == 7
+  assert rows[("va", 2)]["mean"] is not None
+  assert results["zoo_source"]["groups"] == {"conv4-8": 4, "resnet10-4-8-16-32": 3}
+  assert results["split"] == {"n_s": 3, "n_q": 1}  # the Conv4 group's 4 models
+  with open(tmp_path / "w" / "results.md") as f:
+    text = f.read()
+  assert "zoo_models=conv4-8: 4 of 7 models" in text
+
+
+def test_groups_that_cannot_be_the_runs_zoo_are_refused(data, tmp_path):
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  with pytest.raises(ConfigError, match="is resnet10-4-8-16-32, but .* a Conv4 here; choose "
+                                        "a Conv4 group: config.zoo.group='conv4-8'"):
+    pipeline.prepare(_config(data, zoo_dir, group="resnet10-4-8-16-32"))
+  with pytest.raises(ConfigError, match="holds the groups conv4-8, resnet10-4-8-16-32"):
+    pipeline.prepare(_config(data, zoo_dir, group="conv4-16"))
+  # The largest group is a ResNet group: said, with the option that fixes it.
+  archs = [RESNET, RESNET, CONV4, RESNET, CONV4, RESNET, CONV4]
+  resnets = mixed_zoo(str(tmp_path / "resnets"), archs=archs)
+  with pytest.raises(ConfigError, match="its largest group is resnet10"):
+    pipeline.prepare(_config(data, resnets))
+  pipeline.prepare(_config(data, resnets, group="conv4-8"))
+  # A Conv4 group of one model cannot be split into meta-training and validation models.
+  lonely = mixed_zoo(str(tmp_path / "lonely"), archs=[RESNET] * 6 + [CONV4])
+  with pytest.raises(ConfigError, match="conv4-8 has 1 model"):
+    pipeline.prepare(_config(data, lonely, group="conv4-8"))
+  # A group without a zoo to choose it from.
+  with pytest.raises(ConfigError, match="config.zoo.source names none"):
+    pipeline.prepare(_config(data, "", group="conv4-8"))
+
+
+def test_a_resnet_features_are_its_pooled_last_stage():
+  net = models.resnet("resnet10", WAYS, (4, 8, 16, 32), head=False)
+  x = jnp.ones((2, SIZE, SIZE, 3))
+  variables = _random_group(RESNET, [0], 0, running=True)
+  variables = {"params": jax.tree.map(lambda v: v[0], variables.params),
+               "batch_stats": jax.tree.map(lambda v: v[0], variables.bn_stats)}
+  assert net.apply(variables, x, train=False).shape == (2, 32)
