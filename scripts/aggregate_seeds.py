@@ -81,7 +81,26 @@ def read(path):
   return run
 
 
-def load(paths, keep=None, skip_failed=False, by_setting=False):
+def first_tasks(path, row, n):
+  """`row` cut to its first `n` test tasks (mean and interval of those), refused if it has
+  fewer. Task t of a seed is the same episode at any metatest.num_tasks (its images come
+  from default_rng([seed, 1, t])), so a 600-task run's first 100 pair with a 100-task run's.
+  """
+  per_task = row.get("per_task")
+  if not per_task or len(per_task) < n:
+    fail(f"{path}: {row['method']}@{row['shots']} has "
+         f"{len(per_task) if per_task else 'no per-task'} results, fewer than "
+         f"--first-tasks={n}")
+  mean, ci95 = results_lib.mean_ci95(per_task[:n])
+  row.update(per_task=per_task[:n], mean=mean, ci95=ci95, n_tasks=n)
+  if isinstance(row.get("metatest"), dict):
+    row["metatest"] = dict(row["metatest"], num_tasks=n)
+  settings = row.get("settings")
+  if isinstance(settings, dict) and isinstance(settings.get("metatest"), dict):
+    row["settings"] = dict(settings, metatest=dict(settings["metatest"], num_tasks=n))
+
+
+def load(paths, keep=None, skip_failed=False, by_setting=False, tasks=None):
   """results.json of each workdir (or a results JSON file given directly).
 
   Runs of the same seed (e.g. methods added to a seed in a second workdir) are
@@ -111,6 +130,8 @@ def load(paths, keep=None, skip_failed=False, by_setting=False):
     seed = run["seed"]
     for r in run["rows"]:
       r["settings"] = row_settings(run, r)
+      if tasks and not r.get("na") and not r.get("failed"):
+        first_tasks(path, r, tasks)
     twice = [(key, fields) for key, fields in variants_in(run["rows"])
              if not fields or not by_setting]
     if twice:
@@ -702,7 +723,12 @@ def main(argv=None):
   parser.add_argument("--skip-failed", action="store_true",
                       help="leave out FAILED rows (a diverged training or meta-test; listed on "
                       "stderr) instead of stopping with an error")
+  parser.add_argument("--first-tasks", type=int, default=None, metavar="N",
+                      help="each row's first N test tasks only (task t of a seed is the same "
+                      "at any num_tasks), to pair a 600-task run with 100-task ones")
   args = parser.parse_args(argv)
+  if args.first_tasks is not None and args.first_tasks < 1:
+    parser.error(f"--first-tasks takes a positive number of tasks, got {args.first_tasks}")
   scrub = []
   for item in args.scrub:
     name, sep, path = item.partition("=")
@@ -710,7 +736,7 @@ def main(argv=None):
       parser.error(f"--scrub takes NAME=PATH, got {item!r}")
     scrub.append((name, path))
   runs = load(args.workdirs, select_metatest(args.metatest), args.skip_failed,
-              args.by_setting)
+              args.by_setting, args.first_tasks)
   methods = sorted({row["method"] for r in runs for row in r["rows"]})
   baseline = args.baseline
   if baseline is None:

@@ -487,3 +487,23 @@ def test_an_out_file_that_cannot_be_written_is_one_error_and_no_temporary(tmp_pa
     helpers.load_script("aggregate_seeds").main([path, "--out", str(tmp_path / "table.md")])
   monkeypatch.undo()
   assert sorted(os.listdir(tmp_path)) == ["s.json"]
+
+
+def test_first_tasks_pairs_a_long_run_with_short_ones(tmp_path, capsys):
+  """A 4-task seed and a 2-task seed differ in metatest.num_tasks; their first 2 tasks are
+  the same tasks and average."""
+  script = helpers.load_script("aggregate_seeds")
+  paths = [_write(tmp_path / "s1.json", 1, [("va", [50.0, 60.0, 0.0, 0.0]),
+                                            ("dfl2l", [52.0, 61.0, 100.0, 100.0])]),
+           _write(tmp_path / "s2.json", 2, [("va", [40.0, 50.0]), ("dfl2l", [44.0, 50.0])])]
+  for k in (1, 2):
+    _edit(tmp_path / f"s{k}.json", _settings)
+  with pytest.raises(SystemExit, match=r"metatest.num_tasks \(seed 1: 4; seed 2: 2\)"):
+    script.main(paths)
+  script.main([*paths, "--first-tasks", "2"])
+  out = capsys.readouterr().out
+  assert _cells(out, "va", "mean over 2 seeds")[2] == "50.000"  # (55 + 45) / 2
+  assert _cells(out, "dfl2l", "Paired against va")[2] == "+1.750"  # the first 2 tasks only
+  with pytest.raises(SystemExit, match=r"s2.json: va@10 has 2 results, fewer than "
+                                       r"--first-tasks=3"):
+    script.main([*paths, "--first-tasks", "3"])
