@@ -1,5 +1,5 @@
-r"""Model inversion throughput: images optimised per second, vmapped over the zoo vs one
-model at a time.
+r"""Model inversion throughput: images optimised per second, one step over the zoo (vmap or
+lax.map) vs one model at a time.
 
   python -m benchmarks.inversion_throughput [--models 20] [--hw 32] [--filters 16]
       [--ways 5] [--per-class 10] [--steps 10] [--repeats 3]
@@ -9,12 +9,16 @@ learned) with BatchNorm statistics of ones and zeros; `inversion.make_chunk` as 
 pipeline runs it (DeepInversion's loss, Adam on the images, jitter and flips). Two
 ways to invert N models for `--steps` steps:
 
-  vmapped     one compiled chunk over all N models (what methods/inversion_maml.py runs);
-  one by one  the same chunk on one model, called N times (a loop over the zoo).
+  vmapped     one compiled chunk over all N models, the step vmapped over them;
+  mapped      the same chunk with `lax.map` over the models inside the step
+              (member_loop "map", what a run uses on CPU);
+  one by one  the vmapped chunk on one model, called N times (a loop over the zoo).
 
-For each: one call to compile, then the best of `--repeats` calls. Prints a JSON line
-per way with images/s (N x R x P images, each updated `--steps` times, per second)
-and the measured ratio vmapped / one by one.
+For each: one call to compile, then the best of `--repeats` calls; `--rounds`
+interleaves the three so that a load that comes and goes hits all of them. Prints a
+JSON line per way and round with images/s (N x R x P images, each updated `--steps`
+times, per second) and, per round, the ratios vmapped / one by one and mapped / one by
+one.
 """
 
 import argparse
@@ -39,6 +43,7 @@ def main(argv=None):
   p.add_argument("--per-class", type=int, default=10)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=1)
   a = p.parse_args(argv)
 
   conv_impl = "xla" if jax.default_backend() == "tpu" else "patches"
@@ -50,7 +55,8 @@ def main(argv=None):
                               "var": jnp.ones((a.models, a.filters))} for i in range(4)}
   hp = inversion.InversionHParams(images_per_class=a.per_class, lr=0.1, bn_weight=0.05,
                                   tv_weight=1e-3, l2_weight=1e-4, jitter=2, flip=True)
-  chunk, optimizer = inversion.make_chunk(net, a.ways, hp)
+  chunk, optimizer = inversion.make_chunk(net, a.ways, hp, "vmap")
+  mapped_chunk, _ = inversion.make_chunk(net, a.ways, hp, "map")
   images = inversion.init_images(jax.random.key(1), a.models, a.ways, hp, shape)
   key = jax.random.key(2)
 
@@ -63,32 +69,40 @@ def main(argv=None):
   singles = [(state(np.array([m])), sub(zoo, np.array([m])), sub(stats, np.array([m])),
               jnp.array([m])) for m in range(a.models)]
 
-  def vmapped():
-    out, _ = chunk(state(all_rows), zoo, stats, jnp.asarray(all_rows), key, length=a.steps)
-    return out.images
+  def whole_zoo(fn):
+    def run():
+      out, _ = fn(state(all_rows), zoo, stats, jnp.asarray(all_rows), key, length=a.steps)
+      return out.images
+    return run
 
   def one_by_one():
     return [chunk(s, z, st, i, key, length=a.steps)[0].images for s, z, st, i in singles]
 
-  n_images = a.models * a.ways * a.per_class * a.steps
-  rates = {}
-  for name, fn in (("vmapped", vmapped), ("one_by_one", one_by_one)):
+  ways = (("vmapped", whole_zoo(chunk)), ("mapped", whole_zoo(mapped_chunk)),
+          ("one_by_one", one_by_one))
+  for _, fn in ways:
     jax.block_until_ready(fn())  # compile
-    best = float("inf")
-    for _ in range(a.repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      best = min(best, time.perf_counter() - t)
-    rates[name] = n_images / best
-    print(json.dumps({
-        "benchmark": "inversion_throughput", "way": name, "models": a.models, "hw": a.hw,
-        "filters": a.filters, "ways": a.ways, "per_class": a.per_class, "steps": a.steps,
-        "seconds": round(best, 4), "images_per_s": round(rates[name], 1),
-        "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-        "date": datetime.date.today().isoformat(), "conv_impl": conv_impl}), flush=True)
-  print(json.dumps({"benchmark": "inversion_throughput", "ratio_vmapped_over_one_by_one":
-                    round(rates["vmapped"] / rates["one_by_one"], 3)}))
-
+  n_images = a.models * a.ways * a.per_class * a.steps
+  for r in range(a.rounds):
+    rates = {}
+    for name, fn in ways:
+      best = float("inf")
+      for _ in range(a.repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t)
+      rates[name] = n_images / best
+      print(json.dumps({
+          "benchmark": "inversion_throughput", "round": r, "way": name, "models": a.models,
+          "hw": a.hw, "filters": a.filters, "ways": a.ways, "per_class": a.per_class,
+          "steps": a.steps, "seconds": round(best, 4), "images_per_s": round(rates[name], 1),
+          "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+          "date": datetime.date.today().isoformat(), "conv_impl": conv_impl}), flush=True)
+    print(json.dumps({"benchmark": "inversion_throughput", "round": r,
+                      "ratio_vmapped_over_one_by_one":
+                          round(rates["vmapped"] / rates["one_by_one"], 3),
+                      "ratio_mapped_over_one_by_one":
+                          round(rates["mapped"] / rates["one_by_one"], 3)}), flush=True)
 
 if __name__ == "__main__":
   main()

@@ -14,9 +14,9 @@ step, the network in evaluation mode (normalised by its population statistics),
 mu_l / var_l of a layer's input over the batch and the spatial positions, TV the mean
 absolute difference of neighbouring pixels. Images live in the network's input space
 (normalised pixels). Here every zoo model inverts its own R classes at once, with
-`images_per_class` images each: one compiled step vmapped over the model axis (the
-zoo's models are independent problems of one shape), Adam, chunked and checkpointed
-like every training loop. No task data is read: the zoo's parameters and BatchNorm
+`images_per_class` images each: one compiled step over the model axis (the zoo's
+models are independent problems of one shape: vmapped, or `lax.map` on CPU), Adam,
+chunked and checkpointed like every training loop. No task data is read: the zoo's parameters and BatchNorm
 statistics are all it uses.
 """
 
@@ -115,14 +115,19 @@ def init_images(key, num_models, ways, hp: InversionHParams, image_shape):
 
 
 @functools.lru_cache(maxsize=8)
-def make_chunk(model, ways, hp: InversionHParams):
+def make_chunk(model, ways, hp: InversionHParams, member_loop: str = "vmap"):
   """Returns (jitted `chunk(state, zoo, bn_stats, ids, key, length)`, optimizer).
 
-  One step updates every model's images at once (vmap over the model axis). Model
-  `ids[m]` draws its augmentations at step t from fold_in(fold_in(key, t), ids[m]), so
-  results depend neither on where chunks are cut nor on which models are inverted
+  One step updates every model's images (one compiled step over the model axis):
+  `member_loop` "vmap" computes all models' gradients at once, "map" one model after
+  another inside the step (`lax.map`; faster on CPU, as for the zoo trainer:
+  docs/implementation.md, "member_loop"); the Adam update is elementwise either way.
+  Model `ids[m]` draws its augmentations at step t from fold_in(fold_in(key, t), ids[m]),
+  so results depend neither on where chunks are cut nor on which models are inverted
   together.
   """
+  if member_loop not in ("vmap", "map"):
+    raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
   optimizer = optax.adam(hp.lr)
   y = labels(ways, hp.images_per_class)
 
@@ -132,12 +137,17 @@ def make_chunk(model, ways, hp: InversionHParams):
     (loss, parts), g = grad_fn(x)
     return g, dict(parts, loss=loss)
 
+  def every_model(zoo, bn_stats, images, keys):
+    if member_loop == "map":
+      return jax.lax.map(lambda a: one_model(*a), (zoo, bn_stats, images, keys))
+    return jax.vmap(one_model)(zoo, bn_stats, images, keys)
+
   @functools.partial(jax.jit, static_argnames=("length",))
   def chunk(state, zoo, bn_stats, ids, key, *, length):
     def step(st, _):
       k_step = jax.random.fold_in(key, st.step)
       keys = jax.vmap(lambda i: jax.random.fold_in(k_step, i))(ids)
-      grads, parts = jax.vmap(one_model)(zoo, bn_stats, st.images, keys)
+      grads, parts = every_model(zoo, bn_stats, st.images, keys)
       updates, opt_state = optimizer.update(grads, st.opt_state)
       images = optax.apply_updates(st.images, updates)
       summary = {"loss_mean": parts["loss"].mean(), "ce_mean": parts["ce"].mean(),

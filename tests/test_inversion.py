@@ -60,7 +60,7 @@ def test_first_layer_population_statistics_are_the_moments_over_the_training_ima
   assert all(np.all(v["var"] >= 0) for v in stats.values())
 
 
-def test_inversion_vmapped_over_the_zoo_equals_one_model_at_a_time_and_learns(image_zoo):
+def test_inversion_over_the_zoo_vmapped_or_mapped_equals_one_model_at_a_time_and_learns(image_zoo):
   bench, zoo, stats = image_zoo
   ways = 3
   chunk, optimizer = inversion.make_chunk(bench.model, ways, HP)
@@ -82,6 +82,12 @@ def test_inversion_vmapped_over_the_zoo_equals_one_model_at_a_time_and_learns(im
   before = inversion.own_accuracy(bench.model, zoo, stats, images, ways, 3)
   after = inversion.own_accuracy(bench.model, zoo, stats, together.images, ways, 3)
   assert after.mean() > before.mean() and after.mean() > 70, (before, after)
+  mapped, optimizer = inversion.make_chunk(bench.model, ways, HP, "map")
+  state = inversion.InversionState(images, optimizer.init(images), jnp.int32(0))
+  one_after_another, _ = mapped(state, zoo, stats, jnp.arange(3), key, length=12)
+  np.testing.assert_allclose(one_after_another.images, together.images, rtol=2e-4, atol=2e-5)
+  with pytest.raises(ValueError, match="member_loop"):
+    inversion.make_chunk(bench.model, ways, HP, "loop")
 
 
 def test_png_grid_is_a_readable_image(tmp_path):
