@@ -58,8 +58,8 @@ def torch_rate(torch_zoo, threads, steps, repeats, n_train=640):
   try:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_train, SIZE, SIZE, 3), dtype=np.uint8)
-    x_train = torch_zoo._to_inputs(images, SIZE, torch_zoo.CIFAR_MEAN,  # pylint: disable=protected-access
-                                   torch_zoo.CIFAR_STD)
+    x_train = torch_zoo.to_inputs(images, SIZE, torch_zoo.CIFAR_MEAN,
+                                  torch_zoo.CIFAR_STD)
     y_train = torch.from_numpy(rng.integers(0, WAYS, n_train))
     torch.manual_seed(0)
     model = torch_zoo.ConvNet(WIDTH, WAYS, SIZE)

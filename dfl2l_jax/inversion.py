@@ -14,9 +14,9 @@ step, the network in evaluation mode (normalised by its population statistics),
 mu_l / var_l of a layer's input over the batch and the spatial positions, TV the mean
 absolute difference of neighbouring pixels. Images live in the network's input space
 (normalised pixels). Here every zoo model inverts its own R classes at once, with
-`images_per_class` images each: one compiled step over the model axis (the zoo's
-models are independent problems of one shape: vmapped, or `lax.map` on CPU), Adam,
-chunked and checkpointed like every training loop. No task data is read: the zoo's parameters and BatchNorm
+`images_per_class` images each: one compiled step vmapped over the model axis (the
+zoo's models are independent problems of one shape), Adam, chunked and checkpointed
+like every training loop. No task data is read: the zoo's parameters and BatchNorm
 statistics are all it uses.
 """
 

@@ -158,7 +158,7 @@ def _write_text_atomic(path, text):
   _write_atomic(path, write)
 
 
-def _to_inputs(images, image_size, mean, std):
+def to_inputs(images, image_size, mean, std):
   """uint8 (n, h, w, 3) -> normalised float32 (n, 3, image_size, image_size)."""
   x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
   if x.shape[-1] != image_size or x.shape[-2] != image_size:
@@ -309,7 +309,7 @@ def train_teachers(images, labels, class_names, out_dir, *, num_teachers, epochs
     record = previous.get(i)
     if record is None:  # The file survived but its record did not: measure again.
       train_idx, held_idx, _, held_y = _split(labels, specific)
-      acc = _accuracy(model, _to_inputs(images[held_idx], image_size, mean, std),
+      acc = _accuracy(model, to_inputs(images[held_idx], image_size, mean, std),
                       torch.from_numpy(held_y), batch_size)
       record = _record(i, specific, class_names, acc, len(train_idx), len(held_idx))
     records.append(record)
@@ -325,7 +325,7 @@ def train_teachers(images, labels, class_names, out_dir, *, num_teachers, epochs
   for n, (i, rng, specific, path) in enumerate(to_train):
     t0 = time.time()
     train_idx, held_idx, train_y, held_y = _split(labels, specific)
-    x_train = _to_inputs(images[train_idx], image_size, mean, std)
+    x_train = to_inputs(images[train_idx], image_size, mean, std)
     y_train = torch.from_numpy(train_y)
     torch.manual_seed(int(rng.integers(2**62)))
     model = ConvNet(width, WAYS, image_size)
@@ -350,7 +350,7 @@ def train_teachers(images, labels, class_names, out_dir, *, num_teachers, epochs
         eta = elapsed / epochs_done * (epochs_total - epochs_done)
         log(f"teacher {i}: epoch {epoch + 1}/{epochs}, train loss "
             f"{total_loss / max(1, len(order)):.3f} (ETA {_format_seconds(eta)})")
-    acc = _accuracy(model, _to_inputs(images[held_idx], image_size, mean, std),
+    acc = _accuracy(model, to_inputs(images[held_idx], image_size, mean, std),
                     torch.from_numpy(held_y), batch_size)
 
     def save(tmp, model=model, specific=specific):

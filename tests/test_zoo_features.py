@@ -191,6 +191,16 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   want = adaptation.score_learner(base.Learner({"zoo": zoo}, head, None), eps, batch_size=10,
                                   gather_fn=bench.gather_episode, data=bench.data)
   np.testing.assert_array_equal(got, want)
+  # select scores both heads from one computation of the features: the same accuracies
+  # as each head alone.
+  nets = (bench.model.clone(head=False),)
+  both = adaptation.score_learner(
+      base.Learner({"zoo": zoo}, zf._both_heads_scorer(nets, 3, 1.0, 300), None), eps,
+      batch_size=10, gather_fn=bench.gather_episode, data=bench.data)
+  for i, alone in enumerate((zf._centroid_scorer(nets, 3), zf._logistic_scorer(nets, 3, 1.0, 300))):
+    np.testing.assert_allclose(both[:, i], adaptation.score_learner(
+        base.Learner({"zoo": zoo}, alone, None), eps, batch_size=10,
+        gather_fn=bench.gather_episode, data=bench.data))
 
   # The choice is the head of the higher meta-validation accuracy at each shot count (the
   # centroid on a tie), made on episodes of the validation classes; each shot count gets
@@ -198,9 +208,9 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   episodes, _, _ = bench.validation_episodes(2, 3)
   assert episodes["support_idx"].max() < 3 * 20  # indices into the 3 validation classes
   two = dataclasses.replace(ctx, config=helpers.override(config, shots=(2, 4)))
-  tie = {"centroid": _mean_brightness, "logistic": _mean_brightness}
+  tie = lambda *a: jnp.stack([_mean_brightness(*a), _mean_brightness(*a)])
   assert zf.select_head(two, tie, {})[0] == {2: "centroid", 4: "centroid"}
-  heads = {"centroid": _minus_mean_brightness, "logistic": _mean_brightness}
+  heads = lambda *a: jnp.stack([_minus_mean_brightness(*a), _mean_brightness(*a)])
   chosen, table = zf.select_head(two, heads, {})
   assert chosen == {2: "logistic", 4: "logistic"}
   for k in (2, 4):

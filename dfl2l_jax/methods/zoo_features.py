@@ -157,13 +157,18 @@ def support_query_features(nets, state, support, query):
   return jnp.concatenate(f_s, -1), jnp.concatenate(f_q, -1)
 
 
-def _centroid_score(nets, ways, state, support, query):
-  f_s, f_q = support_query_features(nets, state, support, query)
-  onehot = jax.nn.one_hot(support["y"], ways, dtype=f_s.dtype)  # (n_s, R)
+def centroid_accuracy(f_s, y_s, f_q, y_q, ways):
+  """% of the query rows f_q whose nearest class centroid of the support rows is y_q."""
+  onehot = jax.nn.one_hot(y_s, ways, dtype=f_s.dtype)  # (n_s, R)
   centroids = (onehot.T @ f_s) / onehot.sum(0)[:, None]
   dist = (jnp.sum(f_q**2, 1, keepdims=True) - 2 * f_q @ centroids.T
           + jnp.sum(centroids**2, 1)[None])
-  return 100.0 * jnp.mean(jnp.argmin(dist, -1) == query["y"])
+  return 100.0 * jnp.mean(jnp.argmin(dist, -1) == y_q)
+
+
+def _centroid_score(nets, ways, state, support, query):
+  f_s, f_q = support_query_features(nets, state, support, query)
+  return centroid_accuracy(f_s, support["y"], f_q, query["y"], ways)
 
 
 def fit_logistic(f, y, ways, c, steps):
@@ -187,10 +192,26 @@ def fit_logistic(f, y, ways, c, steps):
       lambda p, g: p - step * g, wb, grad(wb)), wb0)
 
 
+def logistic_accuracy(f_s, y_s, f_q, y_q, ways, c, steps):
+  """% of the query rows f_q that `fit_logistic` on the support rows labels y_q."""
+  w, b = fit_logistic(f_s, y_s, ways, c, steps)
+  return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == y_q)
+
+
 def _logistic_score(nets, ways, c, steps, state, support, query):
   f_s, f_q = support_query_features(nets, state, support, query)
-  w, b = fit_logistic(f_s, support["y"], ways, c, steps)
-  return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == query["y"])
+  return logistic_accuracy(f_s, support["y"], f_q, query["y"], ways, c, steps)
+
+
+HEADS = ("centroid", "logistic")  # the order of _both_heads_score's accuracies
+
+
+def _both_heads_score(nets, ways, c, steps, state, support, query):
+  """(centroid, logistic) accuracies of one task from one computation of its features
+  (what `select` compares on meta-validation episodes)."""
+  f_s, f_q = support_query_features(nets, state, support, query)
+  return jnp.stack([centroid_accuracy(f_s, support["y"], f_q, query["y"], ways),
+                    logistic_accuracy(f_s, support["y"], f_q, query["y"], ways, c, steps)])
 
 
 @functools.lru_cache(maxsize=8)
@@ -202,6 +223,11 @@ def _centroid_scorer(nets, ways):
 @functools.lru_cache(maxsize=8)
 def _logistic_scorer(nets, ways, c, steps):
   return functools.partial(_logistic_score, nets, ways, c, steps)
+
+
+@functools.lru_cache(maxsize=8)
+def _both_heads_scorer(nets, ways, c, steps):
+  return functools.partial(_both_heads_score, nets, ways, c, steps)
 
 
 def zoo_groups(ctx, net):
@@ -245,9 +271,10 @@ def _selected_scorer(scores):
   return functools.partial(_selected_score, scores)
 
 
-def select_head(ctx, heads, state):
+def select_head(ctx, both, state):
   """{shots: head name} of the higher mean accuracy on meta-validation episodes (the
-  centroid on a tie), and {shots: {head: mean accuracy}}; module doc, "select"."""
+  centroid on a tie), and {shots: {head: mean accuracy}}; module doc, "select". `both`
+  scores a task by both heads from one computation of its features."""
   if ctx.benchmark.validation_episodes is None:
     raise NotApplicable("zoo_features.image_head=select needs the benchmark's "
                         "meta-validation classes, and this benchmark has none")
@@ -255,16 +282,15 @@ def select_head(ctx, heads, state):
   chosen, table = {}, {}
   for k in (int(s) for s in ctx.config.shots):
     episodes, data, gather = ctx.benchmark.validation_episodes(k, n_tasks)
-    table[k] = {}
-    for name, score in heads.items():
-      acc = adaptation.score_learner(
-          base.Learner(state=state, score=score, cost=None), episodes,
-          batch_size=int(ctx.config.metatest.batch_size), gather_fn=gather, data=data)
-      if not np.all(np.isfinite(acc)):
+    acc = adaptation.score_learner(
+        base.Learner(state=state, score=both, cost=None), episodes,
+        batch_size=int(ctx.config.metatest.batch_size), gather_fn=gather, data=data)
+    for i, name in enumerate(HEADS):
+      if not np.all(np.isfinite(acc[:, i])):
         raise FloatingPointError(f"zoo_features: the {name} head gave a non-finite "
                                  f"meta-validation accuracy at {k} shots")
-      table[k][name] = float(acc.mean())
-    chosen[k] = max(heads, key=lambda h: (table[k][h], h == "centroid"))
+    table[k] = {name: float(acc[:, i].mean()) for i, name in enumerate(HEADS)}
+    chosen[k] = max(HEADS, key=lambda h: (table[k][h], h == "centroid"))
     metrics.log.info("zoo_features: %d shots, the %s head chosen on %d meta-validation "
                      "tasks (mean accuracy: %s)", k, chosen[k], n_tasks,
                      ", ".join(f"{h} {a:.2f}" for h, a in table[k].items()))
@@ -288,7 +314,8 @@ def zoo_features_images(ctx):
                                         int(zc.logistic_steps))}
   if zc.image_head != "select":
     return base.Learner(state=state, score=heads[zc.image_head], cost=cost)
-  chosen, _ = select_head(ctx, heads, state)
+  chosen, _ = select_head(ctx, _both_heads_scorer(nets, ways, float(zc.logistic_c),
+                                                  int(zc.logistic_steps)), state)
   ctx.notes["image_head"] = ", ".join(f"{k}:{h}" for k, h in sorted(chosen.items()))
   score = _selected_scorer(tuple((ways * k, heads[h]) for k, h in sorted(chosen.items())))
   return base.Learner(state=state, score=score, cost=cost)
@@ -321,7 +348,7 @@ def zoo_features(ctx: base.MethodContext):
   return base.Learner(state=state, score=_scorer(apply), cost=cost)
 
 
-IMAGE_HEADS = ("centroid", "logistic", "select")
+IMAGE_HEADS = HEADS + ("select",)
 
 
 def defaults():
