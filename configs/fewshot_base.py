@@ -99,6 +99,8 @@ def make(protocol, ways, arg=None):
   c.zoo.group = ""                      # a zoo of several architectures: the group (e.g.
   #                                       "conv4-32") that parameter-space methods and the
   #                                       meta-test network use; "": the largest
+  c.zoo.contamination = ""              # experiments with untrusted models, e.g. "fake=0.3"
+  #                                       or "fake=0.1,wrong_classes=0.1" (zoo/contamination.py)
 
   c.fusion = common.fusion(embed_dim=50)
 

@@ -63,6 +63,9 @@ def validate(config):
   if "mesh" in config:
     from dfl2l_jax import sharding  # pylint: disable=g-import-not-at-top
     sharding.check_mesh_config(config)
+  if "contamination" in config.zoo:
+    from dfl2l_jax.zoo import contamination  # pylint: disable=g-import-not-at-top
+    contamination.validate(config)
   if config.benchmark == "sinusoid" and config.metatest.query_points >= config.metatest.num_points:
     raise ConfigError(
         f"config.metatest.query_points ({config.metatest.query_points}) must be smaller "
@@ -117,7 +120,8 @@ def dict_diff(found, wanted, prefix=""):
 # Fields added after runs were recorded, with the value that reproduces what those runs
 # did (a recorded config without the field ran the old behaviour, not today's default).
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
-                         ("zoo", "source"): "", ("zoo", "group"): ""}
+                         ("zoo", "source"): "", ("zoo", "group"): "",
+                         ("zoo", "contamination"): ""}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now

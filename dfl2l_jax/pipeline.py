@@ -39,6 +39,7 @@ from dfl2l_jax import sharding
 from dfl2l_jax import tasks
 from dfl2l_jax import workdir_lock
 from dfl2l_jax import zoo as zoo_lib
+from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.errors import CheckpointError, ConfigError, Dfl2lError, NotApplicable, ZooError
 
@@ -108,37 +109,50 @@ def make_meshes(config):
 def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
   """(zoo, quality, running_stats): the zoo's parameters (leading model axis) read from
   config.zoo.source, or trained (resumed, restored) into workdir/zoo and then written
-  as a zoo folder (workdir/zoo_models); its quality; and its BatchNorm statistics where
-  its models normalise with stored ones (an imported zoo with batch_norm "running"),
-  else None. Refuses a workdir that ran on another zoo."""
+  as a zoo folder (workdir/zoo_models); with config.zoo.contamination applied
+  (zoo/contamination.py; quality["contamination"] says which models); its quality; and
+  its BatchNorm statistics where its models normalise with stored ones (an imported zoo
+  with batch_norm "running"), else None. Refuses a workdir that ran on another zoo."""
   imported = benchmark.imported_zoo
   zoo_source.check_workdir(workdir, imported, config)
   if imported is not None:
+    if imported.mixed and contamination.spec_of(config):
+      raise ConfigError("config.zoo.contamination applies to a zoo of one architecture, "
+                        f"and {imported.directory} holds several")
     group = zoo_source.main_group(imported, config.zoo.group)  # the whole zoo, unless mixed
     zoo = jax.tree.map(jax.numpy.asarray, group.params)
     running = (jax.tree.map(jax.numpy.asarray, group.bn_stats)
                if imported.manifest["batch_norm"] == "running" else None)
+  else:
+    zoo, running = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks, mesh=mesh), None
+    quality = zoo_lib.zoo_quality(zoo, benchmark)
+    if jax.process_index() == 0:
+      zoo_lib.write_zoo_folder(os.path.join(workdir, zoo_source.TRAINED_ZOO), config,
+                               benchmark, zoo, quality)
+  zoo, running, record = contamination.apply(config, benchmark, zoo, running)
+  if imported is not None or record is not None:
     quality = zoo_lib.zoo_quality(zoo, benchmark, running)
+  if imported is not None:
     log.info("imported zoo quality (%s on the benchmark's images of each model's classes, "
              "which may include its training images): mean %.4f min %.4f max %.4f",
              quality["metric"], quality["mean"], quality["min"], quality["max"])
-    return zoo, quality, running
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks, mesh=mesh)
-  quality = zoo_lib.zoo_quality(zoo, benchmark)
-  if jax.process_index() == 0:
-    zoo_lib.write_zoo_folder(os.path.join(workdir, zoo_source.TRAINED_ZOO), config,
-                             benchmark, zoo, quality)
-  return zoo, quality, None
+  if record is not None:
+    quality["contamination"] = record
+    log.info("zoo contaminated (%s): %s", record["spec"], "; ".join(
+        f"{kind} models {idx}" for kind, idx in record["models"].items()))
+  return zoo, quality, running
 
 
 def zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen):
   """The zoo's BatchNorm population statistics for the methods that need them: the
-  imported zoo's own, or computed once from the zoo tasks' data (zoo.bn_stats)."""
+  imported zoo's own, or computed once from the zoo tasks' data (zoo.bn_stats; saved in
+  the workdir for a clean zoo, recomputed for a contaminated one)."""
   if not any(m.needs_bn_stats for m in chosen):
     return None
   if running is not None:
     return running
-  return zoo_lib.bn_stats(config, benchmark, zoo, workdir)
+  return zoo_lib.bn_stats(config, benchmark, zoo,
+                          None if contamination.spec_of(config) else workdir)
 
 
 def method_key(config, name):

@@ -140,6 +140,34 @@ def test_an_imported_teacher_zoo_runs_and_exports(data, tmp_path):
     pipeline.run(_config(data, methods="va"), workdir, "offline")
 
 
+def test_a_contaminated_run_records_its_models_and_shares_the_trained_zoo(data, trained,
+                                                                         tmp_path):
+  workdir, clean = trained
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  config = _config(data)
+  with config.unlocked():
+    config.zoo.contamination = "fake=0.4"
+  # In a copy of the trained workdir: its zoo is reused (contamination is not part of the
+  # trained zoo's spec), the contaminated rows are added beside the clean ones.
+  results = pipeline.run(config, copy, "offline")
+  record = results["zoo_quality"]["contamination"]
+  fakes = record["models"]["fake"]
+  assert record["spec"] == "fake=0.4" and len(fakes) == 2
+  per_model, before = results["zoo_quality"]["per_model"], clean["zoo_quality"]["per_model"]
+  assert [per_model[i] for i in range(5) if i not in fakes] == [
+      before[i] for i in range(5) if i not in fakes]
+  tagged = [r for r in results["rows"] if r["settings"]["zoo"].get("contamination")]
+  assert {(r["method"], r["shots"]) for r in tagged} == set(_per_task(clean))
+  # On the zoo folder the same models are replaced (the choice depends on the seed alone).
+  folder = os.path.join(workdir, "zoo_models")
+  with config.unlocked():
+    config.zoo.source = folder
+  again = pipeline.run(config, str(tmp_path / "folder"), "offline")
+  assert again["zoo_quality"]["contamination"] == record
+  assert again["zoo_quality"]["per_model"] == per_model
+
+
 def test_leaking_and_unknown_classes_are_refused(data, trained, tmp_path):
   leaking = _teacher_zoo(tmp_path, [[0, 1], [1, 2], [4, 2]], "leak")  # 4: a meta-test class
   with pytest.raises(ZooError, match="model_0002.safetensors was trained on 'n03000000', a "

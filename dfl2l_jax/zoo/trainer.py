@@ -19,15 +19,22 @@ from dfl2l_jax.zoo import store
 
 def zoo_settings(config):
   """config.zoo as a dict, without `source` (an imported zoo is identified by its
-  manifest's digest in benchmark.spec), so specs of earlier workdirs stay valid."""
+  manifest's digest in benchmark.spec) and without an empty `contamination`, so specs of
+  earlier workdirs stay valid."""
   settings = config.zoo.to_dict()
   settings.pop("source", None)
+  if not settings.get("contamination", "x"):
+    settings.pop("contamination")
   return settings
 
 
 def zoo_spec(config, benchmark):
-  """What determines the zoo: a workdir whose zoo differs in any of it is rejected."""
-  return {"benchmark": benchmark.spec, "zoo": zoo_settings(config), "seed": config.seed}
+  """What determines the trained zoo: a workdir whose zoo differs in any of it is
+  rejected. Contamination (contamination.py) is applied to the trained zoo afterwards,
+  so it is not part of it: clean and contaminated runs can share a trained zoo."""
+  settings = zoo_settings(config)
+  settings.pop("contamination", None)
+  return {"benchmark": benchmark.spec, "zoo": settings, "seed": config.seed}
 
 
 def initial_params(config, benchmark):
@@ -248,7 +255,7 @@ def write_zoo_folder(directory, config, benchmark, zoo, quality):
                  for cls, acc in zip(np.asarray(benchmark.zoo_tasks["classes"]),
                                      quality["per_model"])],
       "producer": {"name": "dfl2l_jax.zoo.trainer", "benchmark": benchmark.name,
-                   "seed": int(config.seed), "zoo": zoo_settings(config),
+                   "seed": int(config.seed), "zoo": zoo_spec(config, benchmark)["zoo"],
                    "accuracy": "on each model's held-out images of its classes"}}
   store.write(directory, manifest, sharding_lib.to_host(zoo))
   return directory

@@ -1,0 +1,127 @@
+"""Reproducible contamination of a zoo, for measuring what untrusted models do to a method.
+
+A zoo collected from elsewhere holds models that should not be trusted. For experiments,
+`config.zoo.contamination` replaces a share of the run's zoo, after it is trained or
+imported, with bad models of the named kinds, e.g. "fake=0.3" or
+"fake=0.1,wrong_classes=0.1" (kind=fraction of the N models, rounded; "" = none):
+
+  fake           a random initialisation, never trained (its BatchNorm statistics, where
+                 the zoo carries them, PyTorch's initial ones: mean 0, variance 1);
+  wrong_classes  a trained model whose class list lies: the chosen models' parameters
+                 (and statistics) are passed round among them (model k gets model k+1's,
+                 the last the first's), so each keeps the classes the zoo lists for it
+                 but computes another model's function (at least 2 such models).
+
+Which models, from config.seed alone: one permutation of the zoo, the first models to the
+first kind, the next to the second, and so on (kinds never share a model). Nothing marks
+them for the methods, as in real life; the run records them (results.json,
+"zoo_quality" -> "contamination"). The zoo's own producer (workdir/zoo) keeps the clean
+zoo, so clean and contaminated runs share one trained zoo.
+
+Not yet here (issue 30 names them): teachers trained on shuffled labels and teachers
+trained on another domain; both need a training run of their own.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dfl2l_jax.errors import ConfigError
+
+KINDS = ("fake", "wrong_classes")
+
+
+def parse(spec):
+  """"kind=fraction,..." -> {kind: fraction} in the order given; "" -> {}."""
+  spec = str(spec or "").strip()
+  if not spec:
+    return {}
+  out = {}
+  for part in spec.split(","):
+    kind, sep, value = part.strip().partition("=")
+    kind = kind.strip()
+    if not sep:
+      raise ConfigError(f"config.zoo.contamination={spec!r}: {part.strip()!r} is not "
+                        "kind=fraction (e.g. fake=0.3)")
+    if kind not in KINDS:
+      raise ConfigError(f"config.zoo.contamination={spec!r}: unknown kind {kind!r}; "
+                        f"known: {', '.join(KINDS)}")
+    if kind in out:
+      raise ConfigError(f"config.zoo.contamination={spec!r}: {kind} is named twice")
+    try:
+      fraction = float(value)
+    except ValueError:
+      raise ConfigError(f"config.zoo.contamination={spec!r}: {value.strip()!r} is not a "
+                        "number") from None
+    if not 0.0 <= fraction < 1.0:
+      raise ConfigError(f"config.zoo.contamination={spec!r}: the fraction of {kind} must "
+                        f"be in [0, 1), got {fraction}")
+    out[kind] = fraction
+  if sum(out.values()) >= 1.0:
+    raise ConfigError(f"config.zoo.contamination={spec!r}: the fractions add up to "
+                      f"{sum(out.values()):g}; at least one clean model must stay")
+  return out
+
+
+def spec_of(config):
+  """config.zoo.contamination ("" where the config has no such field)."""
+  return str(config.zoo.get("contamination", "") or "")
+
+
+def choose(seed, num_models, fractions):
+  """{kind: sorted model indices}: disjoint, round(fraction * N) models each, from one
+  permutation of the zoo drawn from `seed`."""
+  perm = np.random.default_rng([seed, 30]).permutation(num_models)
+  out, start = {}, 0
+  for kind, fraction in fractions.items():
+    count = int(round(fraction * num_models))
+    if kind == "wrong_classes" and count == 1:
+      raise ConfigError(f"config.zoo.contamination: wrong_classes={fraction} of "
+                        f"{num_models} models is one model; a class list that lies is "
+                        "made by passing parameters round at least 2 models")
+    out[kind] = np.sort(perm[start:start + count])
+    start += count
+  return out
+
+
+def validate(config):
+  """Refuses a bad config.zoo.contamination with one line (parse, choose)."""
+  fractions = parse(spec_of(config))
+  if fractions:
+    choose(config.seed, config.zoo.num_models, fractions)
+
+
+def apply(config, benchmark, zoo, running=None):
+  """(zoo, running, record): the run's zoo with config.zoo.contamination applied (module
+  doc), its BatchNorm statistics where it carries them (else None), and what was done
+  ({"spec", "models": {kind: [indices]}}; None without contamination)."""
+  fractions = parse(spec_of(config))
+  if not fractions:
+    return zoo, running, None
+  n = jax.tree.leaves(zoo)[0].shape[0]
+  chosen = choose(config.seed, n, fractions)
+  for kind, idx in chosen.items():
+    if not len(idx):
+      continue
+    if kind == "fake":
+      keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 30), n)
+      fresh = jax.vmap(benchmark.init_params)(keys[idx])
+      zoo = jax.tree.map(lambda z, f: jnp.asarray(z).at[idx].set(f), zoo, fresh)
+      if running is not None:
+        running = jax.tree.map(
+            lambda r, path: jnp.asarray(r).at[idx].set(1.0 if path == "var" else 0.0),
+            running, _leaf_names(running))
+    else:  # wrong_classes: model idx[k] computes model idx[k + 1]'s function
+      source = np.roll(idx, -1)
+      zoo = jax.tree.map(lambda z: jnp.asarray(z).at[idx].set(jnp.asarray(z)[source]), zoo)
+      if running is not None:
+        running = jax.tree.map(
+            lambda r: jnp.asarray(r).at[idx].set(jnp.asarray(r)[source]), running)
+  record = {"spec": spec_of(config),
+            "models": {kind: [int(i) for i in idx] for kind, idx in chosen.items()}}
+  return zoo, running, record
+
+
+def _leaf_names(tree):
+  """The tree with each leaf replaced by its own key ("mean", "var", ...)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: str(path[-1].key), tree)

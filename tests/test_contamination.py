@@ -1,0 +1,99 @@
+"""Reproducible contamination of a zoo (zoo/contamination.py): which models, what each kind
+does to them, and the refusals of a bad `config.zoo.contamination`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dfl2l_jax import config_lib
+from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.zoo import contamination
+from tests import helpers
+
+
+def test_parse_reads_kinds_and_fractions_in_order():
+  assert contamination.parse("") == {}
+  assert contamination.parse(" fake=0.3 , wrong_classes=0.1") == {"fake": 0.3,
+                                                                  "wrong_classes": 0.1}
+  assert list(contamination.parse("wrong_classes=0.2,fake=0")) == ["wrong_classes", "fake"]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("fake=1.0", r"fake must be in \[0, 1\), got 1.0"),
+    ("fake=-0.1", r"in \[0, 1\)"),
+    ("noisy=0.1", "unknown kind 'noisy'; known: fake, wrong_classes"),
+    ("fake", "'fake' is not kind=fraction"),
+    ("fake=a lot", "'a lot' is not a number"),
+    ("fake=0.1,fake=0.2", "fake is named twice"),
+    ("fake=0.6,wrong_classes=0.4", "add up to 1; at least one clean model must stay"),
+])
+def test_bad_contamination_is_refused_in_one_line(spec, match):
+  config = helpers.fewshot_config(zoo__contamination=spec)
+  with pytest.raises(ConfigError, match=match) as e:
+    config_lib.validate(config)
+  assert "\n" not in str(e.value) and "config.zoo.contamination" in str(e.value)
+
+
+def test_one_wrong_class_list_is_refused():
+  config = helpers.fewshot_config(zoo__num_models=10, zoo__contamination="wrong_classes=0.1")
+  with pytest.raises(ConfigError, match="is one model; .* at least 2 models"):
+    config_lib.validate(config)
+
+
+def test_the_chosen_models_are_disjoint_rounded_and_fixed_by_the_seed():
+  fractions = {"fake": 0.3, "wrong_classes": 0.25}
+  a = contamination.choose(0, 40, fractions)
+  assert [len(v) for v in a.values()] == [12, 10]
+  assert not set(a["fake"]) & set(a["wrong_classes"])
+  b = contamination.choose(0, 40, fractions)
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  assert not np.array_equal(contamination.choose(1, 40, fractions)["fake"], a["fake"])
+  # A larger fraction of a kind keeps the models of the smaller one (one permutation).
+  assert set(contamination.choose(0, 40, {"fake": 0.1})["fake"]) <= set(
+      contamination.choose(0, 40, {"fake": 0.3})["fake"])
+
+
+def _zoo(n=6):
+  """A stacked zoo whose model i is recognisable: every parameter equals i."""
+  return {"Dense_0": {"kernel": jnp.arange(n, dtype=jnp.float32)[:, None, None]
+                      * jnp.ones((n, 3, 2)), "bias": jnp.arange(n, dtype=jnp.float32)[:, None]
+                      * jnp.ones((n, 2))}}
+
+
+class _Bench:
+  @staticmethod
+  def init_params(key):
+    return {"Dense_0": {"kernel": jax.random.normal(key, (3, 2)) + 100.0,
+                        "bias": jnp.zeros((2,)) + 100.0}}
+
+
+def test_fakes_are_fresh_initialisations_and_wrong_classes_pass_parameters_round():
+  config = helpers.fewshot_config(zoo__num_models=6,
+                                  zoo__contamination="fake=0.34,wrong_classes=0.34")
+  running = {"BatchNorm_0": {"mean": jnp.arange(6.0)[:, None] * jnp.ones((6, 2)),
+                             "var": 5.0 + jnp.arange(6.0)[:, None] * jnp.ones((6, 2))}}
+  zoo, stats, record = contamination.apply(config, _Bench, _zoo(), running)
+  chosen = contamination.choose(config.seed, 6, contamination.parse(config.zoo.contamination))
+  fake, wrong = chosen["fake"], chosen["wrong_classes"]
+  assert record == {"spec": config.zoo.contamination,
+                    "models": {"fake": list(map(int, fake)),
+                               "wrong_classes": list(map(int, wrong))}}
+  kernel = np.asarray(zoo["Dense_0"]["kernel"])
+  for i in range(6):
+    if i in fake:
+      assert kernel[i].mean() > 90  # a fresh initialisation of the benchmark's network
+      assert np.all(np.asarray(stats["BatchNorm_0"]["mean"][i]) == 0.0)
+      assert np.all(np.asarray(stats["BatchNorm_0"]["var"][i]) == 1.0)
+    elif i in wrong:
+      other = wrong[(list(wrong).index(i) + 1) % len(wrong)]
+      assert np.all(kernel[i] == other) and other != i
+      assert np.all(np.asarray(stats["BatchNorm_0"]["mean"][i]) == other)
+    else:
+      assert np.all(kernel[i] == i)
+      assert np.all(np.asarray(stats["BatchNorm_0"]["var"][i]) == 5.0 + i)
+  # No contamination: the zoo as it was, and no record.
+  clean = helpers.fewshot_config(zoo__num_models=6)
+  same, none_stats, none = contamination.apply(clean, _Bench, _zoo(), None)
+  assert none is None and none_stats is None
+  np.testing.assert_array_equal(same["Dense_0"]["kernel"], _zoo()["Dense_0"]["kernel"])
