@@ -121,7 +121,10 @@ def dict_diff(found, wanted, prefix=""):
 # did (a recorded config without the field ran the old behaviour, not today's default).
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
                          ("zoo", "source"): "", ("zoo", "group"): "",
-                         ("zoo", "contamination"): ""}
+                         ("zoo", "contamination"): "", ("zoo_features", "screen"): "off",
+                         ("zoo_features", "screen_shots"): 5,
+                         ("zoo_features", "screen_tasks"): 50,
+                         ("zoo_features", "screen_references"): 8}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now

@@ -228,3 +228,47 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
       config, lambda split: synthetic("test" if split == "val" else split))
   with pytest.raises(DataError, match="meta-validation classes overlap"):
     overlapping.validation_episodes(2, 3)
+
+
+def test_the_untrained_screen_keeps_models_that_beat_every_untrained_network(monkeypatch):
+  from dfl2l_jax.errors import ZooError  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  config = helpers.fewshot_config(shots=(2,), zoo_features__screen="untrained",
+                                  zoo_features__screen_shots=2, zoo_features__screen_tasks=3,
+                                  zoo_features__screen_references=4)
+  bench = fewshot.make_benchmark(config, helpers.synthetic_image_loader())
+  zoo = jax.vmap(bench.init_params)(jax.random.split(jax.random.key(0), 5))
+  ctx = base.MethodContext(config=config, benchmark=base.DataFreeBenchmark(bench, "zf"),
+                           zoo=zoo, s_idx=np.arange(4), q_idx=np.arange(4, 5),
+                           key=jax.random.key(1))
+  # The rule, with a model's score fixed by its parameters (the mean of its last bias, a
+  # stand-in for its accuracy): the untrained references score near 0.
+  level = np.array([50.0, 0.0, 40.0, np.nan, 30.0])
+  zoo = jax.tree.map(lambda x: x, zoo)
+  zoo["Dense_0"]["bias"] = jnp.asarray(level)[:, None] * jnp.ones_like(zoo["Dense_0"]["bias"])
+  by_bias = lambda net, ways: lambda state, support, query: jnp.mean(
+      state["zoo"]["Dense_0"]["bias"], -1)
+  monkeypatch.setattr(zf, "_per_model_scorer", by_bias)
+  keep, record = zf.screen(ctx, bench.model, {"zoo": zoo})
+  assert list(keep) == [0, 2, 4] and record["dropped"] == [1, 3]
+  assert record["scores"] == [50.0, 0.0, 40.0, None, 30.0] and record["bar"] == 0.0
+  zoo["Dense_0"]["bias"] = jnp.zeros_like(zoo["Dense_0"]["bias"]).at[0].set(9.0)
+  with pytest.raises(ZooError, match=r"keeps 1 of 5 models \(at least 2 needed\).*0: 9\.0"):
+    zf.screen(ctx, bench.model, {"zoo": zoo})
+  monkeypatch.undo()
+
+  # The real scorer end to end: each untrained reference equals a model given its
+  # initialisation, so that model ties the bar and is dropped; the run records the screen.
+  refs = zf.untrained_references(ctx, {"zoo": zoo}, 4)
+  mixed = jax.tree.map(lambda z, r: z.at[1].set(r[2]), ctx.zoo, refs["zoo"])
+  ctx = dataclasses.replace(ctx, zoo=mixed)
+  try:
+    learner = zf.zoo_features(ctx)
+  except ZooError as e:  # random models may all tie the untrained ones: then say so
+    assert "at least 2 needed" in str(e)
+  else:
+    assert 1 in ctx.notes["screen"]["dropped"]
+    assert len(ctx.notes["screen"]["scores"]) == 5
+    assert jax.tree.leaves(learner.state["zoo"])[0].shape[0] == len(ctx.notes["screen"]["kept"])
+  with pytest.raises(ConfigError, match="screen"):
+    zf.validate(helpers.smoke_config(zoo_features__screen="untrained"))

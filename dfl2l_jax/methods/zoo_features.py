@@ -48,6 +48,17 @@ every model weighs the same, and all N concatenated. Two heads
 Cost per task: N networks, N (2 K R + Q R) forward passes (one support pass gives the
 statistics); the logistic head's fit adds steps x n x N D x R multiply-adds, far below
 one Conv4 forward pass per model.
+
+Untrusted models (`zoo_features.screen`, images; off by default): "untrained" scores every
+model of the run's group, and `screen_references` random initialisations of its network
+(never trained), by the nearest-centroid accuracy of its own features on `screen_tasks`
+`screen_shots`-shot episodes of the meta-validation classes, and keeps the models that beat
+every untrained network: a model whose features are no better than random ones is
+dropped. The rule is fixed in advance (nothing tuned); the test tasks are never read. Each
+model's score and what was done with it are logged and recorded with the rows
+(`notes.screen`). A model with a non-finite score is dropped and named; fewer than 2
+models kept stops the method with the scores. A mixed zoo's other groups are not
+screened (all kept).
 """
 
 import functools
@@ -61,7 +72,7 @@ from dfl2l_jax import adaptation
 from dfl2l_jax import checks
 from dfl2l_jax import metrics
 from dfl2l_jax import models
-from dfl2l_jax.errors import ConfigError, NotApplicable
+from dfl2l_jax.errors import ConfigError, NotApplicable, ZooError
 from dfl2l_jax.methods import base
 from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.zoo import store
@@ -130,16 +141,20 @@ def _unit_rows(f):
   return f / (jnp.linalg.norm(f, axis=-1, keepdims=True) + 1e-8)
 
 
-def image_features(net, zoo, x, reference, running_stats=None):
-  """(n, N * D): every zoo model's unit-length last-block features of the images x, its
+def model_features(net, zoo, x, reference, running_stats=None):
+  """(N, n, D): every zoo model's unit-length last-block features of the images x, its
   BatchNorm normalised with the statistics of `reference`, or with the model's own
   `running_stats` where the zoo carries them; models one after another."""
   if running_stats is None:
     one = lambda params: models.apply_with_reference(net, params, x, reference)
-    feats = jax.lax.map(lambda p: _unit_rows(one(p)), zoo)  # (N, n, D)
-  else:
-    feats = jax.lax.map(lambda ps: _unit_rows(net.apply(
-        {"params": ps[0], "batch_stats": ps[1]}, x, train=False)), (zoo, running_stats))
+    return jax.lax.map(lambda p: _unit_rows(one(p)), zoo)
+  return jax.lax.map(lambda ps: _unit_rows(net.apply(
+      {"params": ps[0], "batch_stats": ps[1]}, x, train=False)), (zoo, running_stats))
+
+
+def image_features(net, zoo, x, reference, running_stats=None):
+  """(n, N * D): model_features of every model side by side."""
+  feats = model_features(net, zoo, x, reference, running_stats)
   return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
 
 
@@ -300,15 +315,91 @@ def select_head(ctx, both, state):
   return chosen, table
 
 
+def per_model_accuracy(net, ways, state, support, query):
+  """(N,): each model's nearest-centroid accuracy on one task with its own features."""
+  stats = state.get("running_stats")
+  f_s = model_features(net, state["zoo"], support["x"], support["x"], stats)
+  f_q = model_features(net, state["zoo"], query["x"], support["x"], stats)
+  return jax.vmap(lambda a, b: centroid_accuracy(a, support["y"], b, query["y"], ways))(f_s, f_q)
+
+
+@functools.lru_cache(maxsize=8)
+def _per_model_scorer(net, ways):
+  return functools.partial(per_model_accuracy, net, ways)
+
+
+def untrained_references(ctx, state, count):
+  """`count` random initialisations of the zoo's network (never trained; BatchNorm
+  statistics, where the zoo carries them, PyTorch's initial ones: mean 0, variance 1),
+  as a learner state: the yardstick of the "untrained" screen."""
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.config.seed), 0x5C4EE), count)
+  refs = {"zoo": jax.vmap(ctx.benchmark.init_params)(keys)}
+  if "running_stats" in state:
+    refs["running_stats"] = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full((count,) + leaf.shape[1:],
+                                    1.0 if str(path[-1].key) == "var" else 0.0, leaf.dtype),
+        state["running_stats"])
+  return refs
+
+
+def screen(ctx, net, state):
+  """(kept model indices of the run's group, record): the "untrained" screen (module
+  doc, "screen"). Every model and `screen_references` untrained networks of the same
+  architecture are scored by their own nearest-centroid accuracy on `screen_tasks`
+  `screen_shots`-shot episodes of the meta-validation classes; a model is kept if its
+  mean beats every untrained network's. Never the test tasks."""
+  zc, bench = ctx.config.zoo_features, ctx.benchmark
+  if bench.validation_episodes is None:
+    raise NotApplicable("zoo_features.screen needs the benchmark's meta-validation "
+                        "classes, and this benchmark has none")
+  ways, shots = int(bench.spec["ways"]), int(zc.screen_shots)
+  episodes, data, gather = bench.validation_episodes(shots, int(zc.screen_tasks))
+  score = lambda st: adaptation.score_learner(
+      base.Learner(st, _per_model_scorer(net, ways), None), episodes,
+      batch_size=int(ctx.config.metatest.batch_size), gather_fn=gather, data=data)
+  acc = score(state)  # (tasks, N)
+  reference = score(untrained_references(ctx, state, int(zc.screen_references))).mean(0)
+  if not np.all(np.isfinite(reference)):
+    raise FloatingPointError("zoo_features.screen: an untrained network gave a non-finite "
+                             "meta-validation accuracy")
+  finite = np.all(np.isfinite(acc), 0)
+  scores = np.where(finite, acc.mean(0), np.nan)
+  bar = float(reference.max())
+  keep = np.flatnonzero(finite & (scores > bar))
+  shown = ", ".join(f"{i}: {s:.1f}" for i, s in enumerate(scores))
+  if len(keep) < 2:
+    raise ZooError(f"zoo_features.screen keeps {len(keep)} of {len(scores)} models (at least "
+                   f"2 needed): meta-validation accuracy to beat {bar:.1f} (untrained); "
+                   f"models {shown}")
+  for i in np.flatnonzero(~finite):
+    metrics.log.warning("zoo_features.screen: model %d gave a non-finite accuracy on the "
+                        "meta-validation episodes: excluded", i)
+  dropped = [int(i) for i in np.flatnonzero(~np.isin(np.arange(len(scores)), keep))]
+  metrics.log.info("zoo_features.screen: %d of %d models kept (their %d-shot accuracy on %d "
+                   "meta-validation episodes beats %.1f, the best of %d untrained networks); "
+                   "dropped %s; scores %s", len(keep), len(scores), shots, int(zc.screen_tasks),
+                   bar, int(zc.screen_references), dropped, shown)
+  record = {"kept": [int(i) for i in keep], "dropped": dropped, "bar": round(bar, 3),
+            "scores": [None if not np.isfinite(s) else round(float(s), 3) for s in scores]}
+  return keep, record
+
+
 def zoo_features_images(ctx):
   net = ctx.benchmark.model
   if not isinstance(net, models.Conv4):
     raise NotApplicable(f"zoo_features for classification needs a Conv4 zoo, got "
                         f"{type(net).__name__}")
   nets, state, n = zoo_groups(ctx, net)
+  zc = ctx.config.zoo_features
+  if zc.screen == "untrained":
+    keep, record = screen(ctx, nets[0], state)
+    ctx.notes["screen"] = record
+    n -= len(record["dropped"])
+    state = dict(state, **{k: jax.tree.map(lambda x: x[keep], state[k])
+                           for k in ("zoo", "running_stats") if k in state})
   cost = lambda n_support, n_query: {"networks": n,
                                      "forward": n * (2 * n_support + n_query), "backward": 0}
-  ways, zc = int(ctx.benchmark.spec["ways"]), ctx.config.zoo_features
+  ways = int(ctx.benchmark.spec["ways"])
   heads = {"centroid": _centroid_scorer(nets, ways),
            "logistic": _logistic_scorer(nets, ways, float(zc.logistic_c),
                                         int(zc.logistic_steps))}
@@ -365,6 +456,12 @@ def defaults():
   z.logistic_c = 1.0                    # inverse L2 strength (scikit-learn's C)
   z.logistic_steps = 1000               # gradient steps of the logistic fit
   z.image_val_tasks = 50                # meta-validation episodes per shot count ("select")
+  # Untrusted models (images): "untrained" keeps a model only if its own features beat
+  # every one of `screen_references` untrained networks on meta-validation episodes.
+  z.screen = "off"                      # off | untrained
+  z.screen_shots = 5
+  z.screen_tasks = 50
+  z.screen_references = 8
   return z
 
 
@@ -374,11 +471,18 @@ FIELDS = {"zoo_features.ridge_grid": checks.POSITIVE_REALS,
           "zoo_features.image_head": checks.one_of(IMAGE_HEADS),
           "zoo_features.logistic_c": checks.POSITIVE_REAL,
           "zoo_features.logistic_steps": checks.POSITIVE_INT,
-          "zoo_features.image_val_tasks": checks.POSITIVE_INT}
+          "zoo_features.image_val_tasks": checks.POSITIVE_INT,
+          "zoo_features.screen": checks.one_of(("off", "untrained")),
+          "zoo_features.screen_shots": checks.POSITIVE_INT,
+          "zoo_features.screen_tasks": checks.POSITIVE_INT,
+          "zoo_features.screen_references": checks.POSITIVE_INT}
 
 
 def validate(config):
   checks.check(config, FIELDS)
+  if config.benchmark == "sinusoid" and config.zoo_features.get("screen", "off") != "off":
+    raise ConfigError("zoo_features.screen scores a classifier zoo on meta-validation "
+                      "classes; set it to off for a regression zoo")
   if config.benchmark == "sinusoid" and min(config.shots) < 2:
     raise ConfigError("zoo_features fits a ridge head with an intercept: it needs at least 2 "
                       f"support points, and config.shots has {min(config.shots)}")
