@@ -358,7 +358,9 @@ def cost_label(cost):
 def notes_label(r):
   """' (rate_scale=0.5)': what the method recorded about how it ran (MethodContext.notes)."""
   notes = r.get("notes")
-  return f" ({', '.join(f'{k}={v}' for k, v in sorted(notes.items()))})" if notes else ""
+  short = lambda v: v["summary"] if isinstance(v, dict) and "summary" in v else v
+  return (f" ({', '.join(f'{k}={short(v)}' for k, v in sorted(notes.items()))})"
+          if notes else "")
 
 
 def _settings_label(settings):
@@ -420,6 +422,21 @@ def to_markdown(results, json_sha256=None):
              "images" if src else "on its own task")
     lines += ["", f"Zoo quality ({q['metric']} of each model {where}): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
+  if q and q.get("contamination"):
+    c = q["contamination"]
+    lines += ["", f"Zoo contaminated for an experiment (config.zoo.contamination={c['spec']}): "
+              + "; ".join(f"{kind} models {idx}" for kind, idx in c["models"].items()) + "."]
+  screens = {}
+  for r in results["rows"]:
+    s = (r.get("notes") or {}).get("screen")
+    if isinstance(s, dict) and "scores" in s:
+      screens.setdefault(r["method"], s)
+  for method, s in screens.items():
+    scores = ", ".join(f"{i}: {'n/a' if v is None else f'{v:.1f}'}"
+                       for i, v in enumerate(s["scores"]))
+    lines += ["", f"{method} screen ({s['summary']}; a model is kept if its meta-validation "
+              f"accuracy beats {s['bar']:.1f}, the best untrained network's): dropped "
+              f"{s['dropped']}; scores {scores}."]
   if any(r.get("uses_task_data") for r in results["rows"]):
     lines += ["", "\\* read the zoo tasks' training data (not data-free)."]
   lines += ["", "Test-time cost: networks a learner holds, and forward and backward passes "

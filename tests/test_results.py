@@ -103,6 +103,19 @@ def test_a_failed_row_does_not_replace_an_earlier_result_but_fills_a_new_place()
 def test_what_a_method_noted_is_shown_beside_its_rows():
   r = dict(_row("dfl2l", 5, 2.0), notes={"rate_scale": 0.25})
   assert "| dfl2l (rate_scale=0.25) | 5 | 2.0000 |" in results.to_markdown(_record([r]))
+  # A screen shows its summary in the row, each model's score and fate below the table,
+  # and a contaminated zoo says which models were replaced.
+  screen = {"summary": "kept 2 of 3", "kept": [0, 2], "dropped": [1], "bar": 30.25,
+            "scores": [40.0, 29.5, None]}
+  rec = _record([dict(_row("zoo_features", 5, 2.0), notes={"screen": screen})])
+  rec["zoo_quality"] = {"metric": "accuracy", "mean": 1.0, "min": 0.0, "max": 2.0,
+                        "contamination": {"spec": "fake=0.3", "models": {"fake": [1]}}}
+  md = results.to_markdown(rec)
+  assert "| zoo_features (screen=kept 2 of 3) | 5 | 2.0000 |" in md
+  assert ("zoo_features screen (kept 2 of 3; a model is kept if its meta-validation accuracy "
+          "beats 30.2, the best untrained network's): dropped [1]; scores 0: 40.0, 1: 29.5, "
+          "2: n/a.") in md
+  assert "(config.zoo.contamination=fake=0.3): fake models [1]." in md
 
 
 def test_files_of_the_earlier_layout_are_upgraded_on_load(tmp_path):

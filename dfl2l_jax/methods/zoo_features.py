@@ -379,7 +379,8 @@ def screen(ctx, net, state):
                    "meta-validation episodes beats %.1f, the best of %d untrained networks); "
                    "dropped %s; scores %s", len(keep), len(scores), shots, int(zc.screen_tasks),
                    bar, int(zc.screen_references), dropped, shown)
-  record = {"kept": [int(i) for i in keep], "dropped": dropped, "bar": round(bar, 3),
+  record = {"summary": f"kept {len(keep)} of {len(scores)}",
+            "kept": [int(i) for i in keep], "dropped": dropped, "bar": round(bar, 3),
             "scores": [None if not np.isfinite(s) else round(float(s), 3) for s in scores]}
   return keep, record
 
