@@ -22,7 +22,7 @@ def test_parse_reads_kinds_and_fractions_in_order():
 @pytest.mark.parametrize("spec, match", [
     ("fake=1.0", r"fake must be in \[0, 1\), got 1.0"),
     ("fake=-0.1", r"in \[0, 1\)"),
-    ("noisy=0.1", "unknown kind 'noisy'; known: fake, wrong_classes"),
+    ("noisy=0.1", "unknown kind 'noisy'; known: fake, wrong_classes, shuffled_labels"),
     ("fake", "'fake' is not kind=fraction"),
     ("fake=a lot", "'a lot' is not a number"),
     ("fake=0.1,fake=0.2", "fake is named twice"),
@@ -97,3 +97,35 @@ def test_fakes_are_fresh_initialisations_and_wrong_classes_pass_parameters_round
   same, none_stats, none = contamination.apply(clean, _Bench, _zoo(), None)
   assert none is None and none_stats is None
   np.testing.assert_array_equal(same["Dense_0"]["kernel"], _zoo()["Dense_0"]["kernel"])
+
+
+def test_shuffled_labels_permute_a_models_training_images_across_its_classes():
+  config = helpers.fewshot_config(zoo__num_models=5, zoo__contamination="shuffled_labels=0.4")
+  rng = np.random.default_rng(0)
+  tasks = {"train_idx": np.arange(5 * 3 * 10).reshape(5, 3, 10),
+           "test_idx": rng.integers(0, 9, (5, 3, 4)), "classes": np.zeros((5, 3), np.int32)}
+  out = contamination.shuffle_labels(config, tasks)
+  chosen = contamination.choose(config.seed, 5, {"shuffled_labels": 0.4})["shuffled_labels"]
+  assert len(chosen) == 2
+  for m in range(5):
+    if m in chosen:
+      assert sorted(out["train_idx"][m].ravel()) == sorted(tasks["train_idx"][m].ravel())
+      # Each class row now holds images of several classes: its labels are noise.
+      assert any(len(set(row // 10)) > 1 for row in out["train_idx"][m])
+    else:
+      np.testing.assert_array_equal(out["train_idx"][m], tasks["train_idx"][m])
+  np.testing.assert_array_equal(out["test_idx"], tasks["test_idx"])  # quality on true labels
+  assert contamination.shuffle_labels(helpers.fewshot_config(), tasks) is tasks
+
+
+def test_only_kinds_made_while_training_are_part_of_the_trained_zoo():
+  from dfl2l_jax import zoo as zoo_lib  # pylint: disable=g-import-not-at-top
+
+  class _B:
+    spec = {"benchmark": "b"}
+  spec = lambda c: zoo_lib.zoo_spec(helpers.fewshot_config(zoo__contamination=c), _B)["zoo"]
+  assert "contamination" not in spec("") and "contamination" not in spec("fake=0.3")
+  assert spec("fake=0.3,shuffled_labels=0.25")["contamination"] == "shuffled_labels=0.25"
+  with pytest.raises(ConfigError, match="shuffled_labels changes how models are trained"):
+    config_lib.validate(helpers.fewshot_config(zoo__contamination="shuffled_labels=0.3",
+                                               zoo__source="zoos/mine"))

@@ -30,6 +30,7 @@ import optax
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, DataError, ZooError
 from dfl2l_jax.tasks import base
+from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import source as zoo_source
 
 # Ways the images of a class are split for each zoo model (paper 5.3).
@@ -206,7 +207,8 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
     raise ConfigError(f"config.zoo.ways={ways}: a test task needs {ways} classes, but the "
                       f"meta-test split has {test_table.shape[0]}")
   if manifest is None:
-    zoo_tasks = sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table)
+    zoo_tasks = contamination.shuffle_labels(
+        config, sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table))
     mean = train_images.reshape(-1, 3).mean(0) / 255.0
     std = train_images.reshape(-1, 3).std(0) / 255.0
   else:

@@ -10,16 +10,19 @@ imported, with bad models of the named kinds, e.g. "fake=0.3" or
   wrong_classes  a trained model whose class list lies: the chosen models' parameters
                  (and statistics) are passed round among them (model k gets model k+1's,
                  the last the first's), so each keeps the classes the zoo lists for it
-                 but computes another model's function (at least 2 such models).
+                 but computes another model's function (at least 2 such models);
+  shuffled_labels  a model trained by our trainer on its task's images with the labels
+                 shuffled (its training images permuted across its classes): 100% label
+                 noise. It changes the training, so it is part of the trained zoo's spec
+                 and needs a zoo trained here (not config.zoo.source).
 
 Which models, from config.seed alone: one permutation of the zoo, the first models to the
 first kind, the next to the second, and so on (kinds never share a model). Nothing marks
 them for the methods, as in real life; the run records them (results.json,
-"zoo_quality" -> "contamination"). The zoo's own producer (workdir/zoo) keeps the clean
-zoo, so clean and contaminated runs share one trained zoo.
+"zoo_quality" -> "contamination"). Kinds applied after training leave the trained zoo
+(workdir/zoo) clean, so clean and such contaminated runs share one trained zoo.
 
-Not yet here (issue 30 names them): teachers trained on shuffled labels and teachers
-trained on another domain; both need a training run of their own.
+Not yet here (issue 30 names it): teachers trained on another domain.
 """
 
 import jax
@@ -28,7 +31,8 @@ import numpy as np
 
 from dfl2l_jax.errors import ConfigError
 
-KINDS = ("fake", "wrong_classes")
+KINDS = ("fake", "wrong_classes", "shuffled_labels")
+TRAINED = ("shuffled_labels",)  # kinds made while the zoo trains (the rest: afterwards)
 
 
 def parse(spec):
@@ -89,6 +93,32 @@ def validate(config):
   fractions = parse(spec_of(config))
   if fractions:
     choose(config.seed, config.zoo.num_models, fractions)
+  trained = [k for k in fractions if k in TRAINED and fractions[k] > 0]
+  if trained and config.zoo.get("source", ""):
+    raise ConfigError(f"config.zoo.contamination={spec_of(config)!r}: {trained[0]} changes "
+                      "how models are trained, and config.zoo.source names a zoo trained "
+                      "elsewhere")
+
+
+def training_spec(config):
+  """The part of config.zoo.contamination made while the zoo trains ("" if none): part
+  of the trained zoo's spec."""
+  fractions = parse(spec_of(config))
+  return ",".join(f"{k}={v:g}" for k, v in fractions.items() if k in TRAINED and v > 0)
+
+
+def shuffle_labels(config, zoo_tasks):
+  """The zoo tasks (sample_zoo_tasks) with each shuffled_labels model's training images
+  permuted across its classes (its labels are then noise); the others unchanged."""
+  fractions = parse(spec_of(config))
+  if not fractions.get("shuffled_labels"):
+    return zoo_tasks
+  n = zoo_tasks["train_idx"].shape[0]
+  train = np.array(zoo_tasks["train_idx"])
+  for m in choose(config.seed, n, fractions)["shuffled_labels"]:
+    rng = np.random.default_rng([config.seed, 31, int(m)])
+    train[m] = rng.permutation(train[m].reshape(-1)).reshape(train[m].shape)
+  return dict(zoo_tasks, train_idx=train)
 
 
 def apply(config, benchmark, zoo, running=None):
@@ -101,7 +131,7 @@ def apply(config, benchmark, zoo, running=None):
   n = jax.tree.leaves(zoo)[0].shape[0]
   chosen = choose(config.seed, n, fractions)
   for kind, idx in chosen.items():
-    if not len(idx):
+    if not len(idx) or kind in TRAINED:  # made while the zoo trained (shuffle_labels)
       continue
     if kind == "fake":
       keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 30), n)

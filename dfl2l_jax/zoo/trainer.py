@@ -14,6 +14,7 @@ from dfl2l_jax import loops
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import ZooError
+from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import store
 
 
@@ -30,10 +31,13 @@ def zoo_settings(config):
 
 def zoo_spec(config, benchmark):
   """What determines the trained zoo: a workdir whose zoo differs in any of it is
-  rejected. Contamination (contamination.py) is applied to the trained zoo afterwards,
-  so it is not part of it: clean and contaminated runs can share a trained zoo."""
+  rejected. Of config.zoo.contamination (contamination.py) only the kinds made while
+  training are part of it; the others are applied to the trained zoo afterwards, so
+  clean and such contaminated runs can share a trained zoo."""
   settings = zoo_settings(config)
   settings.pop("contamination", None)
+  if contamination.training_spec(config):
+    settings["contamination"] = contamination.training_spec(config)
   return {"benchmark": benchmark.spec, "zoo": settings, "seed": config.seed}
 
 
