@@ -142,7 +142,7 @@ def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size
                               steps=steps, lr=lr, batch_size=batch_size,
                               gather_fn=gather_fn, data=data, mesh=mesh,
                               step_bound=step_bound)
-  eps = {k: jnp.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  eps = {k: jnp.asarray(v) for k, v in episodes.items() if k in device_keys(episodes)}
   n_tasks = jax.tree.leaves(eps)[0].shape[0]
   per_task = _meta_test(theta_init, eps, data, jnp.float32(lr), loss_fn=loss_fn,
                         metric_fn=metric_fn, gather_fn=gather_fn, steps=int(steps),
@@ -170,7 +170,7 @@ def _tasks_on_mesh(episodes, batch_size, mesh):
   The tasks are padded with copies of real ones to fill the last batch; each process
   builds only its own devices' tasks.
   """
-  eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  eps = {k: np.asarray(v) for k, v in episodes.items() if k in device_keys(episodes)}
   n_tasks = next(iter(eps.values())).shape[0]
   n_batches, global_batch = task_layout(n_tasks, batch_size, sharding_lib.num_shards(mesh))
   eps = sharding_lib.pad_rows(eps, n_batches * global_batch)
@@ -215,7 +215,7 @@ def score_learner(learner, episodes, *, batch_size, gather_fn=None, data=None, m
   support set and is scored on its query set. Returns the per-task metric (numpy).
   """
   gather_fn = gather_fn or tasks_base.gather_arrays
-  eps = {k: np.asarray(v) for k, v in episodes.items() if k in _device_keys(episodes)}
+  eps = {k: np.asarray(v) for k, v in episodes.items() if k in device_keys(episodes)}
   n_tasks = next(iter(eps.values())).shape[0]
   if mesh is None:
     per_task = _learner_test(learner.state, eps, data, score=learner.score,
@@ -240,7 +240,7 @@ def adaptation_cost(steps, n_support, n_query, step_bound=0.0):
           "backward": int(passes * n_support)}
 
 
-def _device_keys(episodes):
+def device_keys(episodes):
   """Keys of numeric arrays with a leading task axis (drops plot-only extras)."""
   n = len(next(iter(episodes.values())))
   return [k for k, v in episodes.items()

@@ -161,7 +161,7 @@ def method_key(config, name):
 
 def episode_sizes(benchmark, episodes):
   """(support, query) examples of one test task, read from its first episode."""
-  keys = adaptation._device_keys(episodes)  # pylint: disable=protected-access
+  keys = adaptation.device_keys(episodes)
   support, query = benchmark.gather_episode({k: episodes[k][0] for k in keys}, benchmark.data)
   return int(np.shape(support["x"])[0]), int(np.shape(query["x"])[0])
 
