@@ -99,6 +99,9 @@ def make(protocol, ways, arg=None):
   c.zoo.group = ""                      # a zoo of several architectures: the group (e.g.
   #                                       "conv4-32") that parameter-space methods and the
   #                                       meta-test network use; "": the largest
+  c.zoo.architectures = ""              # our trainer's zoo of several architectures, e.g.
+  #                                       "conv4-32:30,resnet10:10" (launch.pretrain;
+  #                                       dfl2l_jax/zoo/mixed.py); "": model.filters' Conv4
   c.zoo.contamination = ""              # experiments with untrusted models, e.g. "fake=0.3"
   #                                       or "fake=0.1,wrong_classes=0.1" (zoo/contamination.py)
 

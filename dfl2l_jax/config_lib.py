@@ -66,6 +66,9 @@ def validate(config):
   if "contamination" in config.zoo:
     from dfl2l_jax.zoo import contamination  # pylint: disable=g-import-not-at-top
     contamination.validate(config)
+  if "architectures" in config.zoo:
+    from dfl2l_jax.zoo import mixed  # pylint: disable=g-import-not-at-top
+    mixed.validate(config)
   if config.benchmark == "sinusoid" and config.metatest.query_points >= config.metatest.num_points:
     raise ConfigError(
         f"config.metatest.query_points ({config.metatest.query_points}) must be smaller "
@@ -121,7 +124,8 @@ def dict_diff(found, wanted, prefix=""):
 # did (a recorded config without the field ran the old behaviour, not today's default).
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
                          ("zoo", "source"): "", ("zoo", "group"): "",
-                         ("zoo", "contamination"): "", ("zoo_features", "screen"): "off",
+                         ("zoo", "contamination"): "", ("zoo", "architectures"): "",
+                         ("zoo_features", "screen"): "off",
                          ("zoo_features", "screen_shots"): 5,
                          ("zoo_features", "screen_tasks"): 50,
                          ("zoo_features", "screen_references"): 8}

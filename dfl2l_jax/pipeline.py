@@ -40,10 +40,14 @@ from dfl2l_jax import tasks
 from dfl2l_jax import workdir_lock
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.zoo import contamination
+from dfl2l_jax.zoo import mixed
 from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.errors import CheckpointError, ConfigError, Dfl2lError, NotApplicable, ZooError
 
 log = metrics.log
+MIXED_NEEDS_PRETRAIN = ("config.zoo.architectures: a zoo of several architectures is trained "
+                        "by launch.pretrain (into WORKDIR/zoo_models), then run with "
+                        "--config.zoo.source=WORKDIR/zoo_models")
 
 
 def prepare(config, workdir=None, chosen=()):
@@ -82,7 +86,9 @@ def make_workdir(workdir):
 
 
 def pretrain(config, workdir, hooks=None):
-  """Trains the zoo into workdir/zoo; returns (zoo, quality)."""
+  """Trains the zoo into workdir/zoo; returns (zoo, quality). A zoo of several
+  architectures (config.zoo.architectures) is trained group by group and written as the
+  zoo folder workdir/zoo_models; then returns (that folder, quality)."""
   if zoo_source.source_of(config):
     raise ConfigError("launch.pretrain trains a zoo, and config.zoo.source names one to "
                       "import: nothing to train. Run launch.offline, launch.online or "
@@ -91,6 +97,11 @@ def pretrain(config, workdir, hooks=None):
   with workdir_lock.hold(workdir):
     writer = metrics.workdir_writer(workdir)
     try:
+      if mixed.spec_of(config):
+        from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+        return mixed.train_mixed_zoo(
+            config, lambda c, net, first: fewshot.make_benchmark(
+                c, network=net, first_model=first), workdir, writer, hooks)
       zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
     finally:
       writer.close()
@@ -275,6 +286,8 @@ def run(config, workdir, setting="offline", hooks=None, command=None):
   Returns:
     The results dict also written to workdir/results.json (every run's rows).
   """
+  if mixed.spec_of(config):
+    raise ConfigError(MIXED_NEEDS_PRETRAIN)
   t0 = time.perf_counter()
   commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
   chosen = methods_lib.resolve(config.methods, setting)
@@ -357,6 +370,8 @@ def evaluate(config, workdir, command=None):
   The zoo must match the config (it is checked, not retrained); the meta-test
   settings (shots, steps, lr, tasks) may differ from the original run.
   """
+  if mixed.spec_of(config):
+    raise ConfigError(MIXED_NEEDS_PRETRAIN)
   t0 = time.perf_counter()
   commit = results_lib.source_commit()  # the code as it starts (edits during a run don't count)
   benchmark = prepare(config)

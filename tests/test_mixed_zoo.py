@@ -229,3 +229,51 @@ def test_a_resnet_features_are_its_pooled_last_stage():
   variables = {"params": jax.tree.map(lambda v: v[0], variables.params),
                "batch_stats": jax.tree.map(lambda v: v[0], variables.bn_stats)}
   assert net.apply(variables, x, train=False).shape == (2, 32)
+
+
+@pytest.mark.slow
+def test_our_trainer_produces_a_mixed_zoo_with_the_tasks_of_a_one_architecture_zoo(
+    data, tmp_path):
+  config = imported_tests._config(data)  # pylint: disable=protected-access
+  with config.unlocked():
+    config.zoo.architectures = "conv4-8:3,resnet10-4-8-16-32:2"
+    config.zoo.steps = 4
+    config.zoo.chunk_steps = 2
+  workdir = str(tmp_path / "w")
+  with pytest.raises(ConfigError, match="trained by launch.pretrain"):
+    pipeline.run(config, workdir, "offline")
+  folder, quality = pipeline.pretrain(config, workdir)
+  manifest = store.read_manifest(folder)
+  assert [store.group_name(store.model_architecture(manifest, i)) for i in range(5)] == [
+      "conv4-8"] * 3 + ["resnet10-4-8-16-32"] * 2
+  assert len(quality["per_model"]) == 5
+  assert manifest["producer"]["zoo"]["architectures"] == config.zoo.architectures
+  # Model m has the classes of model m of a Conv4 zoo of the same size and seed.
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  plain = fewshot.make_benchmark(config)  # the config's Conv4 zoo of 5 models
+  assert [m["classes"] for m in manifest["models"]] == np.asarray(
+      plain.zoo_tasks["classes"]).tolist()
+  # Run on it: zoo_features reads all 5, VA the 3 Conv4s.
+  run = imported_tests._config(data, folder)  # pylint: disable=protected-access
+  results = pipeline.run(run, str(tmp_path / "r"), "offline")
+  notes = {r["method"]: r["notes"]["zoo_models"] for r in results["rows"]}
+  assert notes["zoo_features"].startswith("all 5")
+  assert notes["va"].startswith("conv4-8: 3 of 5")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("conv4-8:5", "one architecture; set config.model.filters"),
+    ("conv4-8:2,resnet10:2", "add up to 4, and config.zoo.num_models is 5"),
+    ("conv4-8:3,vgg:2", "'vgg:2' is not NAME:COUNT"),
+    ("conv4-8:0,resnet10:5", "count of conv4-8 must be a positive integer"),
+    ("conv4-8:3,conv4-8:2", "conv4-8 is named twice"),
+])
+def test_bad_architectures_are_refused_in_one_line(bad, match):
+  from dfl2l_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=match) as e:
+    config_lib.validate(helpers.fewshot_config(zoo__num_models=5, zoo__architectures=bad))
+  assert "\n" not in str(e.value)
+  with pytest.raises(ConfigError, match="set one of them"):
+    config_lib.validate(helpers.fewshot_config(
+        zoo__num_models=5, zoo__architectures="conv4-8:3,resnet10:2", zoo__source="zoos/x"))

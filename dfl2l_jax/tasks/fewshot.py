@@ -62,8 +62,9 @@ def split_sizes(per_class):
   return n_train, n_val, per_class - n_train - n_val
 
 
-def sample_zoo_tasks(seed, num_models, ways, table, classes_of=None):
-  """Per model: R meta-training classes and a 60/20/20 split of their images.
+def sample_zoo_tasks(seed, num_models, ways, table, classes_of=None, first=0):
+  """Per model: R meta-training classes and a 60/20/20 split of their images; the models
+  are numbered from `first` (one group of a zoo of several architectures, zoo/mixed.py).
 
   `classes_of`: (num_models, R) class indices given by an imported zoo's manifest
   (default: drawn from the seed); its models' training images are unknown, so its
@@ -76,7 +77,7 @@ def sample_zoo_tasks(seed, num_models, ways, table, classes_of=None):
   n_train, n_val, n_test = split_sizes(per_class)
   train, test, classes = [], [], []
   for m in range(num_models):
-    rng = np.random.default_rng([seed, 3, m])
+    rng = np.random.default_rng([seed, 3, first + m])
     cls = (rng.choice(n_classes, ways, replace=False) if classes_of is None
            else np.asarray(classes_of[m]))
     perms = np.stack([table[c][rng.permutation(per_class)] for c in cls])
@@ -175,13 +176,16 @@ def imported_zoo_classes(imported, train_names, test_names, indices=None):
   return out if indices is None else out[np.asarray(indices)]
 
 
-def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
+def make_benchmark(config, loader=None, imported=None, network=None,
+                   first_model=0) -> base.Benchmark:
   """Builds the benchmark; `loader(split)` -> (images, labels, class_names).
 
   `loader` defaults to the tfds datasets of `dfl2l_jax.data` configured by
   `config.data`; tests pass their own. `imported`: a zoo read from its folder
   (zoo.store.LoadedZoo, config.zoo.source): its manifest then gives the network, the
-  input normalisation and channel order, and each zoo model's classes.
+  input normalisation and channel order, and each zoo model's classes. `network`: the
+  zoo's network if not the config's Conv4 (a ResNet group of zoo/mixed.py), whose models
+  are numbered from `first_model`.
   """
   protocol, dc = config.benchmark, config.data
   if dc.dataset not in PROTOCOLS[protocol]:
@@ -207,8 +211,8 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
     raise ConfigError(f"config.zoo.ways={ways}: a test task needs {ways} classes, but the "
                       f"meta-test split has {test_table.shape[0]}")
   if manifest is None:
-    zoo_tasks = contamination.shuffle_labels(
-        config, sample_zoo_tasks(config.seed, config.zoo.num_models, ways, train_table))
+    zoo_tasks = contamination.shuffle_labels(config, sample_zoo_tasks(
+        config.seed, config.zoo.num_models, ways, train_table, first=first_model))
     mean = train_images.reshape(-1, 3).mean(0) / 255.0
     std = train_images.reshape(-1, 3).std(0) / 255.0
   else:
@@ -231,8 +235,8 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
   if config.model.bn_impl not in models.BN_IMPLS:
     raise ConfigError(f"config.model.bn_impl must be one of {models.BN_IMPLS}, "
                       f"got {config.model.bn_impl!r}")
-  net = models.Conv4(ways=ways, filters=config.model.filters, conv_impl=conv_impl,
-                     bn_impl=config.model.bn_impl)
+  net = network or models.Conv4(ways=ways, filters=config.model.filters,
+                                conv_impl=conv_impl, bn_impl=config.model.bn_impl)
   batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
   n_ref = min(config.zoo.bn_reference, n_train)
 
@@ -313,7 +317,8 @@ def make_benchmark(config, loader=None, imported=None) -> base.Benchmark:
       make_episodes=lambda shots: sample_episodes(config.seed, mt.num_tasks, ways, shots,
                                                   mt.query_per_class, test_table),
       points_available=per_class - mt.query_per_class,
-      spec={"benchmark": protocol, "dataset": dc.dataset, "model": "Conv4",
+      spec={"benchmark": protocol, "dataset": dc.dataset,
+            "model": "Conv4" if network is None else type(network).__name__,
             "filters": config.model.filters, "ways": ways,
             "image_shape": list(train_images.shape[1:]),
             "train_classes": list(train_names), "test_classes": list(test_names),

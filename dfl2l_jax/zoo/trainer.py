@@ -20,12 +20,13 @@ from dfl2l_jax.zoo import store
 
 def zoo_settings(config):
   """config.zoo as a dict, without `source` (an imported zoo is identified by its
-  manifest's digest in benchmark.spec) and without an empty `contamination`, so specs of
-  earlier workdirs stay valid."""
+  manifest's digest in benchmark.spec) and without an empty `contamination` or
+  `architectures`, so specs of earlier workdirs stay valid."""
   settings = config.zoo.to_dict()
   settings.pop("source", None)
-  if not settings.get("contamination", "x"):
-    settings.pop("contamination")
+  for field in ("contamination", "architectures"):  # added later; "" = as before
+    if not settings.get(field, "x"):
+      settings.pop(field)
   return settings
 
 
@@ -246,20 +247,25 @@ def write_zoo_folder(directory, config, benchmark, zoo, quality):
     return None
   if os.path.exists(os.path.join(directory, store.MANIFEST)):
     return directory
-  data = benchmark.data
-  manifest = {
-      "format": store.FORMAT, "version": store.VERSION,
-      "architecture": {"name": "conv4", "filters": int(spec["filters"]),
-                       "ways": int(spec["ways"])},
+  arch = {"name": "conv4", "filters": int(spec["filters"]), "ways": int(spec["ways"])}
+  entries = [{"classes": [int(c) for c in cls], "accuracy": acc, "source": None}
+             for cls, acc in zip(np.asarray(benchmark.zoo_tasks["classes"]),
+                                 quality["per_model"])]
+  store.write(directory, zoo_manifest(config, benchmark, arch, entries),
+              sharding_lib.to_host(zoo))
+  return directory
+
+
+def zoo_manifest(config, benchmark, architecture, entries):
+  """The manifest of a zoo our trainer made (BatchNorm "batch": our models normalise with
+  the statistics of the batch they are given), its models' `entries` given."""
+  spec, data = benchmark.spec, benchmark.data
+  return {
+      "format": store.FORMAT, "version": store.VERSION, "architecture": architecture,
       "image_size": int(spec["image_shape"][0]), "channel_order": "RGB",
       "normalization": {"mean": [float(v) for v in np.asarray(data["mean"])],
                         "std": [float(v) for v in np.asarray(data["std"])]},
-      "batch_norm": "batch", "class_names": list(spec["train_classes"]),
-      "models": [{"classes": [int(c) for c in cls], "accuracy": acc, "source": None}
-                 for cls, acc in zip(np.asarray(benchmark.zoo_tasks["classes"]),
-                                     quality["per_model"])],
+      "batch_norm": "batch", "class_names": list(spec["train_classes"]), "models": entries,
       "producer": {"name": "dfl2l_jax.zoo.trainer", "benchmark": benchmark.name,
                    "seed": int(config.seed), "zoo": zoo_spec(config, benchmark)["zoo"],
                    "accuracy": "on each model's held-out images of its classes"}}
-  store.write(directory, manifest, sharding_lib.to_host(zoo))
-  return directory
