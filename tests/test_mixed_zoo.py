@@ -21,6 +21,7 @@ from dfl2l_jax.methods import zoo_features as zf
 from dfl2l_jax.zoo import importer
 from dfl2l_jax.zoo import source
 from dfl2l_jax.zoo import store
+from tests import helpers
 from tests import test_image_pipeline as fake
 from tests import test_imported_zoo_pipeline as imported_tests
 
@@ -32,27 +33,8 @@ CLASSES = [[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 3], [2, 0]]
 
 
 def _random_group(arch, indices, seed, running):
-  """ZooGroup of random networks of `arch` (random BatchNorm statistics if `running`).
-
-  Drawn with numpy in the shapes of the network's variables: compiling a ResNet's
-  `init` costs about 10 s on a 2-core CPU, its forward well under one.
-  """
-  net = store.network(arch)
-  shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
-  rng = np.random.default_rng(seed)
-  n = len(indices)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    shape = (n,) + leaf.shape
-    if name == "kernel":  # fan-in scaled, as a network's initialisation is
-      return (rng.normal(size=shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    return rng.normal(0, 0.1, shape).astype(np.float32)  # biases, BN shifts, means
-
-  params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
-  stats = jax.tree_util.tree_map_with_path(draw, shapes["batch_stats"]) if running else None
+  """ZooGroup of random networks of `arch` (helpers.random_networks) at `indices`."""
+  params, stats = helpers.random_networks(arch, len(indices), seed, running, SIZE)
   return store.ZooGroup(store.group_name(arch), arch, np.asarray(indices), params, stats)
 
 
@@ -270,7 +252,6 @@ def test_our_trainer_produces_a_mixed_zoo_with_the_tasks_of_a_one_architecture_z
 ])
 def test_bad_architectures_are_refused_in_one_line(bad, match):
   from dfl2l_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from tests import helpers  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match=match) as e:
     config_lib.validate(helpers.fewshot_config(zoo__num_models=5, zoo__architectures=bad))
   assert "\n" not in str(e.value)
