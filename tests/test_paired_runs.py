@@ -31,3 +31,18 @@ def test_differences_are_paired_by_seed_and_task(tmp_path):
     paired.by_seed(before + before[:1], "before")
   with pytest.raises(SystemExit, match="no seed on both sides"):
     paired.table(paired.by_seed(before[:1], "before"), paired.by_seed(after[:1], "after"))
+
+
+def test_the_screen_report_counts_bad_and_good_models_dropped_and_kept(tmp_path):
+  screen = helpers.load_script("screen_report")
+  path = tmp_path / "r.json"
+  path.write_text(json.dumps({
+      "seed": 2, "zoo_quality": {"contamination": {"spec": "fake=0.4",
+                                                   "models": {"fake": [1, 3]}}},
+      "rows": [{"method": "zoo_features", "shots": s, "notes": {"screen": {
+          "kept": [0, 3, 4], "dropped": [1, 2], "bar": 35.06}}} for s in (1, 5)]}))
+  assert screen.report(str(path)) == [
+      f"| {path} | 2 | fake=0.4 | zoo_features | 3 of 5 | 1 of 2 | 1 | 1 of 3 | 35.1 |"]
+  path.write_text(json.dumps({"seed": 1, "rows": [{"method": "va", "shots": 1}]}))
+  with pytest.raises(SystemExit, match="no row carries a screen's record"):
+    screen.report(str(path))
