@@ -15,12 +15,13 @@ scripts/aggregate_seeds.py's job; this script is for "the same seeds, one thing 
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 
 import numpy as np
+
+import aggregate_seeds  # scripts/ is on the path of a script run from it
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
        9: 2.262, 10: 2.228}
@@ -29,11 +30,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 def load(path):
   """{seed: {(method, shots): per-task array}} of one run (workdir or results JSON)."""
   file = os.path.join(path, "results.json") if os.path.isdir(path) else path
-  try:
-    with open(file) as f:
-      results = json.load(f)
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {file}: cannot be read ({e})") from None
+  results = aggregate_seeds.read(file)
   rows = {}
   for r in results.get("rows", []):
     if r.get("na") or r.get("failed") or not r.get("per_task"):

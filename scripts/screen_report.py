@@ -9,18 +9,15 @@ Each run is a workdir or results JSON file whose rows carry a screen's record
 """
 
 import argparse
-import json
 import os
 import sys
+
+import aggregate_seeds  # scripts/ is on the path of a script run from it
 
 
 def report(path):
   file = os.path.join(path, "results.json") if os.path.isdir(path) else path
-  try:
-    with open(file) as f:
-      results = json.load(f)
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {file}: cannot be read ({e})") from None
+  results = aggregate_seeds.read(file)
   bad = set()
   contamination = (results.get("zoo_quality") or {}).get("contamination") or {}
   for idx in contamination.get("models", {}).values():

@@ -108,8 +108,10 @@ def fewshot_config(**overrides):
 def load_script(name):
   """scripts/NAME.py as a module (scripts/ is not a package), for calling its main(argv)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                      name + ".py")
+  scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+  if scripts not in sys.path:  # as when run as a script: its siblings import
+    sys.path.append(scripts)
+  path = os.path.join(scripts, name + ".py")
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

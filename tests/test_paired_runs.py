@@ -10,7 +10,7 @@ paired = helpers.load_script("paired_runs")
 
 
 def _write(path, seed, rows):
-  path.write_text(json.dumps({"seed": seed, "rows": [
+  path.write_text(json.dumps({"seed": seed, "benchmark": "b", "metric": "accuracy", "rows": [
       {"method": m, "shots": k, "per_task": v} for (m, k), v in rows.items()]}))
   return str(path)
 
@@ -37,12 +37,13 @@ def test_the_screen_report_counts_bad_and_good_models_dropped_and_kept(tmp_path)
   screen = helpers.load_script("screen_report")
   path = tmp_path / "r.json"
   path.write_text(json.dumps({
-      "seed": 2, "zoo_quality": {"contamination": {"spec": "fake=0.4",
-                                                   "models": {"fake": [1, 3]}}},
+      "seed": 2, "benchmark": "b", "metric": "accuracy",
+      "zoo_quality": {"contamination": {"spec": "fake=0.4", "models": {"fake": [1, 3]}}},
       "rows": [{"method": "zoo_features", "shots": s, "notes": {"screen": {
           "kept": [0, 3, 4], "dropped": [1, 2], "bar": 35.06}}} for s in (1, 5)]}))
   assert screen.report(str(path)) == [
       f"| {path} | 2 | fake=0.4 | zoo_features | 3 of 5 | 1 of 2 | 1 | 1 of 3 | 35.1 |"]
-  path.write_text(json.dumps({"seed": 1, "rows": [{"method": "va", "shots": 1}]}))
+  path.write_text(json.dumps({"seed": 1, "benchmark": "b", "metric": "accuracy",
+                              "rows": [{"method": "va", "shots": 1}]}))
   with pytest.raises(SystemExit, match="no row carries a screen's record"):
     screen.report(str(path))

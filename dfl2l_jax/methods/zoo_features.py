@@ -74,6 +74,7 @@ from dfl2l_jax import metrics
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable, ZooError
 from dfl2l_jax.methods import base
+from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.zoo import store
 
@@ -335,10 +336,7 @@ def untrained_references(ctx, state, count):
   keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.config.seed), 0x5C4EE), count)
   refs = {"zoo": jax.vmap(ctx.benchmark.init_params)(keys)}
   if "running_stats" in state:
-    refs["running_stats"] = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.full((count,) + leaf.shape[1:],
-                                    1.0 if str(path[-1].key) == "var" else 0.0, leaf.dtype),
-        state["running_stats"])
+    refs["running_stats"] = contamination.untrained_statistics(state["running_stats"], count)
   return refs
 
 
@@ -374,7 +372,7 @@ def screen(ctx, net, state):
   for i in np.flatnonzero(~finite):
     metrics.log.warning("zoo_features.screen: model %d gave a non-finite accuracy on the "
                         "meta-validation episodes: excluded", i)
-  dropped = [int(i) for i in np.flatnonzero(~np.isin(np.arange(len(scores)), keep))]
+  dropped = [int(i) for i in np.setdiff1d(np.arange(len(scores)), keep)]
   metrics.log.info("zoo_features.screen: %d of %d models kept (their %d-shot accuracy on %d "
                    "meta-validation episodes beats %.1f, the best of %d untrained networks); "
                    "dropped %s; scores %s", len(keep), len(scores), shots, int(zc.screen_tasks),

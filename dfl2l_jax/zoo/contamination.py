@@ -138,9 +138,8 @@ def apply(config, benchmark, zoo, running=None):
       fresh = jax.vmap(benchmark.init_params)(keys[idx])
       zoo = jax.tree.map(lambda z, f: jnp.asarray(z).at[idx].set(f), zoo, fresh)
       if running is not None:
-        running = jax.tree.map(
-            lambda r, path: jnp.asarray(r).at[idx].set(1.0 if path == "var" else 0.0),
-            running, _leaf_names(running))
+        running = jax.tree.map(lambda r, u: jnp.asarray(r).at[idx].set(u), running,
+                               untrained_statistics(running, len(idx)))
     else:  # wrong_classes: model idx[k] computes model idx[k + 1]'s function
       source = np.roll(idx, -1)
       zoo = jax.tree.map(lambda z: jnp.asarray(z).at[idx].set(jnp.asarray(z)[source]), zoo)
@@ -152,6 +151,10 @@ def apply(config, benchmark, zoo, running=None):
   return zoo, running, record
 
 
-def _leaf_names(tree):
-  """The tree with each leaf replaced by its own key ("mean", "var", ...)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: str(path[-1].key), tree)
+def untrained_statistics(stats, count):
+  """BatchNorm statistics of `count` never-trained models, shaped like the rows of the
+  stacked `stats`: PyTorch's initial ones, mean 0 and variance 1."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full((count,) + leaf.shape[1:],
+                                  1.0 if str(path[-1].key) == "var" else 0.0, leaf.dtype),
+      stats)
