@@ -6,10 +6,13 @@ there is one, runs the remaining chunks, and after each chunk fetches the chunk'
 metrics in one `device_get`, writes them, checks them for NaN/Inf, saves a
 checkpoint and logs progress with an ETA. Chunk boundaries depend only on
 `chunk_steps`, so an interrupted and resumed run repeats exactly the same
-computations as an uninterrupted one.
+computations as an uninterrupted one. `with_rate_halving` restarts a loop that
+diverged with its rates halved.
 """
 
+import json
 import math
+import os
 from typing import Callable, Optional
 
 import jax
@@ -87,3 +90,85 @@ def run_chunked(*, name: str, state, total_steps: int, chunk_steps: int,
     if hooks is not None:
       hooks(name, start)
   return state
+
+
+def attempt_name(name, halvings):
+  """The name of the loop `name` after `halvings` halvings of its rates."""
+  return name if halvings == 0 else f"{name}_rates_x{0.5 ** halvings:g}"
+
+
+MARKER = "diverged.json"  # in an attempt's folder: it diverged, with this spec
+
+
+def with_rate_halving(run_attempt: Callable, *, name: str, halvings: int,
+                      spec_of: Callable, folder_of: Optional[Callable] = None,
+                      halvings_from: str = ""):
+  """Runs a training loop; when it diverges, again from step 0 with its rates halved.
+
+  A policy any method's training may use: it looks at nothing but the loop raising
+  DivergenceError (a non-finite training metric), never a validation or test task.
+  Attempt k (k = 0..halvings) runs with every rate times 0.5^k under its own name
+  (`attempt_name`: `name`, then `name`_rates_x0.5, ...), so each keeps its own
+  checkpoints. A diverged attempt leaves a MARKER in its folder recording the error
+  and its spec, so that a resumed run skips it instead of diverging again.
+
+  Args:
+    run_attempt: `(scale, attempt) -> result`: the loop from its start with every rate
+      multiplied by `scale`, checkpointed under the name `attempt`; raises
+      DivergenceError when it diverges.
+    name: the loop's name.
+    halvings: restarts allowed after the first attempt.
+    spec_of: `scale -> spec`, the JSON-able settings an attempt's state depends on; a
+      marker whose spec differs (another configuration) is ignored.
+    folder_of: `attempt -> folder` of the attempt's checkpoints, where its marker
+      goes; None: no markers (a run without a workdir).
+    halvings_from: where `halvings` is set (a config field), named by the final error.
+
+  Returns:
+    (result of the first attempt that finished, its rate scale).
+  """
+  error = None
+  for k in range(halvings + 1):
+    scale, attempt = 0.5 ** k, attempt_name(name, k)
+    marker = None if folder_of is None else os.path.join(folder_of(attempt), MARKER)
+    spec = spec_of(scale)
+    error = _diverged_before(marker, spec)
+    if error is None:
+      try:
+        return run_attempt(scale, attempt), scale
+      except DivergenceError as e:
+        error = e
+        _record_divergence(marker, spec, e)
+    else:
+      metrics_lib.log.info("%s: skipped, it diverged before (%s)", attempt, marker)
+    if k < halvings:
+      metrics_lib.log.warning(
+          "%s diverged (%s); restarting from step 0 with the rates halved (x%g, attempt %d "
+          "of %d)", attempt, error, 0.5 ** (k + 1), k + 2, halvings + 1)
+  if not halvings:
+    raise DivergenceError(str(error))
+  where = f"; {halvings_from}" if halvings_from else ""
+  raise DivergenceError(
+      f"{error} (after {halvings} halving{'s' if halvings != 1 else ''} of the rates{where})")
+
+
+def _diverged_before(marker, spec):
+  """The error recorded by an earlier attempt with this exact spec, or None."""
+  if marker is None or not os.path.exists(marker):
+    return None
+  try:
+    with open(marker) as f:
+      found = json.load(f)
+    return found["error"] if found["spec"] == json.loads(json.dumps(spec)) else None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{marker} is unreadable ({e!r}); delete it to run that attempt "
+                          "again") from e
+
+
+def _record_divergence(marker, spec, error):
+  if marker is None:
+    return
+  os.makedirs(os.path.dirname(marker), exist_ok=True)
+  with open(marker + ".tmp", "w") as f:
+    json.dump({"error": str(error), "spec": spec}, f, indent=1)
+  os.replace(marker + ".tmp", marker)

@@ -85,3 +85,26 @@ def test_online_fusion_halves_its_rates_too():
   state = dfl2l.online_fusion(ctx)
   assert ctx.notes == {"rate_scale": 0.5} and int(state.step) == 11
   assert np.all(np.isfinite(np.asarray(state.emb_s)))
+
+
+def test_the_halving_policy_serves_any_loop(tmp_path):
+  """loops.with_rate_halving knows nothing of DFL2L: any training loop that raises
+  DivergenceError gets the restarts, the markers and the skip on resume."""
+  ran = []
+
+  def train(scale, attempt):
+    ran.append(attempt)
+    if scale > 0.3:
+      raise loops.DivergenceError(f"{attempt}: loss became non-finite")
+    return f"trained at x{scale}"
+
+  run = lambda: loops.with_rate_halving(
+      train, name="student", halvings=2, spec_of=lambda scale: {"lr": 0.1 * scale},
+      folder_of=lambda attempt: str(tmp_path / attempt))
+  assert run() == ("trained at x0.25", 0.25)
+  assert ran == ["student", "student_rates_x0.5", "student_rates_x0.25"]
+  assert (tmp_path / "student_rates_x0.5" / loops.MARKER).exists()
+  ran.clear()
+  assert run() == ("trained at x0.25", 0.25) and ran == ["student_rates_x0.25"]
+  with pytest.raises(loops.DivergenceError, match=r"after 1 halving of the rates\)$"):
+    loops.with_rate_halving(train, name="other", halvings=1, spec_of=lambda s: {})

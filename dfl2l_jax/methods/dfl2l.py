@@ -13,14 +13,14 @@ their own initialisations (the field's protocol: a mean squared distance of abou
 270 between members) the embeddings of Q grow until the steps leave the stable
 range and the likelihoods become non-finite (results/data_free.md). When a loop
 diverges, the fusion restarts from step 0 with all four rates (inner, outer, DRO,
-embedding) halved, at most `fusion.rate_halvings` times; each attempt has its own
-checkpoint folder (fusion/<method>, then fusion/<method>_rates_x0.5, ...), a
-diverged one keeps a `diverged.json` so that a resumed run skips it, and the scale
-used is recorded with the method's rows (`notes.rate_scale`). The rule looks at
-nothing but the training loss being finite: no validation or test task.
+embedding) halved, at most `fusion.rate_halvings` times (loops.with_rate_halving,
+a policy any method's training may use): each attempt has its own checkpoint folder
+(fusion/<method>, then fusion/<method>_rates_x0.5, ...), a diverged one keeps a
+`diverged.json` so that a resumed run skips it, and the scale used is recorded with
+the method's rows (`notes.rate_scale`). The rule looks at nothing but the training
+loss being finite: no validation or test task.
 """
 
-import json
 import os
 
 import jax
@@ -30,11 +30,9 @@ import numpy as np
 from dfl2l_jax import bilevel
 from dfl2l_jax import fusion
 from dfl2l_jax import loops
-from dfl2l_jax import metrics
 from dfl2l_jax import optimizers
 from dfl2l_jax import sharding
 from dfl2l_jax import zoo as zoo_lib
-from dfl2l_jax.errors import CheckpointError
 from dfl2l_jax.methods import base
 
 
@@ -67,6 +65,8 @@ def _spec(ctx, fc, setting):
 
 def scaled_rates(fc, scale):
   """A copy of the fusion section with the four RATES multiplied by `scale`."""
+  if scale == 1:
+    return fc
   fc = fc.copy_and_resolve_references()
   with fc.unlocked():
     for k in RATES:
@@ -74,81 +74,34 @@ def scaled_rates(fc, scale):
   return fc
 
 
-def attempt_name(name, halvings):
-  return name if halvings == 0 else f"{name}_rates_x{0.5 ** halvings:g}"
-
-
-def _marker(ctx, name):
-  return None if ctx.workdir is None else os.path.join(ctx.workdir, "fusion", name,
-                                                       "diverged.json")
-
-
-def _diverged_before(ctx, name, spec):
-  """The error recorded by an earlier attempt with this exact spec, or None."""
-  path = _marker(ctx, name)
-  if path is None or not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      found = json.load(f)
-    same = found["spec"] == json.loads(json.dumps(spec))
-    return found["error"] if same else None
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"{path} is unreadable ({e!r}); delete it to run that attempt "
-                          "again") from e
-
-
-def _record_divergence(ctx, name, spec, error):
-  path = _marker(ctx, name)
-  if path is None:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"error": str(error), "spec": spec}, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _run(ctx, fc, name, setting, build):
-  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>;
-  on divergence, again with the rates halved (module docstring).
+  """Runs a fusion loop from a random state, checkpointed under workdir/fusion/<name>,
+  restarted with the rates halved when it diverges (module docstring).
 
   `build(fc) -> (optimizer, total_steps, run_chunk)` makes the loop for one
   attempt's rates. Every chunk receives its state placed as chunks return it
   (fusion.place_state; a restored checkpoint too), so the chunk compiles once.
   """
-  halvings = fc.get("rate_halvings", 0)
   mesh = ctx.models_mesh
-  for k in range(halvings + 1):
-    fck = scaled_rates(fc, 0.5 ** k) if k else fc
-    attempt = attempt_name(name, k)
-    spec = _spec(ctx, fck, setting)
-    error = _diverged_before(ctx, attempt, spec)
-    if error is None:
-      optimizer, total_steps, run_chunk = build(fck)
-      try:
-        state = ctx.run_loop(
-            attempt, spec, _initial_state(ctx, fck, optimizer), total_steps=total_steps,
-            chunk_steps=fc.chunk_steps,
-            run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
-                                                          length))
-      except loops.DivergenceError as e:
-        error = e
-        _record_divergence(ctx, attempt, spec, e)
-      else:
-        if k:
-          ctx.notes["rate_scale"] = 0.5 ** k
-        return state
-    else:
-      metrics.log.info("%s: skipped, it diverged before (%s)", attempt,
-                       _marker(ctx, attempt))
-    if k == halvings:
-      raise loops.DivergenceError(
-          f"{error} (after {halvings} halving{'s' if halvings != 1 else ''} of the rates; "
-          f"config.fusion.rate_halvings)" if halvings else str(error))
-    metrics.log.warning("%s diverged (%s); restarting from step 0 with the rates halved "
-                        "(x%g of config.fusion's, attempt %d of %d)", attempt, error,
-                        0.5 ** (k + 1), k + 2, halvings + 1)
+
+  def attempt(scale, attempt_name):
+    fck = scaled_rates(fc, scale)
+    optimizer, total_steps, run_chunk = build(fck)
+    return ctx.run_loop(
+        attempt_name, _spec(ctx, fck, setting), _initial_state(ctx, fck, optimizer),
+        total_steps=total_steps, chunk_steps=fc.chunk_steps,
+        run_chunk=lambda st, start, length: run_chunk(fusion.place_state(st, mesh), start,
+                                                      length))
+
+  state, scale = loops.with_rate_halving(
+      attempt, name=name, halvings=fc.get("rate_halvings", 0),
+      spec_of=lambda scale: _spec(ctx, scaled_rates(fc, scale), setting),
+      folder_of=None if ctx.workdir is None else (
+          lambda attempt_name: os.path.join(ctx.workdir, "fusion", attempt_name)),
+      halvings_from="config.fusion.rate_halvings")
+  if scale != 1:
+    ctx.notes["rate_scale"] = scale
+  return state
 
 
 def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
