@@ -4,13 +4,12 @@
     theta_t = theta_{t-1} - alpha grad L(theta_{t-1}, D_tr)     (lines 6-8, S steps)
     evaluate H_{theta_S} on D_test                              (line 9)
 
-The reference form for one task is algorithms.meta_test_task; `meta_test` (step_bound
-0) equals it on every task (tests/test_algorithms.py). Every method is meta-tested by
-this same procedure. All M tasks run in one compiled call: the per-task function is
-vmapped over `batch_size` tasks at a time by `lax.map`, which bounds memory for large
-networks or many tasks.
-Each task starts from the same theta_init and sees only its own support set,
-so nothing (batch statistics included) passes between tasks.
+The algorithm for one task is algorithms.meta_test_task (lines 5-8: algorithms.adapt);
+this module runs that very function for all M tasks in one compiled call, and every
+method is meta-tested by it. The per-task function is vmapped over `batch_size` tasks
+at a time by `lax.map`, which bounds memory for large networks or many tasks. Each task
+starts from the same theta_init and sees only its own support set, so nothing (batch
+statistics included) passes between tasks.
 
 Given a mesh (sharding.make_mesh, axis "tasks"), the task axis is split across
 its devices: the M tasks are padded (with copies of real tasks) to
@@ -21,75 +20,24 @@ padding tasks' results are dropped.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dfl2l_jax import algorithms
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.tasks import base as tasks_base
-
-
-def adapt(params, support, loss_fn, steps, lr, step_bound=0.0):
-  """S steps of SGD with rate alpha on one task's support set (lines 5-8).
-
-  `step_bound` = 0: the fixed rate alpha. `step_bound` = c in (0, 2): each step's rate is
-  alpha_t = min(alpha, c / lambda_t), lambda_t the top Hessian eigenvalue (in magnitude)
-  of the support loss at theta_{t-1}, tracked by one warm-started power-iteration step per
-  step (20 at the start). Equal to fixed-rate SGD wherever alpha lambda_t <= c, and never
-  past the stability edge 2 / lambda_t, where plain gradient descent turns chaotic and
-  the adapted network (so a reported mean) depends on float rounding. Why and how much:
-  docs/method.md, "Meta-test (Algorithm 3)".
-  """
-  if step_bound:
-    return _bounded_adapt(params, support, loss_fn, steps, lr, step_bound)
-  grad_fn = jax.grad(loss_fn)
-
-  def body(p, _):
-    g = grad_fn(p, support)
-    return jax.tree.map(lambda x, gx: x - lr * gx, p, g), None
-
-  params, _ = jax.lax.scan(body, params, None, length=steps)
-  return params
-
-
-POWER_INIT_STEPS = 20  # power-iteration steps for lambda_0 before the first SGD step
-
-
-def _bounded_adapt(params, support, loss_fn, steps, lr, step_bound):
-  flat, unravel = ravel_pytree(params)
-  grad = jax.grad(lambda w: loss_fn(unravel(w), support))
-
-  def power(w, v):
-    """(gradient at w, next power-iteration vector, |lambda| estimate): one jvp of grad."""
-    g, hv = jax.jvp(grad, (w,), (v,))
-    lam = jnp.linalg.norm(hv)
-    return g, hv / (lam + 1e-30), lam
-
-  v = jnp.full_like(flat, 1.0 / math.sqrt(flat.size))
-  v, _ = jax.lax.scan(lambda v, _: (power(flat, v)[1], None), v, None,
-                      length=POWER_INIT_STEPS)
-
-  def body(carry, _):
-    w, v = carry
-    g, v, lam = power(w, v)
-    alpha = jnp.minimum(lr, step_bound / (lam + 1e-30))
-    return (w - alpha * g, v), None
-
-  (flat, _), _ = jax.lax.scan(body, (flat, v), None, length=steps)
-  return unravel(flat)
 
 
 def _task_metric(theta_init, ep, *, data, lr, loss_fn, metric_fn, gather_fn, steps,
                  step_bound=0.0):
   """Algorithm 3 for one episode: adapt on its support set, score its query set."""
   support, query = gather_fn(ep, data)
-  adapted = adapt(theta_init, support, loss_fn, steps, lr, step_bound)
-  return metric_fn(adapted, query, support)
+  return algorithms.meta_test_task(theta_init, support, query, loss_fn=loss_fn,
+                                   metric_fn=metric_fn, steps=steps, lr=lr,
+                                   step_bound=step_bound)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "metric_fn", "gather_fn", "steps",
@@ -133,7 +81,7 @@ def meta_test(theta_init, episodes, *, loss_fn, metric_fn, steps, lr, batch_size
     mesh: a 1-D mesh (sharding.make_mesh) whose devices split the tasks; the
       batch is rounded up to a multiple of its device count. None: one device.
     step_bound: 0 for fixed-rate SGD; c in (0, 2) bounds each step by c / lambda_max
-      (see `adapt`).
+      (see algorithms.adapt).
   """
   if gather_fn is None:
     gather_fn = tasks_base.gather_arrays
@@ -234,8 +182,9 @@ def adaptation_cost(steps, n_support, n_query, step_bound=0.0):
   the support set (a forward and a backward pass per example), then one forward pass per
   query example (and per support example, which give networks with BatchNorm their
   statistics). A bounded step (`step_bound`) adds a Hessian-vector product per step,
-  counted as one more forward and backward pass, and POWER_INIT_STEPS of them first."""
-  passes = steps if not step_bound else 2 * steps + POWER_INIT_STEPS
+  counted as one more forward and backward pass, and algorithms.POWER_INIT_STEPS of them
+  first."""
+  passes = steps if not step_bound else 2 * steps + algorithms.POWER_INIT_STEPS
   return {"networks": 1, "forward": int(passes * n_support + n_query + n_support),
           "backward": int(passes * n_support)}
 

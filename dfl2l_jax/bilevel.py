@@ -1,6 +1,9 @@
-"""The first-order bi-level DRO update of Algorithm 1, lines 4-6 (Eqs. 3 and 8).
+"""The parts of the first-order bi-level DRO update, Algorithm 1 lines 4-6 (Eqs. 3, 8).
 
-One step, for a batch of meta-training models i in S and validation models j in Q:
+The step itself is `algorithms.step`; this module holds what it is built from: its
+state and hyperparameters, Eq. (2)'s likelihood of a batch, line 4's inner ascent, and
+Eqs. (9)-(10)'s meta-initialisation. One step, for a batch of meta-training models i
+in S and validation models j in Q:
 
   line 4  phi* = phi + inner_lr * grad_phi  mean_i log P(theta_i | f_phi(e_i))   (K steps)
           (e_i ascends its own likelihood at the same time: embeddings are
@@ -23,9 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from dfl2l_jax import dro
 from dfl2l_jax import hypernetwork
 from dfl2l_jax import likelihood
 
@@ -100,58 +101,6 @@ def inner_ascent(phi, emb, thetas, hp: FusionHParams):
   (phi_star, emb), values = jax.lax.scan(body, (phi, emb), None, length=hp.inner_steps)
   first = values[0] if hp.inner_steps > 0 else jnp.nan
   return phi_star, emb, first
-
-
-def bilevel_step(state: FusionState, theta_s, s_idx, theta_q, q_idx,
-                 hp: FusionHParams, optimizer: optax.GradientTransformation):
-  """One step of Algorithm 1 lines 4-6 (Algorithm 2 lines 3-5).
-
-  Args:
-    state: the current FusionState.
-    theta_s: pretrained parameters of the meta-training batch (leading axis B_s).
-    s_idx: (B_s,) int rows of `state.emb_s` for those models.
-    theta_q: pretrained parameters of the validation batch (leading axis B_q).
-    q_idx: (B_q,) int rows of `state.emb_q`.
-    hp: static hyperparameters.
-    optimizer: optax transformation for phi (the paper: SGD).
-
-  Returns:
-    (new state, dict of scalar metrics).
-  """
-  # Line 4: inner ascent on meta-training models, from phi.
-  e_s = state.emb_s[s_idx]
-  phi_star, e_s_new, inner_ll = inner_ascent(state.phi, e_s, theta_s, hp)
-
-  # Line 5: worst-case embeddings of the validation models under phi*.
-  e_q = state.emb_q[q_idx]
-  if hp.use_dro:
-    e_star = dro.dro_perturb_batch(phi_star, e_q, theta_q, sigma=hp.sigma,
-                                   gamma=hp.gamma, steps=hp.dro_steps, lr=hp.dro_lr)
-  else:
-    e_star = e_q
-
-  # Line 6: first-order outer step, gradient at (phi*, e*).
-  batch_q = e_q.shape[0]
-  robust_ll, (g_phi, g_e) = jax.value_and_grad(sum_log_likelihood, argnums=(0, 1))(
-      phi_star, e_star, theta_q, hp.sigma)
-  neg_g = jax.tree.map(lambda g: -g / batch_q, g_phi)
-  base = phi_star if hp.keep_inner_update else state.phi
-  updates, opt_state = optimizer.update(neg_g, state.opt_state, base)
-  phi = optax.apply_updates(base, updates)
-
-  emb_s = state.emb_s.at[s_idx].add(e_s_new - e_s)
-  emb_q = state.emb_q
-  if hp.learn_val_embeddings:
-    emb_q = emb_q.at[q_idx].add(hp.embed_lr * g_e)
-
-  metrics = {
-      "train_loglik": inner_ll,
-      "val_loglik_robust": robust_ll / batch_q,
-      "dro_shift": jnp.mean(jnp.sqrt(jnp.sum(jnp.square(e_star - e_q), -1))),
-  }
-  new_state = FusionState(phi=phi, emb_s=emb_s, emb_q=emb_q, opt_state=opt_state,
-                          step=state.step + 1)
-  return new_state, metrics
 
 
 def mean_embedding(state: FusionState):

@@ -1,22 +1,24 @@
-"""The offline (Algorithm 1) and online (Algorithm 2) fusion loops.
+"""Algorithms 1 and 2 as the runs execute them: compiled chunks of `algorithms.step`.
 
-Both loops repeat `bilevel.bilevel_step`; they differ in which meta-training
-model each step sees:
+Both loops repeat `algorithms.step`, the step as algorithms.py states it; they
+differ in which meta-training model each step sees:
 
-- offline (Algorithm 1): E epochs of N steps (N = zoo size); each step samples
-  meta-training models uniformly from S and validation models from Q (line 4-5
-  "randomly sample");
+- offline (Algorithm 1): E epochs of N steps (N = zoo size); step t samples
+  meta-training models from S and validation models from Q with
+  `algorithms.sample_s_and_q` (lines 4-5 "randomly sample");
 - online (Algorithm 2): the meta-training models arrive one at a time, in a fixed
-  order, and each is used in exactly one step. A chunk of the loop receives only
-  the models that arrive during that chunk, so a step cannot see a model that
-  arrived earlier: the loop body has no access to them.
+  order, and each is used in exactly one step; Q is sampled with
+  `algorithms.sample_models`. A chunk of the loop receives only the models that
+  arrive during that chunk, so a step cannot see a model that arrived earlier: the
+  loop body has no access to them.
 
 A chunk of steps is one `lax.scan` inside one jit; `loops.run_chunked` drives the
 chunks from Python (progress, metrics, checkpoints). The randomness of step t is
 `fold_in(key, t)`, so results do not depend on where chunks are cut or on a
-resume. The reference forms, one step at a time on the whole tables, are
-algorithms.offline_dfl2l and algorithms.online_dfl2l; tests/test_algorithms.py
-checks that these chunks equal them.
+resume. What this module adds to algorithms.py is speed only (the working set and
+the sharding below); tests/test_algorithms.py checks that these chunks give the
+numbers of algorithms.offline_dfl2l and online_dfl2l, and that a changed
+`algorithms.step` changes them.
 
 Working set: the models a chunk's steps will draw are known before the chunk
 runs (their indices depend only on the key and the step), so the chunk gathers
@@ -44,6 +46,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from dfl2l_jax import algorithms
 from dfl2l_jax import bilevel
 from dfl2l_jax import sharding as sharding_lib
 
@@ -70,12 +73,6 @@ def _working_rows(idx, n):
   flat = idx.reshape(-1)
   rows, slots = jnp.unique(flat, size=flat.size, fill_value=n, return_inverse=True)
   return rows, slots.reshape(idx.shape)
-
-
-def _draw_rows(key, steps, meta_batch_size, n):
-  """(len(steps), meta_batch_size) model indices in [0, n): step t's from fold_in(key, t)."""
-  return jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(key, t),
-                                               (meta_batch_size,), 0, n))(steps)
 
 
 def _gather_rows(table, rows):
@@ -128,7 +125,7 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
   zoo_s / zoo_q are the S and Q parameter pytrees with a leading model axis;
   metrics are stacked over the chunk's steps. `mesh`: split the model axes
   across its devices (see the module docstring); None: no constraints.
-  The reference form: algorithms.offline_dfl2l.
+  The plain form: algorithms.offline_dfl2l.
   """
 
   def chunk(state, zoo_s, zoo_q, key, length):
@@ -136,18 +133,15 @@ def make_offline_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTrans
     zoo_s = sharding_lib.shard_rows(zoo_s, mesh)
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
 
-    def draw(t):
-      k_s, k_q = jax.random.split(jax.random.fold_in(key, t))
-      # Real rows only: the padding of the sharded arrays is never drawn.
-      return (jax.random.randint(k_s, (meta_batch_size,), 0, n_s),
-              jax.random.randint(k_q, (meta_batch_size,), 0, n_q))
-
-    s_all, q_all = jax.vmap(draw)(state.step + jnp.arange(length))
+    # Every step's draws first (real rows only: the padding is never drawn).
+    s_all, q_all = jax.vmap(lambda t: algorithms.sample_s_and_q(key, t, n_s, n_q,
+                                                                meta_batch_size))(
+        state.step + jnp.arange(length))
 
     def body(st, xs):
       (s_idx, q_idx), slots = xs
-      return bilevel.bilevel_step(st, _take(zoo_s, s_idx), slots["emb_s"],
-                                  _take(zoo_q, q_idx), slots["emb_q"], hp, optimizer)
+      return algorithms.step(st, _take(zoo_s, s_idx), slots["emb_s"], _take(zoo_q, q_idx),
+                             slots["emb_q"], hp, optimizer)
 
     return _scan_on_working_set(state, {"emb_s": s_all, "emb_q": q_all}, body,
                                 (s_all, q_all), mesh)
@@ -163,7 +157,7 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
   arrival order (leading axis = number of steps). Step t uses arrival t, whose
   embedding is row t of `state.emb_s`. `mesh`: split zoo_q and the embeddings
   across its devices (the arrivals are scanned over, one per step).
-  The reference form: algorithms.online_dfl2l.
+  The plain form: algorithms.online_dfl2l.
   """
 
   def chunk(state, arriving, zoo_q, key):
@@ -175,13 +169,13 @@ def make_online_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransf
     zoo_q = sharding_lib.shard_rows(zoo_q, mesh)
 
     steps = state.step + jnp.arange(length)
-    q_all = _draw_rows(key, steps, meta_batch_size, n_q)
+    q_all = jax.vmap(lambda t: algorithms.sample_models(key, t, n_q, meta_batch_size))(steps)
 
     def body(st, xs):
       (theta_t, q_idx), slots = xs
       theta_s = jax.tree.map(lambda x: x[None], theta_t)
-      return bilevel.bilevel_step(st, theta_s, slots["emb_s"], _take(zoo_q, q_idx),
-                                  slots["emb_q"], hp, optimizer)
+      return algorithms.step(st, theta_s, slots["emb_s"], _take(zoo_q, q_idx),
+                             slots["emb_q"], hp, optimizer)
 
     # The arrivals of this chunk own the embedding rows [step, step + length), one each.
     return _scan_on_working_set(state, {"emb_s": steps[:, None], "emb_q": q_all}, body,
@@ -218,7 +212,8 @@ def make_mle_chunk(hp: bilevel.FusionHParams, optimizer: optax.GradientTransform
                           opt_state=state.opt_state, step=state.step)
 
     # Real rows only: the padding of the sharded arrays is never drawn.
-    idx_all = _draw_rows(key, state.step + jnp.arange(length), meta_batch_size, n)
+    idx_all = jax.vmap(lambda t: algorithms.sample_models(key, t, n, meta_batch_size))(
+        state.step + jnp.arange(length))
 
     def body(st, xs):
       idx, slots = xs

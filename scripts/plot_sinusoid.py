@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dfl2l_jax import adaptation
+from dfl2l_jax import algorithms
 from dfl2l_jax import checkpointing
 from dfl2l_jax import config_lib
 from dfl2l_jax import tasks
@@ -143,7 +143,7 @@ def adapt_all(theta_init, episodes, benchmark, steps, lr, batch_size, step_bound
   """
 
   def one_task(ep):
-    return adaptation.adapt(theta_init, {"x": ep["support_x"], "y": ep["support_y"]},
+    return algorithms.adapt(theta_init, {"x": ep["support_x"], "y": ep["support_y"]},
                             benchmark.loss_fn, steps, lr, step_bound)
 
   eps = {k: jnp.asarray(episodes[k]) for k in ("support_x", "support_y")}

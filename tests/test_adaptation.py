@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dfl2l_jax import adaptation
+from dfl2l_jax import algorithms
 from dfl2l_jax import results
 from dfl2l_jax import tasks
 from tests import helpers
@@ -18,7 +19,7 @@ def test_adapt_equals_unrolled_sgd():
   params = bench.init_params(jax.random.key(0))
   eps = bench.make_episodes(5)
   support = {"x": eps["support_x"][0], "y": eps["support_y"][0]}
-  got = adaptation.adapt(params, support, bench.loss_fn, steps=4, lr=0.01)
+  got = algorithms.adapt(params, support, bench.loss_fn, steps=4, lr=0.01)
   p = params
   for _ in range(4):
     g = jax.grad(bench.loss_fn)(p, support)
@@ -36,7 +37,7 @@ def test_meta_test_equals_a_loop_over_tasks(batch_size):
                              steps=3, lr=0.01, batch_size=batch_size)
   assert got.shape == (eps["support_x"].shape[0],)
   for m in range(got.shape[0]):
-    adapted = adaptation.adapt(params, {"x": eps["support_x"][m], "y": eps["support_y"][m]},
+    adapted = algorithms.adapt(params, {"x": eps["support_x"][m], "y": eps["support_y"][m]},
                                bench.loss_fn, 3, 0.01)
     want = bench.metric_fn(adapted, {"x": eps["query_x"][m], "y": eps["query_y"][m]}, None)
     assert got[m] == pytest.approx(float(want), rel=1e-4)
@@ -48,7 +49,7 @@ def test_adaptation_fits_the_support_set():
   eps = bench.make_episodes(10)
   support = {"x": jnp.asarray(eps["support_x"][0]), "y": jnp.asarray(eps["support_y"][0])}
   before = float(bench.loss_fn(params, support))
-  after = float(bench.loss_fn(adaptation.adapt(params, support, bench.loss_fn, 200, 0.005),
+  after = float(bench.loss_fn(algorithms.adapt(params, support, bench.loss_fn, 200, 0.005),
                               support))
   assert after < 0.5 * before
 
@@ -115,13 +116,13 @@ def test_bounded_steps_are_plain_sgd_below_the_stability_edge_and_smaller_above(
   task = int(np.argmin(eps["a"]))  # the smallest amplitude: a flat support loss
   support = {"x": jnp.asarray(eps["support_x"][task]), "y": jnp.asarray(eps["support_y"][task])}
   np.testing.assert_allclose(
-      flat(adaptation.adapt(theta, support, bench.loss_fn, 50, 0.001, step_bound=1.9)),
-      flat(adaptation.adapt(theta, support, bench.loss_fn, 50, 0.001)), rtol=1e-5, atol=1e-6)
+      flat(algorithms.adapt(theta, support, bench.loss_fn, 50, 0.001, step_bound=1.9)),
+      flat(algorithms.adapt(theta, support, bench.loss_fn, 50, 0.001)), rtol=1e-5, atol=1e-6)
   # A huge rate: plain SGD diverges, the bounded step stays finite and lowers the loss.
   task = int(np.argmax(eps["a"]))
   support = {"x": jnp.asarray(eps["support_x"][task]), "y": jnp.asarray(eps["support_y"][task])}
-  plain = adaptation.adapt(theta, support, bench.loss_fn, 200, 1.0)
-  bounded = adaptation.adapt(theta, support, bench.loss_fn, 200, 1.0, step_bound=1.9)
+  plain = algorithms.adapt(theta, support, bench.loss_fn, 200, 1.0)
+  bounded = algorithms.adapt(theta, support, bench.loss_fn, 200, 1.0, step_bound=1.9)
   assert not np.all(np.isfinite(flat(plain))) or float(bench.loss_fn(plain, support)) > 1e3
   assert float(bench.loss_fn(bounded, support)) < float(bench.loss_fn(theta, support))
 
@@ -129,6 +130,6 @@ def test_bounded_steps_are_plain_sgd_below_the_stability_edge_and_smaller_above(
 def test_the_cost_of_a_bounded_step_counts_its_hessian_vector_products():
   assert adaptation.adaptation_cost(20, 5, 100) == {"networks": 1, "forward": 205,
                                                     "backward": 100}
-  passes = 2 * 20 + adaptation.POWER_INIT_STEPS
+  passes = 2 * 20 + algorithms.POWER_INIT_STEPS
   assert adaptation.adaptation_cost(20, 5, 100, step_bound=1.9) == {
       "networks": 1, "forward": passes * 5 + 105, "backward": passes * 5}

@@ -6,6 +6,7 @@ cut), Algorithm 3 in batches of tasks padded to the devices. That the unsharded 
 equal the sharded ones is tests/test_sharding.py's.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -101,3 +102,65 @@ def test_meta_test_equals_algorithm_3_on_every_task():
   want = [algorithm_3(theta_init, {"x": eps["support_x"][m], "y": eps["support_y"][m]},
                       {"x": eps["query_x"][m], "y": eps["query_y"][m]}) for m in range(7)]
   np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+# A change to algorithms.py changes every run: the chunks and the meta-test call its
+# functions, they do not hold copies. Each test swaps one function for a changed one.
+
+
+def test_a_changed_step_changes_the_offline_and_online_chunks(monkeypatch):
+  state, zoo_s, zoo_q, opt, _ = _setup()
+  key = jax.random.key(3)
+  original = algorithms.step
+
+  def no_dro_step(st, theta_s, s_rows, theta_q, q_rows, hp, optimizer):
+    return original(st, theta_s, s_rows, theta_q, q_rows,
+                    dataclasses.replace(hp, use_dro=False), optimizer)
+
+  def offline(hp):
+    return fusion.make_offline_chunk(hp, opt, MB)(jax.tree.map(jnp.copy, state), zoo_s, zoo_q,
+                                                  key, length=4)[0]
+
+  def online(hp):
+    return fusion.make_online_chunk(hp, opt, MB)(jax.tree.map(jnp.copy, state), zoo_s, zoo_q,
+                                                 key)[0]
+
+  no_dro = dataclasses.replace(HP, use_dro=False)
+  with_dro, without_dro = offline(HP), offline(no_dro)
+  online_with_dro, online_without_dro = online(HP), online(no_dro)
+  assert not np.allclose(with_dro.emb_q, without_dro.emb_q)
+  monkeypatch.setattr(algorithms, "step", no_dro_step)
+  _assert_close(offline(HP), without_dro)
+  _assert_close(online(HP), online_without_dro)
+  assert not np.allclose(online_with_dro.emb_q, online_without_dro.emb_q)
+
+
+def test_changed_draws_change_the_chunks(monkeypatch):
+  state, zoo_s, zoo_q, opt, _ = _setup()
+  key = jax.random.key(3)
+  run = lambda: fusion.make_offline_chunk(HP, opt, MB)(jax.tree.map(jnp.copy, state), zoo_s,
+                                                      zoo_q, key, length=4)[0]
+  before = run()
+  monkeypatch.setattr(algorithms, "sample_s_and_q",
+                      lambda key, t, n_s, n_q, b: (jnp.zeros(b, jnp.int32),
+                                                   jnp.zeros(b, jnp.int32)))
+  after = run()
+  # Only the first model of S and of Q moved.
+  np.testing.assert_array_equal(after.emb_s[1:], state.emb_s[1:])
+  np.testing.assert_array_equal(after.emb_q[1:], state.emb_q[1:])
+  assert not np.allclose(before.emb_s[1:], state.emb_s[1:])
+
+
+def test_a_changed_adaptation_step_changes_the_meta_test(monkeypatch):
+  bench = tasks.get_benchmark(helpers.smoke_config())
+  theta_init = bench.init_params(jax.random.key(1))
+  eps = {k: v[:3] for k, v in bench.make_episodes(5).items()}
+  # A fresh loss function per call: a new compilation, which reads algorithms.py anew.
+  run = lambda **kw: adaptation.meta_test(
+      theta_init, eps, loss_fn=lambda p, b: bench.loss_fn(p, b), metric_fn=bench.metric_fn,
+      steps=3, lr=0.01, batch_size=3, **kw)
+  plain, bounded = run(), run(step_bound=1e-3)
+  assert not np.allclose(plain, bounded)
+  monkeypatch.setattr(algorithms, "fixed_rate",
+                      lambda loss_fn, lr: algorithms.bounded_rate(loss_fn, lr, 1e-3))
+  np.testing.assert_allclose(run(), bounded, rtol=1e-6)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dfl2l_jax import algorithms
 from dfl2l_jax import bilevel
 from dfl2l_jax import dro
 from dfl2l_jax import hypernetwork
@@ -37,7 +38,7 @@ def test_one_step_matches_a_hand_written_first_order_update():
                              dro_lr=0.05, embed_lr=0.04)
   i, j = 2, 1
   th_i, th_j = _take(zoo_s, i), _take(zoo_q, j)
-  new, _ = bilevel.bilevel_step(state, _take(zoo_s, jnp.array([i])), jnp.array([i]),
+  new, _ = algorithms.step(state, _take(zoo_s, jnp.array([i])), jnp.array([i]),
                                 _take(zoo_q, jnp.array([j])), jnp.array([j]), hp, opt)
   # Line 4 by hand.
   g_phi, g_e = jax.grad(_ll, argnums=(0, 1))(state.phi, state.emb_s[i], th_i, hp.sigma)
@@ -65,8 +66,8 @@ def test_keep_inner_update_applies_the_outer_step_to_phi_star():
   args = (_take(zoo_s, jnp.array([0])), jnp.array([0]), _take(zoo_q, jnp.array([0])),
           jnp.array([0]))
   hp = bilevel.FusionHParams(inner_lr=0.1, embed_lr=0.0)
-  fo, _ = bilevel.bilevel_step(state, *args, hp, opt)
-  kept, _ = bilevel.bilevel_step(state, *args, bilevel.FusionHParams(
+  fo, _ = algorithms.step(state, *args, hp, opt)
+  kept, _ = algorithms.step(state, *args, bilevel.FusionHParams(
       inner_lr=0.1, embed_lr=0.0, keep_inner_update=True), opt)
   phi_star, _, _ = bilevel.inner_ascent(state.phi, state.emb_s[:1], args[0], hp)
   delta = jax.tree.map(lambda a, b: a - b, phi_star, state.phi)
@@ -78,8 +79,8 @@ def test_without_dro_the_outer_gradient_is_taken_at_the_clean_embedding():
   state, zoo_s, zoo_q, opt = _setup()
   args = (_take(zoo_s, jnp.array([1])), jnp.array([1]), _take(zoo_q, jnp.array([2])),
           jnp.array([2]))
-  no_dro, m = bilevel.bilevel_step(state, *args, bilevel.FusionHParams(use_dro=False), opt)
-  huge_gamma, _ = bilevel.bilevel_step(
+  no_dro, m = algorithms.step(state, *args, bilevel.FusionHParams(use_dro=False), opt)
+  huge_gamma, _ = algorithms.step(
       state, *args, bilevel.FusionHParams(gamma=1e7, dro_lr=1e-9), opt)
   assert float(m["dro_shift"]) == 0.0
   for a, b in zip(jax.tree.leaves(no_dro.phi), jax.tree.leaves(huge_gamma.phi)):
@@ -90,8 +91,8 @@ def test_meta_batch_equals_mean_of_per_model_gradients():
   state, zoo_s, zoo_q, opt = _setup()
   hp = bilevel.FusionHParams(inner_steps=1, inner_lr=0.0, embed_lr=0.0, use_dro=False)
   s = jnp.array([0, 1]); q = jnp.array([0, 2])
-  both, _ = bilevel.bilevel_step(state, _take(zoo_s, s), s, _take(zoo_q, q), q, hp, opt)
-  singles = [bilevel.bilevel_step(state, _take(zoo_s, s[k:k + 1]), s[k:k + 1],
+  both, _ = algorithms.step(state, _take(zoo_s, s), s, _take(zoo_q, q), q, hp, opt)
+  singles = [algorithms.step(state, _take(zoo_s, s[k:k + 1]), s[k:k + 1],
                                   _take(zoo_q, q[k:k + 1]), q[k:k + 1], hp, opt)[0]
              for k in range(2)]
   for a, b, c in zip(*(jax.tree.leaves(x.phi) for x in [both] + singles)):
@@ -113,7 +114,7 @@ def test_step_compiles_once():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(st, i, j):
-    return bilevel.bilevel_step(st, _take(zoo_s, i), i, _take(zoo_q, j), j, hp, opt)
+    return algorithms.step(st, _take(zoo_s, i), i, _take(zoo_q, j), j, hp, opt)
 
   for k in range(3):
     state, _ = step(state, jnp.array([k]), jnp.array([k % 3]))
