@@ -20,10 +20,12 @@ results rows and initialisations it produced, at its end: a refused, failed or k
 run leaves the earlier results as they were.
 """
 
+import dataclasses
 import os
 import tempfile
 import time
 import zlib
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -97,12 +99,13 @@ def pretrain(config, workdir, hooks=None):
   with workdir_lock.hold(workdir):
     writer = metrics.workdir_writer(workdir)
     try:
+      mesh = RunContext.start(config, benchmark, workdir, launcher="pretrain").models_mesh
       if mixed.spec_of(config):
         from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
         return mixed.train_mixed_zoo(
             config, lambda c, net, first: fewshot.make_benchmark(
-                c, network=net, first_model=first), workdir, writer, hooks)
-      zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks)
+                c, network=net, first_model=first), workdir, writer, hooks, mesh=mesh)
+      zoo = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks, mesh=mesh)
     finally:
       writer.close()
   quality = zoo_lib.zoo_quality(zoo, benchmark)
@@ -111,19 +114,61 @@ def pretrain(config, workdir, hooks=None):
   return zoo, quality
 
 
-def make_meshes(config):
-  """The run's two 1-D meshes, built once and handed down: {"models": zoo training and
-  fusion, "tasks": the meta-test} (sharding.make_mesh, config.mesh)."""
-  return {axis: sharding.make_mesh(config, axis) for axis in (sharding.MODELS, sharding.TASKS)}
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What a run hands down, built once (`RunContext.start`) after `prepare`.
+
+  Attributes:
+    config: the validated run config; nothing below the pipeline validates it again.
+    benchmark: the benchmark (prepare).
+    meshes: {"models": zoo training and fusion, "tasks": the meta-test}, the run's two
+      1-D meshes (sharding.make_mesh, config.mesh); nothing below builds another.
+    workdir: run directory (None: nothing saved).
+    launcher: "offline", "online", "evaluate" or "pretrain", recorded with the rows.
+    writer: metrics writer of the workdir; hooks: `hooks(phase, step)` after each chunk.
+    command: the command line, commit: the code's commit as the run started, t0: its start
+      (time.perf_counter), all three recorded with the rows.
+  """
+  config: Any
+  benchmark: Any
+  meshes: Mapping[str, Any]
+  workdir: Optional[str] = None
+  launcher: str = "offline"
+  writer: Any = None
+  hooks: Optional[Callable] = None
+  command: Optional[str] = None
+  commit: Any = None
+  t0: float = 0.0
+
+  @classmethod
+  def start(cls, config, benchmark, workdir=None, **fields):
+    """The context of a run starting now: its meshes built from config.mesh."""
+    meshes = {axis: sharding.make_mesh(config, axis) for axis in (sharding.MODELS,
+                                                                    sharding.TASKS)}
+    fields.setdefault("t0", time.perf_counter())
+    return cls(config=config, benchmark=benchmark, meshes=meshes, workdir=workdir, **fields)
+
+  @property
+  def models_mesh(self):
+    return self.meshes[sharding.MODELS]
+
+  @property
+  def tasks_mesh(self):
+    return self.meshes[sharding.TASKS]
+
+  def key(self, name):
+    """The PRNG key of the method (or phase) `name`: from config.seed and the name."""
+    return method_key(self.config, name)
 
 
-def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
+def obtain_zoo(run: RunContext):
   """(zoo, quality, running_stats): the zoo's parameters (leading model axis) read from
   config.zoo.source, or trained (resumed, restored) into workdir/zoo and then written
   as a zoo folder (workdir/zoo_models); with config.zoo.contamination applied
   (zoo/contamination.py; quality["contamination"] says which models); its quality; and
   its BatchNorm statistics where its models normalise with stored ones (an imported zoo
   with batch_norm "running"), else None. Refuses a workdir that ran on another zoo."""
+  config, benchmark, workdir = run.config, run.benchmark, run.workdir
   imported = benchmark.imported_zoo
   zoo_source.check_workdir(workdir, imported, config)
   if imported is not None:
@@ -135,7 +180,9 @@ def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
     running = (jax.tree.map(jax.numpy.asarray, group.bn_stats)
                if imported.manifest["batch_norm"] == "running" else None)
   else:
-    zoo, running = zoo_lib.train_zoo(config, benchmark, workdir, writer, hooks, mesh=mesh), None
+    zoo = zoo_lib.train_zoo(config, benchmark, workdir, run.writer, run.hooks,
+                            mesh=run.models_mesh)
+    running = None
     quality = zoo_lib.zoo_quality(zoo, benchmark)
     if jax.process_index() == 0:
       zoo_lib.write_zoo_folder(os.path.join(workdir, zoo_source.TRAINED_ZOO), config,
@@ -154,7 +201,7 @@ def obtain_zoo(config, benchmark, workdir, writer=None, hooks=None, mesh=None):
   return zoo, quality, running
 
 
-def zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen):
+def zoo_bn_stats(run: RunContext, zoo, running, chosen):
   """The zoo's BatchNorm population statistics for the methods that need them: the
   imported zoo's own, or computed once from the zoo tasks' data (zoo.bn_stats; saved in
   the workdir for a clean zoo, recomputed for a contaminated one)."""
@@ -162,8 +209,8 @@ def zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen):
     return None
   if running is not None:
     return running
-  return zoo_lib.bn_stats(config, benchmark, zoo,
-                          None if contamination.spec_of(config) else workdir)
+  return zoo_lib.bn_stats(run.config, run.benchmark, zoo,
+                          None if contamination.spec_of(run.config) else run.workdir)
 
 
 def method_key(config, name):
@@ -177,13 +224,13 @@ def episode_sizes(benchmark, episodes):
   return int(np.shape(support["x"])[0]), int(np.shape(query["x"])[0])
 
 
-def meta_test_rows(config, benchmark, name, theta_init, episodes, mesh=None):
-  """Meta-tests one method's product at every shot count: an initialisation by
-  Algorithm 3, a `methods.Learner` by its own score; one row per shot count. `mesh`:
-  the tasks mesh (default: config.mesh's)."""
+def meta_test_rows(run: RunContext, name, theta_init, episodes):
+  """Meta-tests one method's product at every shot count, on the run's tasks mesh: an
+  initialisation by Algorithm 3, a `methods.Learner` by its own score; one row per shot
+  count."""
+  config, benchmark, mesh = run.config, run.benchmark, run.tasks_mesh
   rows = []
   mt = config.metatest
-  mesh = mesh if mesh is not None else sharding.make_mesh(config, sharding.TASKS)
   for shots, eps in episodes.items():
     n_support, n_query = episode_sizes(benchmark, eps)
     if isinstance(theta_init, methods_lib.Learner):
@@ -222,24 +269,25 @@ def with_notes(rows, notes):
   return [dict(r, notes=dict(notes)) if notes else r for r in rows]
 
 
-def _finish(config, workdir, benchmark, launcher, rows, quality, t0, s_idx, q_idx, command,
-            previous, meshes, commit, inits=None, diverged=()):
-  """Saves the run's initialisations, merges its rows into the workdir's results and
-  writes them; then fails if a method diverged in training (`diverged`) or any row's
-  meta-test was non-finite."""
+def _finish(run: RunContext, rows, quality, split, previous, inits=None, diverged=()):
+  """Saves the run's initialisations, merges its rows into the workdir's `previous`
+  results and writes them; then fails if a method diverged in training (`diverged`) or
+  any row's meta-test was non-finite. `split`: (S indices, Q indices)."""
+  config, workdir, benchmark, launcher = run.config, run.workdir, run.benchmark, run.launcher
+  s_idx, q_idx = split
   for name, theta_init in (inits or {}).items():
     checkpointing.save_tree(os.path.join(workdir, "inits", name), theta_init,
                             spec={"settings": results_lib.settings_of(config, name)})
-  wall = time.perf_counter() - t0
+  wall = time.perf_counter() - run.t0
   for r in rows:
     r["run"], r["launcher"] = 0, launcher
     r.setdefault("settings", results_lib.settings_of(config, r["method"]))
     method = methods_lib.METHODS.get(r["method"])
     if method is not None and methods_lib.base.uses_task_data(method, config):
       r["uses_task_data"] = True
-  record = results_lib.run_record(launcher, command, config, wall,
-                                  sorted({r["method"] for r in rows}), git=commit)
-  record["mesh"] = {axis: sharding.num_shards(mesh) for axis, mesh in meshes.items()}
+  record = results_lib.run_record(launcher, run.command, config, wall,
+                                  sorted({r["method"] for r in rows}), git=run.commit)
+  record["mesh"] = {axis: sharding.num_shards(mesh) for axis, mesh in run.meshes.items()}
   new = {"benchmark": benchmark.name, "metric": benchmark.metric, "seed": config.seed,
          "setting": launcher, "config": config.to_dict(), "rows": rows,
          "zoo_quality": quality, "split": {"n_s": len(s_idx), "n_q": len(q_idx)},
@@ -293,32 +341,25 @@ def run(config, workdir, setting="offline", hooks=None, command=None):
   chosen = methods_lib.resolve(config.methods, setting)
   benchmark = prepare(config, workdir, chosen)  # starts jax.distributed, validates.
   with workdir_lock.hold(workdir):
-    return _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0,
-                       commit)
+    writer = metrics.workdir_writer(workdir)
+    try:
+      return _run_methods(RunContext.start(config, benchmark, workdir, launcher=setting,
+                                           writer=writer, hooks=hooks, command=command,
+                                           commit=commit, t0=t0), chosen)
+    finally:
+      writer.close()
 
 
-def _run_locked(config, workdir, setting, hooks, command, chosen, benchmark, t0, commit):
-  writer = metrics.workdir_writer(workdir)
-  try:
-    return _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0,
-                            commit, writer)
-  finally:
-    writer.close()
-
-
-def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark, t0, commit,
-                     writer):
-  previous = results_lib.load(workdir)
-  meshes = make_meshes(config)
-  zoo, quality, running = obtain_zoo(config, benchmark, workdir, writer, hooks,
-                                     mesh=meshes[sharding.MODELS])
-  s_idx, q_idx = zoo_lib.split(config)
+def _run_methods(run: RunContext, chosen):
+  config, benchmark = run.config, run.benchmark
+  previous = results_lib.load(run.workdir)
+  zoo, quality, running = obtain_zoo(run)
+  split = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
-  bn_stats = zoo_bn_stats(config, benchmark, zoo, running, workdir, chosen)
+  bn_stats = zoo_bn_stats(run, zoo, running, chosen)
   rows, inits, diverged = [], {}, []
   for method in chosen:
-    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer, hooks,
-                         bn_stats, mesh=meshes[sharding.MODELS], running_stats=running)
+    ctx = method_context(run, method, zoo, split, bn_stats, running_stats=running)
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -340,24 +381,24 @@ def _run_with_writer(config, workdir, setting, hooks, command, chosen, benchmark
       except ZooError as e:
         raise ZooError(f"method {method.name} produced a non-finite initialisation: {e}")
       inits[method.name] = theta_init
-    rows += with_notes(meta_test_rows(config, benchmark, method.name, theta_init, episodes,
-                                      meshes[sharding.TASKS]), ctx.notes)
-  return _finish(config, workdir, benchmark, setting, rows, quality, t0, s_idx, q_idx,
-                 command, previous, meshes, commit, inits, diverged)
+    rows += with_notes(meta_test_rows(run, method.name, theta_init, episodes), ctx.notes)
+  return _finish(run, rows, quality, split, previous, inits, diverged)
 
 
-def method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir, writer=None,
-                   hooks=None, bn_stats=None, mesh=None, running_stats=None):
-  """What `method` may use; a data-free method gets the benchmark without the zoo tasks'
-  data (methods.base.DataFreeBenchmark), so reading it raises. `running_stats`: the
-  BatchNorm statistics the zoo's models normalise with, if they carry them."""
+def method_context(run: RunContext, method, zoo, split, bn_stats=None, running_stats=None):
+  """What `method` may use of the run, the zoo and its `split` (S indices, Q indices); a
+  data-free method gets the benchmark without the zoo tasks' data
+  (methods.base.DataFreeBenchmark), so reading it raises. `running_stats`: the BatchNorm
+  statistics the zoo's models normalise with, if they carry them."""
+  config, benchmark = run.config, run.benchmark
   note = zoo_source.group_note(benchmark.imported_zoo, config)
   if not methods_lib.base.uses_task_data(method, config):
     benchmark = methods_lib.base.DataFreeBenchmark(benchmark, method.name)
+  s_idx, q_idx = split
   return methods_lib.MethodContext(
       config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
-      key=method_key(config, method.name), workdir=workdir, writer=writer, hooks=hooks,
-      zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=mesh,
+      key=run.key(method.name), workdir=run.workdir, writer=run.writer, hooks=run.hooks,
+      zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=run.models_mesh,
       zoo_running_stats=running_stats,
       # A zoo of several architectures: each row names the models it used (a method that
       # reads every group, zoo_features, says so instead).
@@ -380,10 +421,12 @@ def evaluate(config, workdir, command=None):
                           "what launch.offline or launch.online saved there; run one first")
   make_workdir(workdir)  # a clear error if it cannot be written
   with workdir_lock.hold(workdir):
-    return _evaluate_locked(config, workdir, command, benchmark, t0, commit)
+    return _evaluate_locked(RunContext.start(config, benchmark, workdir, launcher="evaluate",
+                                             command=command, commit=commit, t0=t0))
 
 
-def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
+def _evaluate_locked(run: RunContext):
+  config, workdir, benchmark = run.config, run.workdir, run.benchmark
   previous = results_lib.load(workdir)
   inits_dir = os.path.join(workdir, "inits")
   zoo_dir = os.path.join(workdir, "zoo")
@@ -416,10 +459,8 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
     names = wanted
   if not names and not learners:
     raise CheckpointError(f"{inits_dir} holds no saved initialisations")
-  meshes = make_meshes(config)
-  zoo, quality, running = obtain_zoo(config, benchmark, workdir,  # restores a trained zoo
-                                     mesh=meshes[sharding.MODELS])
-  s_idx, q_idx = zoo_lib.split(config)
+  zoo, quality, running = obtain_zoo(run)  # restores a trained zoo
+  split = zoo_lib.split(config)
   template = benchmark.init_params(jax.random.key(0))
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
   inits, notes, settings = {}, {}, {}
@@ -436,10 +477,8 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
                             f"finite ({e}); rerun launch.offline to recompute it") from e
     inits[name] = jax.device_put(theta_init)
   for method in learners:
-    ctx = method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir,
-                         bn_stats=zoo_bn_stats(config, benchmark, zoo, running, workdir,
-                                               [method]),
-                         mesh=meshes[sharding.MODELS], running_stats=running)
+    ctx = method_context(run, method, zoo, split, zoo_bn_stats(run, zoo, running, [method]),
+                         running_stats=running)
     try:
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:
@@ -450,10 +489,9 @@ def _evaluate_locked(config, workdir, command, benchmark, t0, commit):
   rows = []
   for name, theta_init in inits.items():
     rows += [dict(r, settings=settings[name]) if name in settings else r
-             for r in with_notes(meta_test_rows(config, benchmark, name, theta_init, episodes,
-                                                meshes[sharding.TASKS]), notes.get(name))]
-  return _finish(config, workdir, benchmark, "evaluate", rows, quality, t0, s_idx, q_idx,
-                 command, previous, meshes, commit)
+             for r in with_notes(meta_test_rows(run, name, theta_init, episodes),
+                                 notes.get(name))]
+  return _finish(run, rows, quality, split, previous)
 
 
 def saved_settings(config, inits_dir, name, previous):

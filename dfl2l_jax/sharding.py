@@ -219,7 +219,10 @@ def put_sharded(tree, mesh):
 
 
 def put_replicated(tree, mesh):
-  """Places each leaf whole on every device of the mesh (P())."""
+  """Places each leaf whole on every device of the mesh (P()); without a mesh, on the
+  default device."""
+  if mesh is None:
+    return jax.device_put(tree)
   sharding = replicated(mesh)
   return jax.tree.map(lambda x: _put(x, sharding), tree)
 

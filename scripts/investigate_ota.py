@@ -57,7 +57,8 @@ def norms(params):
 def run_seed(workdir):
   config = load_run_config(workdir)
   bench = pipeline.prepare(config)
-  zoo = zoo_lib.train_zoo(config, bench, workdir)  # restores the finished zoo.
+  run = pipeline.RunContext.start(config, bench, workdir)
+  zoo = zoo_lib.train_zoo(config, bench, workdir, mesh=run.models_mesh)  # restores it
   init = jax.device_get(zoo_lib.initial_params(config, bench))
   episodes = {s: bench.make_episodes(s) for s in config.shots}
   spec = perm_lib.spec_from_params(bench.init_params(jax.random.key(0)))
@@ -79,8 +80,7 @@ def run_seed(workdir):
         perm_lib.apply_permutation_batched(spec, only, models))
   scores = {}
   for name, theta in inits.items():
-    rows = pipeline.meta_test_rows(config, bench, name, jax.tree.map(jnp.asarray, theta),
-                                   episodes)
+    rows = pipeline.meta_test_rows(run, name, jax.tree.map(jnp.asarray, theta), episodes)
     scores[name] = {int(r["shots"]): r["mean"] for r in rows}
   return {
       "workdir": workdir, "seed": int(config.seed), "reference": int(ref_idx),

@@ -73,19 +73,20 @@ def run_seed(workdir, gammas, ks, dro_lr, done, save):
   with checkpointing.Checkpointer(os.path.join(workdir, "zoo")) as ckpt:
     if ckpt.latest_step() != config.zoo.steps:
       raise Dfl2lError(f"the zoo in {workdir} is unfinished")
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo.
+  run = pipeline.RunContext.start(config, benchmark, workdir)
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir, mesh=run.models_mesh)  # restores it
   s_idx, q_idx = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
 
   def context():
     return methods_lib.MethodContext(
         config=config, benchmark=benchmark, zoo=zoo, s_idx=s_idx, q_idx=q_idx,
-        key=pipeline.method_key(config, "dfl2l"))
+        key=run.key("dfl2l"), mesh=run.models_mesh)
 
   va_key = f"seed={config.seed} va"
   if va_key not in done:
     theta = methods_lib.METHODS["va"].make_init(context())
-    done[va_key] = pipeline.meta_test_rows(config, benchmark, "va", theta, episodes)
+    done[va_key] = pipeline.meta_test_rows(run, "va", theta, episodes)
     save()
   for gamma in gammas:
     for k in ks:
@@ -100,7 +101,7 @@ def run_seed(workdir, gammas, ks, dro_lr, done, save):
           fc.dro_lr = dro_lr
       try:
         theta = bilevel.meta_init(dfl2l.offline_fusion(context(), fc))
-        done[key] = pipeline.meta_test_rows(config, benchmark, "dfl2l", theta, episodes)
+        done[key] = pipeline.meta_test_rows(run, "dfl2l", theta, episodes)
       except loops.DivergenceError as e:
         metrics.log.warning("%s diverged: %s", key, e)
         done[key] = "diverged"

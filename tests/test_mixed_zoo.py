@@ -139,9 +139,9 @@ def test_zoo_features_reads_every_group_as_a_loop_over_the_models_would(data, tm
   assert config.zoo.num_models == 4 and config.model.filters == 8  # the Conv4 group
   loaded = benchmark.imported_zoo
   main = source.main_group(loaded)
-  ctx = pipeline.method_context(config, benchmark, zf.ZOO_FEATURES,
-                                jax.tree.map(jnp.asarray, main.params), np.arange(3),
-                                np.arange(3, 4), None, running_stats=main.bn_stats)
+  ctx = pipeline.method_context(pipeline.RunContext.start(config, benchmark), zf.ZOO_FEATURES,
+                                jax.tree.map(jnp.asarray, main.params),
+                                (np.arange(3), np.arange(3, 4)), running_stats=main.bn_stats)
   learner = zf.zoo_features(ctx)
   assert ctx.notes["zoo_models"] == "all 7: conv4-8 x4, resnet10-4-8-16-32 x3"
   assert learner.cost(4, 6)["networks"] == 7

@@ -459,13 +459,14 @@ def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tm
                                 zoo_distill__steps=10, zoo_distill__chunk_steps=10,
                                 zoo_features__val_repeats=1, zoo_features__ridge_grid=(1e-3,))
   benchmark = tasks.get_benchmark(config)
-  zoo = zoo_lib.train_zoo(config, benchmark, workdir)  # restores the finished zoo
-  s_idx, q_idx = zoo_lib.split(config)
+  run = pipeline.RunContext.start(config, benchmark, workdir)
+  zoo = zoo_lib.train_zoo(config, benchmark, workdir, mesh=run.models_mesh)  # restores it
+  split = zoo_lib.split(config)
   free = [m for m in methods.METHODS.values() if not methods.base.uses_task_data(m, config)]
   assert {"dfl2l", "va", "ota", "ties", "zoo_features"} <= {m.name for m in free}
   not_here = set()  # image-only methods; inversion_maml's contract: tests/test_inversion.py
   for method in free:
-    ctx = pipeline.method_context(config, benchmark, method, zoo, s_idx, q_idx, workdir)
+    ctx = pipeline.method_context(run, method, zoo, split)
     assert isinstance(ctx.benchmark, methods.base.DataFreeBenchmark)
     try:
       product = method.make_init(ctx)
@@ -475,8 +476,8 @@ def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tm
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(
         product.state if isinstance(product, methods.Learner) else product)), method.name
   assert not_here == {"inversion_maml"}  # zoo_distill inverts only for images
-  ctx = pipeline.method_context(config, benchmark, methods.METHODS["maml"], zoo, s_idx, q_idx,
-                                None)
+  ctx = pipeline.method_context(dataclasses.replace(run, workdir=None), methods.METHODS["maml"],
+                                zoo, split)
   assert ctx.benchmark is benchmark  # declared to read the data: gets it
   guarded = methods.base.DataFreeBenchmark(benchmark, "maml")
   with pytest.raises(methods.base.DataFreeViolation, match="maml is declared data-free"):

@@ -88,7 +88,7 @@ def test_train_zoo_pads_six_models_on_four_devices_and_returns_exactly_six(monke
     return wrapped
 
   monkeypatch.setattr(ensemble, "make_ensemble_chunk", spy)
-  sharded = zoo_lib.train_zoo(config, bench)
+  sharded = zoo_lib.train_zoo(config, bench, mesh=sharding.make_mesh(config, sharding.MODELS))
   monkeypatch.undo()
   one = zoo_lib.train_zoo(config, bench, mesh=sharding.make_mesh(num_devices=1))
   assert seen and all(x.shape[0] == 8 and len(x.sharding.device_set) == D for x in seen)

@@ -24,7 +24,6 @@ import numpy as np
 
 from dfl2l_jax import checkpointing
 from dfl2l_jax import loops
-from dfl2l_jax import sharding
 from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.tasks import base as tasks_base
 
@@ -52,8 +51,8 @@ class MethodContext:
       same pytree as zoo_bn_stats; None for zoos whose models normalise with the
       statistics of the batch they are given (our trainer's). Methods that use the zoo's
       models as functions (features, logits) must use them where given.
-    mesh: the run's "models" mesh (built once by the pipeline); None: the mesh of
-      config.mesh, built on request (`models_mesh`).
+    mesh: the run's "models" mesh (built once by the pipeline), which splits the model
+      axis (zoo rows, fusion working sets); None: one device, nothing split.
     notes: what the method decided while running that a reader of its rows needs
       (JSON-able values, e.g. {"rate_scale": 0.5}); the pipeline records them with
       the method's rows as `notes`.
@@ -79,13 +78,6 @@ class MethodContext:
   @property
   def zoo_q(self):
     return jax.tree.map(lambda x: x[self.q_idx], self.zoo)
-
-  @property
-  def models_mesh(self):
-    """The mesh that splits the model axis (zoo rows, fusion working sets)."""
-    if self.mesh is not None:
-      return self.mesh
-    return sharding.make_mesh(self.config, sharding.MODELS)
 
   @property
   def template(self):

@@ -82,7 +82,7 @@ def _run(ctx, fc, name, setting, build):
   attempt's rates. Every chunk receives its state placed as chunks return it
   (fusion.place_state; a restored checkpoint too), so the chunk compiles once.
   """
-  mesh = ctx.models_mesh
+  mesh = ctx.mesh
 
   def attempt(scale, attempt_name):
     fck = scaled_rates(fc, scale)
@@ -108,7 +108,7 @@ def _whole_zoo_fusion(ctx, fc, name, setting, make_chunk):
   """A loop of `fc.epochs` x N steps drawing from the whole zoo (offline and MLE)."""
   zoo_s, zoo_q = ctx.zoo_s, ctx.zoo_q
   key = jax.random.fold_in(ctx.key, 1)
-  mesh = ctx.models_mesh
+  mesh = ctx.mesh
 
   def build(fck):
     optimizer = optimizers.make(fck.optimizer, fck.outer_lr)
@@ -135,7 +135,7 @@ def online_fusion(ctx: base.MethodContext, fc: ml_collections.ConfigDict = None,
   materialised, so a stored zoo is streamed: memory does not grow with |S|.
   """
   fc = fc or ctx.config.fusion
-  mesh = ctx.models_mesh
+  mesh = ctx.mesh
   zoo_q = sharding.put_replicated(zoo_lib.take(ctx.zoo, np.asarray(ctx.q_idx)), mesh)
   key = jax.random.fold_in(ctx.key, 1)
   arrivals = np.asarray(ctx.s_idx)

@@ -94,10 +94,11 @@ def group_config(config, arch, count):
   return c
 
 
-def train_mixed_zoo(config, make_benchmark, workdir, writer=None, hooks=None):
+def train_mixed_zoo(config, make_benchmark, workdir, writer=None, hooks=None, *, mesh):
   """Trains every group of config.zoo.architectures (module doc) and writes the zoo
   folder workdir/zoo_models (kept if already written). `make_benchmark(config, network,
-  first_model)` builds the benchmark of one group. Returns (folder, quality of all)."""
+  first_model)` builds the benchmark of one group; `mesh`: the run's models mesh.
+  Returns (folder, quality of all)."""
   folder = os.path.join(workdir, "zoo_models")
   groups, first = [], 0
   for name, arch, count in parse(config):
@@ -106,7 +107,7 @@ def train_mixed_zoo(config, make_benchmark, workdir, writer=None, hooks=None):
     bench = make_benchmark(cfg, net, first)
     metrics.log.info("zoo group %s: models %d-%d", name, first, first + count - 1)
     params = trainer.train_zoo(cfg, bench, os.path.join(workdir, "groups", name), writer,
-                               hooks)
+                               hooks, mesh=mesh)
     quality = trainer.zoo_quality(params, bench)
     metrics.log.info("zoo group %s quality (%s on own task): mean %.4f min %.4f max %.4f",
                      name, quality["metric"], quality["mean"], quality["min"],

@@ -62,11 +62,11 @@ def member_keys(config):
                           config.zoo.num_models)
 
 
-def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=None):
+def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, *, mesh):
   """Trains (or resumes, or loads) the zoo; returns params with a leading model axis.
 
-  The N members are split across the devices of `mesh` (default: the mesh of
-  config.mesh, see sharding.py). When N is not a multiple of the device count
+  The N members are split across the devices of `mesh` (the run's models mesh,
+  sharding.make_mesh; built by the caller, once per run). When N is not a multiple of the device count
   the model axis is padded with copies of real members (each trains on a copy
   of a real member's task, with that member's key); the padding is cut off
   before checkpoints, losses and the returned zoo, so they hold exactly the N
@@ -78,7 +78,6 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, mesh=Non
   """
   zc = config.zoo
   n = zc.num_models
-  mesh = mesh if mesh is not None else sharding_lib.make_mesh(config, sharding_lib.MODELS)
   n_pad = sharding_lib.padded_size(n, sharding_lib.num_shards(mesh))
   optimizer = optimizers.make(zc.optimizer, zc.lr)
   ckpt = None
