@@ -171,15 +171,18 @@ def online_dfl2l(state, arrivals, zoo_q, key, *, hp, optimizer, meta_batch_size=
 POWER_INIT_STEPS = 20  # power-iteration steps for lambda_0 before the first bounded step
 
 
-def fixed_rate(loss_fn, lr):
-  """The paper's rate: alpha at every step. A rate rule for `adapt`: `(init, rate)` with
-  init(theta, support) -> carry and rate(theta, support, carry) -> (grad, alpha, carry)."""
-  grad_fn = jax.grad(loss_fn)
-  return (lambda theta, support: (),
-          lambda theta, support, carry: (grad_fn(theta, support), lr, carry))
+def fixed_rate(loss, lr):
+  """The paper's rate: alpha at every step.
+
+  A rate rule of `adapt`: `(init, rate)`, init(w) -> carry and rate(w, carry) ->
+  (gradient of `loss` at w, the step's rate, carry); w the parameters as `adapt` carries
+  them, loss(w) the support loss.
+  """
+  grad = jax.grad(loss)
+  return (lambda w: (), lambda w, carry: (grad(w), lr, carry))
 
 
-def bounded_rate(loss_fn, lr, step_bound):
+def bounded_rate(loss, lr, step_bound):
   """alpha_t = min(alpha, c / lambda_t), c = `step_bound` in (0, 2), lambda_t the top
   Hessian eigenvalue (in magnitude) of the support loss at theta_{t-1}.
 
@@ -188,25 +191,24 @@ def bounded_rate(loss_fn, lr, step_bound):
   rate wherever alpha lambda_t <= c, and never past the stability edge 2 / lambda_t, where
   plain gradient descent turns chaotic and the adapted network (so a reported mean)
   depends on float rounding. Why and how much: docs/method.md, "Meta-test (Algorithm 3)".
-  A rate rule for `adapt` (see fixed_rate); the carry is the power-iteration vector.
+  A rate rule of `adapt` (see fixed_rate) on the parameters as one flat vector w; its
+  carry is the power-iteration vector.
   """
+  grad = jax.grad(loss)
 
-  def power(theta, support, v):
-    """(gradient at theta, next power-iteration vector, |lambda| estimate)."""
-    w, unravel = ravel_pytree(theta)
-    grad = jax.grad(lambda w: loss_fn(unravel(w), support))
+  def power(w, v):
+    """(gradient at w, next power-iteration vector, |lambda| estimate): one jvp of grad."""
     g, hv = jax.jvp(grad, (w,), (v,))
     lam = jnp.linalg.norm(hv)
-    return unravel(g), hv / (lam + 1e-30), lam
+    return g, hv / (lam + 1e-30), lam
 
-  def init(theta, support):
-    w = ravel_pytree(theta)[0]
+  def init(w):
     v = jnp.full_like(w, 1.0 / math.sqrt(w.size))
-    return jax.lax.scan(lambda v, _: (power(theta, support, v)[1], None), v, None,
+    return jax.lax.scan(lambda v, _: (power(w, v)[1], None), v, None,
                         length=POWER_INIT_STEPS)[0]
 
-  def rate(theta, support, v):
-    g, v, lam = power(theta, support, v)
+  def rate(w, v):
+    g, v, lam = power(w, v)
     return g, jnp.minimum(lr, step_bound / (lam + 1e-30)), v
 
   return init, rate
@@ -219,18 +221,24 @@ def adapt(theta_init, support, loss_fn, steps, lr, step_bound=0.0):
     lines 6-8: theta_t = theta_{t-1} - alpha_t grad L(theta_{t-1}, D_i^tr),  t = 1..S
 
   `step_bound` = 0: alpha_t = alpha, the paper's fixed rate (`fixed_rate`); c in (0, 2):
-  alpha_t capped below the stability edge (`bounded_rate`, the sinusoid default).
+  alpha_t capped below the stability edge (`bounded_rate`, the sinusoid default), which
+  works on the parameters as one flat vector.
   """
-  init, rate = bounded_rate(loss_fn, lr, step_bound) if step_bound else fixed_rate(loss_fn, lr)
+  if step_bound:
+    w, unravel = ravel_pytree(theta_init)
+    loss = lambda w: loss_fn(unravel(w), support)
+    init, rate = bounded_rate(loss, lr, step_bound)
+  else:
+    w, unravel = theta_init, lambda w: w
+    init, rate = fixed_rate(lambda w: loss_fn(w, support), lr)
 
   def sgd_step(carry, _):
-    theta, rate_carry = carry
-    g, alpha, rate_carry = rate(theta, support, rate_carry)
-    return (jax.tree.map(lambda p, gp: p - alpha * gp, theta, g), rate_carry), None
+    w, rate_carry = carry
+    g, alpha, rate_carry = rate(w, rate_carry)
+    return (jax.tree.map(lambda p, gp: p - alpha * gp, w, g), rate_carry), None
 
-  (theta, _), _ = jax.lax.scan(sgd_step, (theta_init, init(theta_init, support)), None,
-                               length=steps)
-  return theta
+  (w, _), _ = jax.lax.scan(sgd_step, (w, init(w)), None, length=steps)
+  return unravel(w)
 
 
 def meta_test_task(theta_init, support, query, *, loss_fn, metric_fn, steps, lr,

@@ -156,11 +156,11 @@ def test_a_changed_adaptation_step_changes_the_meta_test(monkeypatch):
   theta_init = bench.init_params(jax.random.key(1))
   eps = {k: v[:3] for k, v in bench.make_episodes(5).items()}
   # A fresh loss function per call: a new compilation, which reads algorithms.py anew.
-  run = lambda **kw: adaptation.meta_test(
+  run = lambda lr=0.01: adaptation.meta_test(
       theta_init, eps, loss_fn=lambda p, b: bench.loss_fn(p, b), metric_fn=bench.metric_fn,
-      steps=3, lr=0.01, batch_size=3, **kw)
-  plain, bounded = run(), run(step_bound=1e-3)
-  assert not np.allclose(plain, bounded)
-  monkeypatch.setattr(algorithms, "fixed_rate",
-                      lambda loss_fn, lr: algorithms.bounded_rate(loss_fn, lr, 1e-3))
-  np.testing.assert_allclose(run(), bounded, rtol=1e-6)
+      steps=3, lr=lr, batch_size=3)
+  plain, half = run(), run(lr=0.005)
+  assert not np.allclose(plain, half)
+  original = algorithms.fixed_rate
+  monkeypatch.setattr(algorithms, "fixed_rate", lambda loss, lr: original(loss, lr / 2))
+  np.testing.assert_allclose(run(), half, rtol=1e-6)
