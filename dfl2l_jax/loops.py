@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from dfl2l_jax import checkpointing
 from dfl2l_jax import metrics as metrics_lib
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import CheckpointError, Dfl2lError
@@ -169,6 +170,4 @@ def _record_divergence(marker, spec, error):
   if marker is None:
     return
   os.makedirs(os.path.dirname(marker), exist_ok=True)
-  with open(marker + ".tmp", "w") as f:
-    json.dump({"error": str(error), "spec": spec}, f, indent=1)
-  os.replace(marker + ".tmp", marker)
+  checkpointing.write_json_atomic(marker, {"error": str(error), "spec": spec})

@@ -66,9 +66,9 @@ def train_zoo(config, benchmark, workdir=None, writer=None, hooks=None, *, mesh)
   """Trains (or resumes, or loads) the zoo; returns params with a leading model axis.
 
   The N members are split across the devices of `mesh` (the run's models mesh,
-  sharding.make_mesh; built by the caller, once per run). When N is not a multiple of the device count
-  the model axis is padded with copies of real members (each trains on a copy
-  of a real member's task, with that member's key); the padding is cut off
+  sharding.make_mesh; built by the caller, once per run). When N is not a multiple of
+  the device count the model axis is padded with copies of real members (each trains
+  on a copy of a real member's task, with that member's key); the padding is cut off
   before checkpoints, losses and the returned zoo, so they hold exactly the N
   real models, equal to training without sharding. The returned zoo keeps the
   model sharding when N is a multiple of the device count and is replicated
