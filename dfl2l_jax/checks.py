@@ -65,6 +65,9 @@ POSITIVE_INTS = Rule(
 POSITIVE_REALS = Rule(
     lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(POSITIVE_REAL.ok, v)),
     "a non-empty tuple of positive finite numbers")
+NON_NEGATIVE_REALS = Rule(
+    lambda v: isinstance(v, (tuple, list)) and all(map(NON_NEGATIVE_REAL.ok, v)),
+    "a tuple of non-negative finite numbers (may be empty)")
 
 
 def one_of(choices: Tuple) -> Rule:

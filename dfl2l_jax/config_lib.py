@@ -128,7 +128,9 @@ _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvi
                          ("zoo_features", "screen"): "off",
                          ("zoo_features", "screen_shots"): 5,
                          ("zoo_features", "screen_tasks"): 50,
-                         ("zoo_features", "screen_references"): 8}
+                         ("zoo_features", "screen_references"): 8,
+                         ("zoo_features", "group_weight"): 1.0,
+                         ("zoo_features", "group_weight_grid"): ()}
 
 
 # Fields that moved: each field of the `merging` section of older runs, and where it is now

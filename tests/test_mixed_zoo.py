@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dfl2l_jax import adaptation
 from dfl2l_jax import models
 from dfl2l_jax import pipeline
-from dfl2l_jax.errors import ConfigError, ZooError
+from dfl2l_jax.errors import ConfigError, NotApplicable, ZooError
 from dfl2l_jax.methods import zoo_features as zf
 from dfl2l_jax.zoo import importer
 from dfl2l_jax.zoo import source
@@ -165,6 +166,75 @@ def test_zoo_features_reads_every_group_as_a_loop_over_the_models_would(data, tm
   pred = np.argmin(((f_q[:, None] - centroids[None]) ** 2).sum(-1), 1)
   want = 100.0 * np.mean(pred == np.asarray(query["y"]))
   assert float(got) == pytest.approx(want, abs=1e-4)
+
+
+def test_weighed_features_add_the_other_groups_squared_distances_times_the_weight():
+  rng = np.random.default_rng(0)
+  f0, f1 = jnp.asarray(rng.normal(size=(2, 3))), jnp.asarray(rng.normal(size=(2, 4)))
+  for w in (0.0, 0.3, 1.0, 7.0):
+    f = zf.weighed([f0, f1], w)
+    assert f.shape == (2, 7)
+    np.testing.assert_allclose(jnp.sum((f[0] - f[1]) ** 2), jnp.sum((f0[0] - f0[1]) ** 2)
+                               + w * jnp.sum((f1[0] - f1[1]) ** 2), rtol=1e-5)
+
+
+def _mixed_learner(data, zoo_dir, **settings):
+  """(learner, notes, benchmark): zoo_features on the mixed zoo at 2 shots, with
+  zoo_features.KEY=VALUE settings."""
+  config = helpers.override(_config(data, zoo_dir, methods="zoo_features"), shots=(2,),
+                            **{f"zoo_features__{k}": v for k, v in settings.items()})
+  benchmark = pipeline.prepare(config)
+  main = source.main_group(benchmark.imported_zoo)
+  ctx = pipeline.method_context(pipeline.RunContext.start(config, benchmark), zf.ZOO_FEATURES,
+                                jax.tree.map(jnp.asarray, main.params),
+                                (np.arange(3), np.arange(3, 4)), running_stats=main.bn_stats)
+  return zf.zoo_features(ctx), ctx.notes, benchmark
+
+
+def _centroid_by_hand(f_s, y_s, f_q, w):
+  """Nearest-centroid labels, the squared distance the first group's plus w times the
+  others' (numpy)."""
+  d = 0.0
+  for i, (a, b) in enumerate(zip(f_s, f_q)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cent = np.stack([a[y_s == c].mean(0) for c in range(WAYS)])
+    d = d + (1.0 if i == 0 else w) * ((b[:, None] - cent[None]) ** 2).sum(-1)
+  return np.argmin(d, 1)
+
+
+def test_group_weights_weigh_the_other_architectures_chosen_on_meta_validation(data, tmp_path):
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  # 0: the run's group alone, and its rows say so.
+  alone, notes, benchmark = _mixed_learner(data, zoo_dir, group_weight=0.0)
+  assert notes["zoo_models"] == "conv4-8: 4 of 7 models" and notes["group_weight"] == "2:0"
+  assert alone.cost(4, 6)["networks"] == 4 and "others" not in alone.state
+  episodes = benchmark.make_episodes(2)
+  support, query = benchmark.gather_episode(jax.tree.map(lambda x: x[0], episodes),
+                                            benchmark.data)
+  nets = tuple(store.network(g.architecture, head=False) for g in benchmark.imported_zoo.groups)
+  whole, _, _ = _mixed_learner(data, zoo_dir)
+  f_s, f_q = zf.group_features(nets, whole.state, support, query)
+  y_s, y_q = np.asarray(support["y"]), np.asarray(query["y"])
+  for w, learner in ((0.0, alone), (2.5, _mixed_learner(data, zoo_dir, group_weight=2.5)[0])):
+    want = 100.0 * np.mean(_centroid_by_hand(f_s, y_s, f_q, w) == y_q)
+    assert float(learner.score(learner.state, support, query)) == pytest.approx(want, abs=1e-4)
+  # A grid: the weight of the highest mean accuracy on meta-validation episodes (the one
+  # nearest 1 first on a tie), never the test tasks.
+  grid = (0.0, 1.0, 2.5)
+  chosen, notes, benchmark = _mixed_learner(data, zoo_dir, group_weight_grid=grid,
+                                            image_val_tasks=4)
+  val, val_data, gather = benchmark.validation_episodes(2, 4)
+  means = {w: adaptation.score_learner(_mixed_learner(data, zoo_dir, group_weight=w)[0], val,
+                                       batch_size=4, gather_fn=gather, data=val_data).mean()
+           for w in (1.0, 2.5, 0.0)}
+  best = max(means, key=means.get)  # the first of the highest, in the order 1, 2.5, 0
+  assert notes["group_weight"] == f"2:{best:g}"
+  assert float(chosen.score(chosen.state, support, query)) == pytest.approx(
+      100.0 * np.mean(_centroid_by_hand(f_s, y_s, f_q, best) == y_q), abs=1e-4)
+  # A zoo of one architecture has nothing to weigh.
+  conv4_only = mixed_zoo(str(tmp_path / "conv4"), archs=[CONV4] * 7)
+  with pytest.raises(NotApplicable, match="this zoo has one architecture"):
+    _mixed_learner(data, conv4_only, group_weight=0.5)
 
 
 def test_a_run_on_a_mixed_zoo_names_the_models_each_row_used(data, tmp_path):

@@ -91,6 +91,10 @@ def test_bad_settings_are_refused():
     zf.validate(helpers.smoke_config(zoo_features__logistic_c=0.0))
   with pytest.raises(ConfigError, match="logistic_steps"):
     zf.validate(helpers.smoke_config(zoo_features__logistic_steps=0))
+  with pytest.raises(ConfigError, match="group_weight must be a non-negative"):
+    zf.validate(helpers.smoke_config(zoo_features__group_weight=-1.0))
+  with pytest.raises(ConfigError, match="group_weight_grid must be a tuple of non-negative"):
+    zf.validate(helpers.smoke_config(zoo_features__group_weight_grid=(0.0, float("inf"))))
 
 
 def test_logistic_head_reaches_the_regularised_optimum():
@@ -158,6 +162,9 @@ def _minus_mean_brightness(state, support, query):
   return -jnp.mean(query["x"])
 
 
+HEADS = (("centroid", None), ("logistic", None))  # select's candidates, one architecture
+
+
 def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_only():
   from dfl2l_jax.errors import DataError, NotApplicable  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
@@ -195,7 +202,7 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   # as each head alone.
   nets = (bench.model.clone(head=False),)
   both = adaptation.score_learner(
-      base.Learner({"zoo": zoo}, zf._both_heads_scorer(nets, 3, 1.0, 300), None), eps,
+      base.Learner({"zoo": zoo}, zf._candidates_scorer(nets, 3, 1.0, 300, HEADS), None), eps,
       batch_size=10, gather_fn=bench.gather_episode, data=bench.data)
   for i, alone in enumerate((zf._centroid_scorer(nets, 3), zf._logistic_scorer(nets, 3, 1.0, 300))):
     np.testing.assert_allclose(both[:, i], adaptation.score_learner(
@@ -209,10 +216,10 @@ def test_image_head_select_chooses_per_shot_count_on_meta_validation_classes_onl
   assert episodes["support_idx"].max() < 3 * 20  # indices into the 3 validation classes
   two = dataclasses.replace(ctx, config=helpers.override(config, shots=(2, 4)))
   tie = lambda *a: jnp.stack([_mean_brightness(*a), _mean_brightness(*a)])
-  assert zf.select_head(two, tie, {})[0] == {2: "centroid", 4: "centroid"}
+  assert zf.select(two, tie, HEADS, {})[0] == {2: HEADS[0], 4: HEADS[0]}
   heads = lambda *a: jnp.stack([_minus_mean_brightness(*a), _mean_brightness(*a)])
-  chosen, table = zf.select_head(two, heads, {})
-  assert chosen == {2: "logistic", 4: "logistic"}
+  chosen, table = zf.select(two, heads, HEADS, {})
+  assert chosen == {2: HEADS[1], 4: HEADS[1]}
   for k in (2, 4):
     assert table[k]["logistic"] == -table[k]["centroid"] > 0
   score = zf._selected_scorer(((6, _mean_brightness), (12, _minus_mean_brightness)))

@@ -59,6 +59,15 @@ model's score and what was done with it are logged and recorded with the rows
 (`notes.screen`). A model with a non-finite score is dropped and named; fewer than 2
 models kept stops the method with the scores. A mixed zoo's other groups are not
 screened (all kept).
+
+Weighing the groups of a mixed zoo (`zoo_features.group_weight`, default 1): each model of
+the other architectures' groups weighs that many times a model of the run's group, its
+unit-length features scaled by the weight's square root, so that a squared distance is
+the run's group's plus `group_weight` times the others'; 0 uses the run's group alone (and
+its rows name only its models). `zoo_features.group_weight_grid` (empty by default)
+chooses the weight per shot count instead, on the same meta-validation episodes as
+"select" (jointly with the head when image_head=select), the weight nearest 1 on a tie;
+the choice is recorded with the rows (`notes.group_weight`). Never the test tasks.
 """
 
 import functools
@@ -159,18 +168,33 @@ def image_features(net, zoo, x, reference, running_stats=None):
   return jnp.transpose(feats, (1, 0, 2)).reshape(x.shape[0], -1)
 
 
-def support_query_features(nets, state, support, query):
-  """image_features of a task's support and query images, every group of the zoo
-  concatenated: nets[0] computes the run's group (state["zoo"], state["running_stats"]),
-  nets[1:] the other architectures' groups of a mixed zoo (state["others"]); one
-  `lax.map` over each group's stacked models."""
+def group_features(nets, state, support, query):
+  """([f_s per group], [f_q per group]): image_features of a task's support and query
+  images, group by group: nets[0] computes the run's group (state["zoo"],
+  state["running_stats"]), nets[1:] the other architectures' groups of a mixed zoo
+  (state["others"]); one `lax.map` over each group's stacked models."""
   groups = [(state["zoo"], state.get("running_stats"))] + [
       (g["zoo"], g.get("running_stats")) for g in state.get("others", ())]
   f_s = [image_features(net, zoo, support["x"], support["x"], stats)
          for net, (zoo, stats) in zip(nets, groups, strict=True)]
   f_q = [image_features(net, zoo, query["x"], support["x"], stats)
          for net, (zoo, stats) in zip(nets, groups, strict=True)]
-  return jnp.concatenate(f_s, -1), jnp.concatenate(f_q, -1)
+  return f_s, f_q
+
+
+def weighed(feats, weight):
+  """The groups' features side by side, each model of the other groups weighing `weight`
+  times a model of the run's group in squared distances (its unit-length features scaled
+  by sqrt(weight)); None for a zoo of one architecture."""
+  scale = 1.0 if weight is None else float(weight) ** 0.5
+  return jnp.concatenate(feats[:1] + [scale * f for f in feats[1:]], -1)
+
+
+def support_query_features(nets, state, support, query, weight=None):
+  """The features of a task's support and query images, every group of the zoo
+  concatenated (group_features), the other groups weighed by `weight` (`weighed`)."""
+  f_s, f_q = group_features(nets, state, support, query)
+  return weighed(f_s, weight), weighed(f_q, weight)
 
 
 def centroid_accuracy(f_s, y_s, f_q, y_q, ways):
@@ -182,8 +206,8 @@ def centroid_accuracy(f_s, y_s, f_q, y_q, ways):
   return 100.0 * jnp.mean(jnp.argmin(dist, -1) == y_q)
 
 
-def _centroid_score(nets, ways, state, support, query):
-  f_s, f_q = support_query_features(nets, state, support, query)
+def _centroid_score(nets, ways, weight, state, support, query):
+  f_s, f_q = support_query_features(nets, state, support, query, weight)
   return centroid_accuracy(f_s, support["y"], f_q, query["y"], ways)
 
 
@@ -214,36 +238,43 @@ def logistic_accuracy(f_s, y_s, f_q, y_q, ways, c, steps):
   return 100.0 * jnp.mean(jnp.argmax(_unit_rows(f_q) @ w + b, -1) == y_q)
 
 
-def _logistic_score(nets, ways, c, steps, state, support, query):
-  f_s, f_q = support_query_features(nets, state, support, query)
+def _logistic_score(nets, ways, c, steps, weight, state, support, query):
+  f_s, f_q = support_query_features(nets, state, support, query, weight)
   return logistic_accuracy(f_s, support["y"], f_q, query["y"], ways, c, steps)
 
 
-HEADS = ("centroid", "logistic")  # the order of _both_heads_score's accuracies
+HEADS = ("centroid", "logistic")
 
 
-def _both_heads_score(nets, ways, c, steps, state, support, query):
-  """(centroid, logistic) accuracies of one task from one computation of its features
-  (what `select` compares on meta-validation episodes)."""
-  f_s, f_q = support_query_features(nets, state, support, query)
-  return jnp.stack([centroid_accuracy(f_s, support["y"], f_q, query["y"], ways),
-                    logistic_accuracy(f_s, support["y"], f_q, query["y"], ways, c, steps)])
-
-
-@functools.lru_cache(maxsize=8)
-def _centroid_scorer(nets, ways):
-  """`nets`: a tuple of networks (head=False), one per group of the zoo."""
-  return functools.partial(_centroid_score, nets, ways)
-
-
-@functools.lru_cache(maxsize=8)
-def _logistic_scorer(nets, ways, c, steps):
-  return functools.partial(_logistic_score, nets, ways, c, steps)
+def _candidates_score(nets, ways, c, steps, candidates, state, support, query):
+  """(len(candidates),) accuracies of one task, one per (head, group weight) candidate,
+  from one computation of its features (what `select` compares on meta-validation
+  episodes)."""
+  f_s, f_q = group_features(nets, state, support, query)
+  accs = []
+  for head, weight in candidates:
+    a, b = weighed(f_s, weight), weighed(f_q, weight)
+    accs.append(centroid_accuracy(a, support["y"], b, query["y"], ways) if head == "centroid"
+                else logistic_accuracy(a, support["y"], b, query["y"], ways, c, steps))
+  return jnp.stack(accs)
 
 
 @functools.lru_cache(maxsize=8)
-def _both_heads_scorer(nets, ways, c, steps):
-  return functools.partial(_both_heads_score, nets, ways, c, steps)
+def _centroid_scorer(nets, ways, weight=None):
+  """`nets`: a tuple of networks (head=False), one per group of the zoo; `weight`: the
+  other groups' models' weight (`weighed`)."""
+  return functools.partial(_centroid_score, nets, ways, weight)
+
+
+@functools.lru_cache(maxsize=8)
+def _logistic_scorer(nets, ways, c, steps, weight=None):
+  return functools.partial(_logistic_score, nets, ways, c, steps, weight)
+
+
+@functools.lru_cache(maxsize=8)
+def _candidates_scorer(nets, ways, c, steps, candidates):
+  """`candidates`: a tuple of (head, group weight)."""
+  return functools.partial(_candidates_score, nets, ways, c, steps, candidates)
 
 
 def zoo_groups(ctx, net):
@@ -287,28 +318,37 @@ def _selected_scorer(scores):
   return functools.partial(_selected_score, scores)
 
 
-def select_head(ctx, both, state):
-  """{shots: head name} of the higher mean accuracy on meta-validation episodes (the
-  centroid on a tie), and {shots: {head: mean accuracy}}; module doc, "select". `both`
-  scores a task by both heads from one computation of its features."""
+def label(candidate):
+  """How a (head, group weight) candidate is named in logs and notes."""
+  head, weight = candidate
+  return head if weight is None else f"{head}@{weight:g}"
+
+
+def select(ctx, score, candidates, state):
+  """{shots: candidate} of the highest mean accuracy on meta-validation episodes (the
+  earlier candidate on a tie), and {shots: {label: mean accuracy}}; module doc, "select"
+  and "group_weight_grid". `score` scores a task by every candidate (head, group weight)
+  from one computation of its features."""
   if ctx.benchmark.validation_episodes is None:
-    raise NotApplicable("zoo_features.image_head=select needs the benchmark's "
-                        "meta-validation classes, and this benchmark has none")
+    raise NotApplicable("zoo_features.image_head=select and zoo_features.group_weight_grid "
+                        "need the benchmark's meta-validation classes, and this benchmark "
+                        "has none")
   n_tasks = int(ctx.config.zoo_features.image_val_tasks)
   chosen, table = {}, {}
   for k in (int(s) for s in ctx.config.shots):
     episodes, data, gather = ctx.benchmark.validation_episodes(k, n_tasks)
     acc = adaptation.score_learner(
-        base.Learner(state=state, score=both, cost=None), episodes,
+        base.Learner(state=state, score=score, cost=None), episodes,
         batch_size=int(ctx.config.metatest.batch_size), gather_fn=gather, data=data)
-    for i, name in enumerate(HEADS):
+    for i, candidate in enumerate(candidates):
       if not np.all(np.isfinite(acc[:, i])):
-        raise FloatingPointError(f"zoo_features: the {name} head gave a non-finite "
+        raise FloatingPointError(f"zoo_features: {label(candidate)} gave a non-finite "
                                  f"meta-validation accuracy at {k} shots")
-    table[k] = {name: float(acc[:, i].mean()) for i, name in enumerate(HEADS)}
-    chosen[k] = max(HEADS, key=lambda h: (table[k][h], h == "centroid"))
-    metrics.log.info("zoo_features: %d shots, the %s head chosen on %d meta-validation "
-                     "tasks (mean accuracy: %s)", k, chosen[k], n_tasks,
+    means = acc.mean(0)
+    table[k] = {label(c): float(a) for c, a in zip(candidates, means)}
+    chosen[k] = candidates[int(np.argmax(means))]  # argmax keeps the first on a tie
+    metrics.log.info("zoo_features: %d shots, %s chosen on %d meta-validation tasks (mean "
+                     "accuracy: %s)", k, label(chosen[k]), n_tasks,
                      ", ".join(f"{h} {a:.2f}" for h, a in table[k].items()))
     if ctx.writer is not None:
       ctx.writer.write_scalars(0, {f"zoo_features/val_accuracy_{h}_{k}": a
@@ -383,6 +423,18 @@ def screen(ctx, net, state):
   return keep, record
 
 
+def candidates_of(zc, mixed):
+  """The (head, group weight) pairs `select` chooses from, the default first (the centroid,
+  or the configured head; then the group weights nearest equal weighing); a weight of None
+  for a zoo of one architecture. One pair: nothing to choose."""
+  heads = HEADS if zc.image_head == "select" else (zc.image_head,)
+  if not mixed:
+    return tuple((h, None) for h in heads)
+  weights = tuple(float(w) for w in zc.group_weight_grid) or (float(zc.group_weight),)
+  weights = sorted(weights, key=lambda w: abs(np.log(w)) if w > 0 else np.inf)
+  return tuple((h, w) for h in heads for w in weights)
+
+
 def zoo_features_images(ctx):
   net = ctx.benchmark.model
   if not isinstance(net, models.Conv4):
@@ -390,24 +442,41 @@ def zoo_features_images(ctx):
                         f"{type(net).__name__}")
   nets, state, n = zoo_groups(ctx, net)
   zc = ctx.config.zoo_features
+  mixed = len(nets) > 1
+  if not mixed and (tuple(zc.group_weight_grid) or float(zc.group_weight) != 1.0):
+    raise NotApplicable("zoo_features.group_weight and group_weight_grid weigh the other "
+                        "architectures of a mixed zoo, and this zoo has one architecture")
   if zc.screen == "untrained":
     keep, record = screen(ctx, nets[0], state)
     ctx.notes["screen"] = record
     n -= len(record["dropped"])
     state = dict(state, **{k: jax.tree.map(lambda x: x[keep], state[k])
                            for k in ("zoo", "running_stats") if k in state})
+  ways = int(ctx.benchmark.spec["ways"])
+  c, steps = float(zc.logistic_c), int(zc.logistic_steps)
+  candidates = candidates_of(zc, mixed)
+  if len(candidates) == 1:
+    chosen = {int(k): candidates[0] for k in ctx.config.shots}
+  else:
+    chosen, _ = select(ctx, _candidates_scorer(nets, ways, c, steps, candidates), candidates,
+                       state)
+    if zc.image_head == "select":
+      ctx.notes["image_head"] = ", ".join(f"{k}:{h}" for k, (h, _) in sorted(chosen.items()))
+  if mixed and (tuple(zc.group_weight_grid) or float(zc.group_weight) != 1.0):
+    ctx.notes["group_weight"] = ", ".join(f"{k}:{w:g}" for k, (_, w) in sorted(chosen.items()))
+  if mixed and all(w == 0 for _, w in chosen.values()):  # the run's group alone
+    nets, n = nets[:1], n - sum(len(jax.tree.leaves(g["zoo"])[0]) for g in state["others"])
+    state = {k: v for k, v in state.items() if k != "others"}
+    ctx.notes["zoo_models"] = zoo_source.group_note(ctx.benchmark.imported_zoo, ctx.config)
   cost = lambda n_support, n_query: {"networks": n,
                                      "forward": n * (2 * n_support + n_query), "backward": 0}
-  ways = int(ctx.benchmark.spec["ways"])
-  heads = {"centroid": _centroid_scorer(nets, ways),
-           "logistic": _logistic_scorer(nets, ways, float(zc.logistic_c),
-                                        int(zc.logistic_steps))}
-  if zc.image_head != "select":
-    return base.Learner(state=state, score=heads[zc.image_head], cost=cost)
-  chosen, _ = select_head(ctx, _both_heads_scorer(nets, ways, float(zc.logistic_c),
-                                                  int(zc.logistic_steps)), state)
-  ctx.notes["image_head"] = ", ".join(f"{k}:{h}" for k, h in sorted(chosen.items()))
-  score = _selected_scorer(tuple((ways * k, heads[h]) for k, h in sorted(chosen.items())))
+
+  def scorer(head, weight):
+    return (_centroid_scorer(nets, ways, weight) if head == "centroid" else
+            _logistic_scorer(nets, ways, c, steps, weight))
+  if len(set(chosen.values())) == 1:
+    return base.Learner(state=state, score=scorer(*next(iter(chosen.values()))), cost=cost)
+  score = _selected_scorer(tuple((ways * k, scorer(*cw)) for k, cw in sorted(chosen.items())))
   return base.Learner(state=state, score=score, cost=cost)
 
 
@@ -461,6 +530,12 @@ def defaults():
   z.screen_shots = 5
   z.screen_tasks = 50
   z.screen_references = 8
+  # A zoo of several architectures: each model of the other groups weighs `group_weight`
+  # times a model of the run's group (1: every model the same; 0: the run's group alone),
+  # or the weight is chosen per shot count from `group_weight_grid` on meta-validation
+  # episodes (empty: fixed), e.g. (0, 0.25, 0.5, 1, 2, 4).
+  z.group_weight = 1.0
+  z.group_weight_grid = ()
   return z
 
 
@@ -474,7 +549,9 @@ FIELDS = {"zoo_features.ridge_grid": checks.POSITIVE_REALS,
           "zoo_features.screen": checks.one_of(("off", "untrained")),
           "zoo_features.screen_shots": checks.POSITIVE_INT,
           "zoo_features.screen_tasks": checks.POSITIVE_INT,
-          "zoo_features.screen_references": checks.POSITIVE_INT}
+          "zoo_features.screen_references": checks.POSITIVE_INT,
+          "zoo_features.group_weight": checks.NON_NEGATIVE_REAL,
+          "zoo_features.group_weight_grid": checks.NON_NEGATIVE_REALS}
 
 
 def validate(config):
