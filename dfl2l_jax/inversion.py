@@ -26,10 +26,13 @@ import struct
 import zlib
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from dfl2l_jax import models
 
 
 class InversionHParams(NamedTuple):
@@ -55,23 +58,33 @@ def labels(ways, per_class):
   return jnp.repeat(jnp.arange(ways), per_class)
 
 
+def _is_batch_norm(module):
+  return isinstance(module, (nn.BatchNorm, models.FusedBatchNorm))
+
+
 def forward_with_bn_inputs(model, params, bn_stats, x):
   """Logits of `x` in evaluation mode (BatchNorm by `bn_stats`), and the input of every
-  BatchNorm layer (the outputs of the convolutions Conv_i, in order)."""
-  logits, state = model.apply(
-      {"params": params, "batch_stats": bn_stats}, x, train=False,
-      capture_intermediates=lambda mdl, _: (mdl.name or "").startswith("Conv_"),
-      mutable=["intermediates"])
-  inter = state["intermediates"]
-  names = sorted((k for k in inter if k.startswith("Conv_")), key=lambda k: int(k[5:]))
-  return logits, [inter[k]["__call__"][0] for k in names]
+  BatchNorm layer, [(the layer's path in bn_stats, its input)] in the order the network
+  calls them. Any network whose BatchNorm layers are `nn.BatchNorm` or
+  `models.FusedBatchNorm` (the Conv4s and ResNets of models.py)."""
+  seen = []
+
+  def record(call, args, kwargs, context):
+    if context.method_name == "__call__" and _is_batch_norm(context.module):
+      seen.append((context.module.scope.path, args[0]))
+    return call(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    logits = model.apply({"params": params, "batch_stats": bn_stats}, x, train=False)
+  return logits, seen
 
 
 def bn_matching_loss(bn_inputs, bn_stats):
-  """sum_l ||mean_l - mu_l||_2 + ||var_l - var_l^pop||_2 over the BatchNorm layers."""
+  """sum_l ||mean_l - mu_l||_2 + ||var_l - var_l^pop||_2 over the BatchNorm layers
+  (forward_with_bn_inputs' (path, input) pairs)."""
   total = 0.0
-  for i, h in enumerate(bn_inputs):
-    pop = bn_stats[f"BatchNorm_{i}"]
+  for path, h in bn_inputs:
+    pop = functools.reduce(lambda tree, name: tree[name], path, bn_stats)
     axes = tuple(range(h.ndim - 1))
     mean = h.mean(axes)
     var = jnp.maximum((h * h).mean(axes) - mean * mean, 0.0)

@@ -54,7 +54,8 @@ def test_first_layer_population_statistics_are_the_moments_over_the_training_ima
   x = fewshot.normalise(bench.data["train_images"][used], bench.data["mean"], bench.data["std"])
   _, h = inversion.forward_with_bn_inputs(bench.model, params, jax.tree.map(
       lambda s: s[m], stats), x)
-  h0 = np.asarray(h[0], np.float64).reshape(-1, h[0].shape[-1])
+  assert [path for path, _ in h] == [(f"BatchNorm_{i}",) for i in range(4)]
+  h0 = np.asarray(h[0][1], np.float64).reshape(-1, h[0][1].shape[-1])
   np.testing.assert_allclose(stats["BatchNorm_0"]["mean"][m], h0.mean(0), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(stats["BatchNorm_0"]["var"][m], h0.var(0), rtol=1e-3, atol=1e-5)
   assert all(np.all(v["var"] >= 0) for v in stats.values())
@@ -239,3 +240,25 @@ def test_zoo_distill_on_images_is_data_free_and_resumes(image_zoo, tmp_path):
                                                                  workdir=None))
   with pytest.raises(ConfigError, match="zoo_distill.lr"):
     methods.METHODS["zoo_distill"].validate(_config(zoo_distill__lr=0.0))
+
+
+@pytest.mark.parametrize("arch", [
+    {"name": "conv4", "filters": 8, "ways": 3},
+    {"name": "resnet10", "ways": 3, "widths": [4, 8, 16, 32]},
+    {"name": "resnet12", "ways": 3, "widths": [4, 8, 8, 16]}], ids=lambda a: a["name"])
+def test_every_batch_norm_input_of_any_architecture_is_matched_to_its_own_statistics(arch):
+  """The statistics a batch leaves in train mode (momentum 0: the batch's own) are what
+  evaluation mode then normalises with, so every BatchNorm input is the same and matches
+  them: the matching loss is 0, and positive against another batch's statistics."""
+  from dfl2l_jax.zoo import store  # pylint: disable=g-import-not-at-top
+  net = store.network(arch)
+  params = jax.tree.map(lambda x: x[0], helpers.random_networks(arch, 1, 0, False, 16)[0])
+  x, other = jax.random.normal(jax.random.key(0), (2, 8, 16, 16, 3))
+  own = lambda x: net.apply({"params": params}, x, train=True,
+                            mutable=["batch_stats"])[1]["batch_stats"]
+  logits, h = inversion.forward_with_bn_inputs(net, params, own(x), x)
+  assert len(h) == len(jax.tree.leaves(own(x))) // 2 and len(h) >= 4  # mean, var per layer
+  np.testing.assert_allclose(logits, net.apply({"params": params}, x, train=True,
+                                               mutable=["batch_stats"])[0], atol=1e-4)
+  assert float(inversion.bn_matching_loss(h, own(x))) < 1e-3
+  assert float(inversion.bn_matching_loss(h, own(other + 1.0))) > 0.1
