@@ -6,6 +6,7 @@ computes; every other method runs on one Conv4 group and its rows say which; wha
 be done is refused in one line.
 """
 
+import dataclasses
 import json
 import os
 
@@ -235,6 +236,54 @@ def test_group_weights_weigh_the_other_architectures_chosen_on_meta_validation(d
   conv4_only = mixed_zoo(str(tmp_path / "conv4"), archs=[CONV4] * 7)
   with pytest.raises(NotApplicable, match="this zoo has one architecture"):
     _mixed_learner(data, conv4_only, group_weight=0.5)
+
+
+def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, tmp_path,
+                                                                        monkeypatch):
+  from dfl2l_jax import inversion  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.methods import inverted_images  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.methods import zoo_distill  # pylint: disable=g-import-not-at-top
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  config = helpers.override(_config(data, zoo_dir, methods="zoo_distill,inversion_maml"),
+                            shots=(2,), zoo_distill__steps=2, zoo_distill__chunk_steps=2,
+                            maml__meta_steps=2)
+  teachers, real = [], zoo_distill.teacher_logits
+  monkeypatch.setattr(zoo_distill, "teacher_logits", lambda net, zoo, stats, pool: (
+      teachers.append((type(net).__name__, inversion.zoo_size(zoo), pool.shape[0]))
+      or real(net, zoo, stats, pool)))
+  workdir = str(tmp_path / "w")
+  results = pipeline.run(config, workdir, "offline")
+  for row in results["rows"]:
+    assert row["notes"]["zoo_models"] == "all 7: conv4-8 x4, resnet10-4-8-16-32 x3"
+    assert row["mean"] is not None
+  pool = 7 * WAYS * int(config.inversion.images_per_class)  # every model's images
+  assert teachers == [("Conv4", 4, pool), ("ResNet", 3, pool)]
+  with open(os.path.join(workdir, "fusion", "inversion", "summary.json")) as f:
+    assert len(json.load(f)["own_accuracy_per_model"]) == 7
+  # The ResNet group's images are its own inversion, by its network and statistics, as if
+  # it were inverted alone (its loop checkpointed apart).
+  assert os.path.isdir(os.path.join(workdir, "fusion", "inversion_resnet10-4-8-16-32"))
+  benchmark = pipeline.prepare(config)
+  main = source.main_group(benchmark.imported_zoo)
+  ctx = pipeline.method_context(pipeline.RunContext.start(config, benchmark),
+                                zoo_distill.ZOO_DISTILL, jax.tree.map(jnp.asarray, main.params),
+                                (np.arange(3), np.arange(3, 4)), bn_stats=main.bn_stats)
+  images = inverted_images.invert_zoo(ctx)
+  resnets = source.other_groups(benchmark.imported_zoo, config)[0]
+  hp = inverted_images.hparams(config)
+  chunk, optimizer = inversion.make_chunk(store.network(resnets.architecture), WAYS, hp)
+  start = inversion.init_images(jax.random.fold_in(inverted_images.init_key(config.seed), 1),
+                                3, WAYS, hp, images.shape[2:])
+  alone, _ = chunk(inversion.InversionState(start, optimizer.init(start), jnp.int32(0)),
+                   resnets.params, resnets.bn_stats, 4 + jnp.arange(3),
+                   jax.random.fold_in(jax.random.key(config.seed), 0x1A7E),
+                   length=int(config.inversion.steps))
+  np.testing.assert_allclose(images[4:], alone.images, rtol=1e-5, atol=1e-6)
+  # A group without BatchNorm statistics cannot be inverted: one line naming it.
+  batch = mixed_zoo(str(tmp_path / "batch"), batch_norm="batch")
+  benchmark = pipeline.prepare(_config(data, batch, methods="zoo_distill"))
+  with pytest.raises(ConfigError, match="group resnet10-4-8-16-32 carries none"):
+    inverted_images.invert_zoo(dataclasses.replace(ctx, benchmark=benchmark))
 
 
 def test_a_run_on_a_mixed_zoo_names_the_models_each_row_used(data, tmp_path):

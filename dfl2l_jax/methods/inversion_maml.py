@@ -14,6 +14,10 @@ Data-free meta-learning for image zoos in two phases, neither reading the zoo ta
    class keeps one output unit), support and query batches drawn from that model's
    synthetic images. Starts from the zoo's average (`start = "va"`) or the benchmark's
    random initialisation (`"random"`).
+
+A zoo of several architectures: every group is inverted by its own network (phase 1), so
+the pseudo episodes come from every model; the network meta-trained, and its start, are
+the run's group's (config.zoo.group).
 """
 
 import functools
@@ -23,7 +27,6 @@ import ml_collections
 import numpy as np
 
 from dfl2l_jax import checks
-from dfl2l_jax import inversion
 from dfl2l_jax import metalearning as maml_lib
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import inverted_images
@@ -53,7 +56,7 @@ def inversion_maml(ctx: base.MethodContext, name="inversion_maml"):
   images = inverted_images.invert_zoo(ctx)
   mc, ic = ctx.config.maml, ctx.config.inversion_maml
   ways, per_class = int(ctx.benchmark.spec["ways"]), int(ctx.config.inversion.images_per_class)
-  n = inversion.zoo_size(ctx.zoo)
+  n = images.shape[0]  # every model of every group of a mixed zoo
   models, perms = label_permutations(ctx.config.seed, n, ways, int(ic.label_perms))
   tasks = jax.device_put({"model": models, "perm": perms})
   batch_fn = pseudo_episode_batch_fn(ways, per_class, int(ctx.config.zoo.batch_size))

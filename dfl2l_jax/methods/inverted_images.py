@@ -23,6 +23,8 @@ from dfl2l_jax import metrics
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.methods import base
+from dfl2l_jax.zoo import source as zoo_source
+from dfl2l_jax.zoo import store
 
 GRID_MODELS, GRID_IMAGES = 8, 10   # the picture: up to 8 models x 10 images
 
@@ -48,43 +50,72 @@ def invert_zoo(ctx: base.MethodContext):
 
   Resumes from (or reuses) workdir/fusion/inversion; shared by every method that uses
   inverted images, since it depends only on the zoo, config.seed and config.inversion
-  (not on which method asks first).
+  (not on which method asks first). A zoo of several architectures: every group is
+  inverted with its own network and BatchNorm statistics (workdir/fusion/inversion_GROUP
+  for the groups other than the run's), and the images are the run's group's models'
+  then the other groups' (zoo_source.other_groups), model after model.
   """
   bench = ctx.benchmark
   if bench.metric != "accuracy" or "ways" not in bench.spec:
     raise NotApplicable("model inversion synthesises images for a classifier zoo; a "
                         "regression zoo is queried at inputs of its domain (zoo_maml)")
-  if ctx.zoo_bn_stats is None:
-    raise ConfigError(
-        "model inversion needs the zoo's BatchNorm population statistics, and this zoo has "
-        "none (a network without BatchNorm, or a context built without them: methods "
-        "that invert declare needs_bn_stats=True)")
+  groups = [(None, bench.model, ctx.zoo, ctx.zoo_bn_stats)] + [
+      (g, store.network(g.architecture), g.params, g.bn_stats)
+      for g in zoo_source.other_groups(bench.imported_zoo, ctx.config)]
+  images, acc, first = [], [], 0
+  for i, (group, net, zoo, stats) in enumerate(groups):
+    if stats is None:
+      raise ConfigError(
+          "model inversion needs the zoo's BatchNorm population statistics, and "
+          + ("this zoo has none (a network without BatchNorm, or a context built without "
+             "them: methods that invert declare needs_bn_stats=True)" if group is None else
+             f"the zoo's group {group.name} carries none (its manifest's batch_norm)"))
+    name = "inversion" if group is None else f"inversion_{group.name}"
+    key = init_key(ctx.config.seed) if group is None else jax.random.fold_in(
+        init_key(ctx.config.seed), i)
+    x, a = _invert_group(ctx, name, net, zoo, stats, key, first)
+    images.append(x)
+    acc.append(a)
+    first += inversion.zoo_size(zoo)
+  images, acc = jnp.concatenate(images), np.concatenate(acc)
+  if len(groups) > 1:  # every method that learns from the images used every model
+    ctx.notes["zoo_models"] = zoo_source.every_model_note(bench.imported_zoo)
+  if ctx.workdir is not None:
+    _write_outputs(ctx.workdir, images, acc, int(bench.spec["ways"]),
+                   int(ctx.config.inversion.images_per_class))
+  return images
+
+
+def _invert_group(ctx, name, net, zoo, stats, init, first):
+  """(images (n, R * P, H, W, C), own accuracy (n,)) of one group of n models of the
+  network `net`: the loop `name` (checkpointed under workdir/fusion/name), its images
+  from the key `init`, its models' augmentations drawn by their ids first, first + 1..."""
+  bench = ctx.benchmark
   ways, hp = int(bench.spec["ways"]), hparams(ctx.config)
-  n = inversion.zoo_size(ctx.zoo)
-  chunk, optimizer = inversion.make_chunk(bench.model, ways, hp)
-  images = inversion.init_images(init_key(ctx.config.seed), n, ways, hp,
-                                 bench.example_input.shape[1:])
+  n = inversion.zoo_size(zoo)
+  chunk, optimizer = inversion.make_chunk(net, ways, hp)
+  images = inversion.init_images(init, n, ways, hp, bench.example_input.shape[1:])
   state = inversion.InversionState(images, optimizer.init(images), jnp.int32(0))
-  zoo, stats = jax.device_put(ctx.zoo), jax.device_put(ctx.zoo_bn_stats)
-  ids = jnp.arange(n)
+  zoo, stats = jax.device_put(zoo), jax.device_put(stats)
+  ids = first + jnp.arange(n)
   key = jax.random.fold_in(jax.random.key(ctx.config.seed), 0x1A7E)  # not method-specific
   ic = ctx.config.inversion
   spec = {"method": "inversion", "inversion": ic.to_dict(), "seed": ctx.config.seed,
           "benchmark": bench.spec, "zoo": zoo_lib.zoo_settings(ctx.config)}
+  if name != "inversion":
+    spec["group"] = name[len("inversion_"):]
   state = ctx.run_loop(
-      "inversion", spec, state, total_steps=ic.steps, chunk_steps=ic.chunk_steps,
+      name, spec, state, total_steps=ic.steps, chunk_steps=ic.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, zoo, stats, ids, key, length=length))
   images = state.images
   if not bool(jnp.isfinite(images).all()):
     raise loops.DivergenceError(
-        f"inversion: the images became non-finite by step {int(state.step)}; lower "
+        f"{name}: the images became non-finite by step {int(state.step)}; lower "
         "config.inversion.lr")
-  acc = inversion.own_accuracy(bench.model, zoo, stats, images, ways, hp.images_per_class)
-  metrics.log.info("inversion: the zoo classifies its own inverted images %.1f%% correctly "
-                   "(mean over %d models; min %.1f%%)", acc.mean(), n, acc.min())
-  if ctx.workdir is not None:
-    _write_outputs(ctx.workdir, images, acc, ways, hp.images_per_class)
-  return images
+  acc = inversion.own_accuracy(net, zoo, stats, images, ways, hp.images_per_class)
+  metrics.log.info("%s: the zoo classifies its own inverted images %.1f%% correctly "
+                   "(mean over %d models; min %.1f%%)", name, acc.mean(), n, acc.min())
+  return images, np.asarray(acc)
 
 
 def _write_outputs(workdir, images, acc, ways, per_class):

@@ -27,6 +27,12 @@ one), i.e. the squared error of logits centred over the classes:
 with no augmentation (the targets stay exact). theta_init is the body with the mean
 head, as for regression.
 
+A zoo of several architectures: every model of every group is a teacher (its logits in
+evaluation mode, by its own network and BatchNorm statistics), on the pool of every
+group's inverted images; the student is the run's group's network (config.zoo.group), its
+body from that group's average; the head of a teacher of another architecture starts as
+the mean of the run's group's heads.
+
 Start: the body from the zoo's average (VA), head i from model i's own output layer.
 Adam (`zoo_distill.lr`) for `zoo_distill.steps` steps of `zoo_distill.batch_size`
 inputs shared by all heads, in one compiled `lax.scan` per chunk of
@@ -46,6 +52,8 @@ from dfl2l_jax import models
 from dfl2l_jax.errors import NotApplicable
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import inverted_images
+from dfl2l_jax.zoo import source as zoo_source
+from dfl2l_jax.zoo import store
 
 
 class DistillState(NamedTuple):
@@ -161,6 +169,14 @@ def zoo_distill_images(ctx: base.MethodContext):
   targets = teacher_logits(ctx.benchmark.model, jax.device_put(ctx.zoo),
                            jax.device_put(ctx.zoo_bn_stats), pool)
   body, heads, last = split_heads(ctx.zoo)
+  others = zoo_source.other_groups(ctx.benchmark.imported_zoo, ctx.config)
+  if others:  # a mixed zoo: every model a teacher; its head starts as the mean head
+    targets = jnp.concatenate([targets] + [teacher_logits(
+        store.network(g.architecture), jax.device_put(g.params), jax.device_put(g.bn_stats),
+        pool) for g in others])
+    count = sum(len(g.indices) for g in others)
+    heads = jax.tree.map(lambda h: jnp.concatenate(
+        [h, jnp.broadcast_to(h.mean(0), (count,) + h.shape[1:])]), heads)
   chunk, optimizer = make_image_chunk(ctx.benchmark.model, int(dc.batch_size), float(dc.lr))
   state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
   key = jax.random.fold_in(ctx.key, 1)

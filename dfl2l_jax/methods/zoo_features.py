@@ -289,11 +289,8 @@ def zoo_groups(ctx, net):
   n = jax.tree.leaves(ctx.zoo)[0].shape[0]
   imported = ctx.benchmark.imported_zoo
   if imported is not None and imported.mixed:
-    main = zoo_source.main_group(imported, ctx.config.zoo.group)
     others = []
-    for g in imported.groups:
-      if g.name == main.name:
-        continue
+    for g in zoo_source.other_groups(imported, ctx.config):
       conv4 = g.architecture["name"] == "conv4"
       nets.append(store.network(g.architecture, net.conv_impl if conv4 else "xla",
                                 net.bn_impl if conv4 else "flax", head=False))
@@ -303,7 +300,7 @@ def zoo_groups(ctx, net):
       others.append(other)
       n += len(g.indices)
     state["others"] = others
-    ctx.notes["zoo_models"] = f"all {n}: {zoo_source.describe_groups(imported)}"
+    ctx.notes["zoo_models"] = zoo_source.every_model_note(imported)
   return tuple(nets), state, n
 
 

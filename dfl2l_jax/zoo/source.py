@@ -99,6 +99,21 @@ def main_group(imported, name=""):
   return group
 
 
+def other_groups(imported, config):
+  """The groups of a mixed zoo other than the run's (`main_group`), in the zoo's order;
+  none for a zoo of one architecture (or none imported)."""
+  if imported is None or not imported.mixed:
+    return []
+  main = main_group(imported, config.zoo.get("group", ""))
+  return [g for g in imported.groups if g.name != main.name]
+
+
+def every_model_note(imported):
+  """What a row of a method that uses every group of a mixed zoo says about it, e.g.
+  'all 40: conv4-32 x30, resnet10-16-32-64-128 x10'."""
+  return f"all {imported.num_models}: {describe_groups(imported)}"
+
+
 def group_note(imported, config):
   """What a row of a method that uses only the run's group says about it (a mixed zoo),
   or None: e.g. 'conv4-32: 30 of 40 models'."""
