@@ -286,6 +286,25 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
     inverted_images.invert_zoo(dataclasses.replace(ctx, benchmark=benchmark))
 
 
+def test_the_group_report_scores_each_group_alone_and_together(data, tmp_path):
+  from scripts import group_report  # pylint: disable=g-import-not-at-top
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  config = _config(data, zoo_dir)
+  benchmark = pipeline.prepare(config)
+  groups = benchmark.imported_zoo.groups
+  table = group_report.scores(benchmark, groups, 2, 3)
+  assert set(table) == {"conv4-8", "resnet10-4-8-16-32", "all"}
+  assert table["conv4-8"][0].shape == (3, 4) and table["resnet10-4-8-16-32"][0].shape == (3, 3)
+  # "together" for the run's group is zoo_features with that group alone, and "all" with
+  # every model equal, on the same meta-validation episodes.
+  val, val_data, gather = benchmark.validation_episodes(2, 3)
+  for name, weight in (("conv4-8", 0.0), ("all", 1.0)):
+    learner = _mixed_learner(data, zoo_dir, group_weight=weight)[0]
+    want = adaptation.score_learner(learner, val, batch_size=4, gather_fn=gather, data=val_data)
+    got = table[name][1] if name == "conv4-8" else table[name]
+    np.testing.assert_allclose(got[:, 0], want, atol=1e-4)
+
+
 def test_a_run_on_a_mixed_zoo_names_the_models_each_row_used(data, tmp_path):
   zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
   results = pipeline.run(_config(data, zoo_dir), str(tmp_path / "w"), "offline")

@@ -1,0 +1,51 @@
+#!/bin/bash
+# The runs behind results/zoo_as_it_comes.md: a zoo of two architectures (30 Conv4-32 and 10
+# narrow ResNet-10s, our trainer) against the Conv4-only zoo of the same size and seed (40
+# Conv4-32; model m has the same task, its classes and images, in both), both read as zoo
+# folders, so every model normalises with its own BatchNorm statistics in both.
+#
+#   DATA=/path/to/mini-imagenet bash scripts/zoo_as_it_comes_tables.sh STEP SEED
+#
+# STEP: zoos (train both zoos of seed SEED, resumable), features (va and zoo_features on
+# both; zoo_features on the mixed zoo with every model equal, with the Conv4 group alone and
+# with the group weight chosen on meta-validation episodes), distill (zoo_distill on both).
+# Then the paired tables:
+#
+#   python scripts/paired_runs.py --before WORKROOT/conv4_s* --after WORKROOT/mixed_s*
+#
+# Environment: DATA (required), WORKROOT (default workdirs/mixed), EXTRA (more flags).
+set -euo pipefail
+if [[ $# -lt 1 ]]; then sed -n '2,16p' "$0" >&2; exit 2; fi
+step=$1; seed=${2:-1}
+root=${WORKROOT:-workdirs/mixed}
+mkdir -p "$root"
+# The CPU reductions of results/imported_zoo.md's "our trainer": 300 steps of 128 images.
+common=(--config=configs/cifarfs_5way.py:proxy,data_free --config.data.manual_dir="$DATA"
+        --config.seed="$seed" --config.model.filters=32 --config.zoo.batch_size=128
+        --config.zoo.steps=300)
+run=(--config.shots=1,5 --config.metatest.num_tasks=100 ${EXTRA:-})
+conv4=(--config.zoo.source="$root/conv4_zoo_s$seed/zoo_models")
+mixed=(--config.zoo.source="$root/mixed_zoo_s$seed/zoo_models")
+case "$step" in
+  zoos)  # The Conv4-only zoo is trained by a run (which writes it as a folder); VA is cheap.
+    python -m launch.offline "${common[@]}" --workdir="$root/conv4_zoo_s$seed" \
+        --config.methods=va "${run[@]}"
+    python -m launch.pretrain "${common[@]}" --workdir="$root/mixed_zoo_s$seed" \
+        --config.zoo.architectures=conv4-32:30,resnet10-16-32-64-128:10 ;;
+  features)
+    python -m launch.offline "${common[@]}" "${conv4[@]}" --workdir="$root/conv4_s$seed" \
+        --config.methods=va,zoo_features "${run[@]}"
+    python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_s$seed" \
+        --config.methods=va,zoo_features "${run[@]}"
+    python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_w0_s$seed" \
+        --config.methods=zoo_features --config.zoo_features.group_weight=0 "${run[@]}"
+    python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_grid_s$seed" \
+        --config.methods=zoo_features "${run[@]}" \
+        --config.zoo_features.group_weight_grid=0,0.25,0.5,1,2,4,16 ;;
+  distill)
+    python -m launch.offline "${common[@]}" "${conv4[@]}" --workdir="$root/conv4_s$seed" \
+        --config.methods=zoo_distill "${run[@]}"
+    python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_s$seed" \
+        --config.methods=zoo_distill "${run[@]}" ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
