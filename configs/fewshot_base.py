@@ -104,6 +104,7 @@ def make(protocol, ways, arg=None):
   #                                       dfl2l_jax/zoo/mixed.py); "": model.filters' Conv4
   c.zoo.contamination = ""              # experiments with untrusted models, e.g. "fake=0.3"
   #                                       or "fake=0.1,wrong_classes=0.1" (zoo/contamination.py)
+  c.zoo.out_of_domain_dir = ""          # contamination out_of_domain: Omniglot's zip archives
 
   c.fusion = common.fusion(embed_dim=50)
 

@@ -125,6 +125,7 @@ def dict_diff(found, wanted, prefix=""):
 _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvings"): 0,
                          ("zoo", "source"): "", ("zoo", "group"): "",
                          ("zoo", "contamination"): "", ("zoo", "architectures"): "",
+                         ("zoo", "out_of_domain_dir"): "",
                          ("zoo_features", "screen"): "off",
                          ("zoo_features", "screen_shots"): 5,
                          ("zoo_features", "screen_tasks"): 50,

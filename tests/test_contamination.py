@@ -1,13 +1,15 @@
 """Reproducible contamination of a zoo (zoo/contamination.py): which models, what each kind
 does to them, and the refusals of a bad `config.zoo.contamination`."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dfl2l_jax import config_lib
-from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.errors import ConfigError, DataError
 from dfl2l_jax.zoo import contamination
 from tests import helpers
 
@@ -22,7 +24,8 @@ def test_parse_reads_kinds_and_fractions_in_order():
 @pytest.mark.parametrize("spec, match", [
     ("fake=1.0", r"fake must be in \[0, 1\), got 1.0"),
     ("fake=-0.1", r"in \[0, 1\)"),
-    ("noisy=0.1", "unknown kind 'noisy'; known: fake, wrong_classes, shuffled_labels"),
+    ("noisy=0.1", "unknown kind 'noisy'; known: fake, wrong_classes, shuffled_labels, "
+                  "out_of_domain"),
     ("fake", "'fake' is not kind=fraction"),
     ("fake=a lot", "'a lot' is not a number"),
     ("fake=0.1,fake=0.2", "fake is named twice"),
@@ -129,3 +132,78 @@ def test_only_kinds_made_while_training_are_part_of_the_trained_zoo():
   with pytest.raises(ConfigError, match="shuffled_labels changes how models are trained"):
     config_lib.validate(helpers.fewshot_config(zoo__contamination="shuffled_labels=0.3",
                                                zoo__source="zoos/mine"))
+
+
+def _omniglot_like(directory, alphabets=2, characters=3, drawers=4, size=20):
+  """A folder shaped as Omniglot's: one zip archive ALPHABET/characterNN/ID_DRAWER.png,
+  binary strokes; each character's drawings share one random pattern plus noise."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(0)
+  with zipfile.ZipFile(os.path.join(directory, "images_background_small1.zip"), "w") as z:
+    for a in range(alphabets):
+      for c in range(characters):
+        pattern = rng.random((size, size)) < 0.3
+        for d in range(drawers):
+          pixels = (pattern ^ (rng.random((size, size)) < 0.05)).astype(np.uint8) * 255
+          buf = io.BytesIO()
+          Image.fromarray(pixels).convert("1").save(buf, format="PNG")
+          z.writestr(f"images_background_small1/Alpha{a}/character{c + 1:02d}/"
+                     f"{c}_{d + 1:02d}.png", buf.getvalue())
+  return directory
+
+
+def test_out_of_domain_models_are_trained_on_other_characters_than_their_listed_classes(
+    tmp_path):
+  omniglot = _omniglot_like(str(tmp_path / "omniglot"))
+  config = helpers.fewshot_config(zoo__num_models=5, zoo__contamination="out_of_domain=0.4",
+                                  zoo__out_of_domain_dir=omniglot)
+  images, class_of = contamination.out_of_domain_images(omniglot, 16)
+  assert images.shape == (2 * 3 * 4, 16, 16, 3) and images.dtype == np.uint8
+  assert np.array_equal(images[..., 0], images[..., 2])  # greyscale, repeated
+  assert sorted(np.bincount(class_of)) == [4] * 6
+  train_images = np.zeros((150, 16, 16, 3), np.uint8)
+  tasks = {"train_idx": np.arange(5 * 3 * 10).reshape(5, 3, 10),
+           "test_idx": np.ones((5, 3, 4), np.int64), "classes": np.zeros((5, 3), np.int32)}
+  out, images_out = contamination.out_of_domain(config, tasks, train_images)
+  assert images_out.shape[0] == 150 + 24
+  np.testing.assert_array_equal(images_out[150:], images)
+  chosen = contamination.choose(config.seed, 5, {"out_of_domain": 0.4})["out_of_domain"]
+  assert len(chosen) == 2
+  for m in range(5):
+    if m in chosen:
+      # Each class row: the drawings of one character (cycled to 10), distinct per class.
+      chars = [set(class_of[row - 150]) for row in out["train_idx"][m]]
+      assert all(len(c) == 1 for c in chars) and len(set.union(*chars)) == 3
+      assert all(len(set(row)) == 4 for row in out["train_idx"][m])
+    else:
+      np.testing.assert_array_equal(out["train_idx"][m], tasks["train_idx"][m])
+  np.testing.assert_array_equal(out["test_idx"], tasks["test_idx"])  # quality: listed classes
+  clean = helpers.fewshot_config()
+  assert contamination.out_of_domain(clean, tasks, train_images) == (tasks, train_images)
+  # The benchmark our trainer trains on: its images then the drawings, its normalisation
+  # the clean benchmark's.
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  bench = fewshot.make_benchmark(config, helpers.synthetic_image_loader())
+  plain = fewshot.make_benchmark(helpers.fewshot_config(zoo__num_models=5),
+                                 helpers.synthetic_image_loader())
+  n_plain = plain.data["train_images"].shape[0]
+  assert bench.data["train_images"].shape[0] == n_plain + 24
+  np.testing.assert_array_equal(bench.data["mean"], plain.data["mean"])
+  for m in range(5):
+    ood = bench.zoo_tasks["train_idx"][m] >= n_plain
+    assert ood.all() if m in chosen else not ood.any()
+  # Refusals: no folder named, a folder that is not there or holds no drawings.
+  with pytest.raises(ConfigError, match="set config.zoo.out_of_domain_dir"):
+    config_lib.validate(helpers.fewshot_config(zoo__contamination="out_of_domain=0.3"))
+  with pytest.raises(DataError, match="is not a folder"):
+    contamination.out_of_domain_images(str(tmp_path / "none"), 16)
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(DataError, match="holds no PNG drawings"):
+    contamination.out_of_domain_images(str(tmp_path / "empty"), 16)
+  with pytest.raises(ConfigError, match="applies to a zoo of one architecture"):
+    config_lib.validate(helpers.fewshot_config(
+        zoo__contamination="out_of_domain=0.3", zoo__out_of_domain_dir=omniglot,
+        zoo__architectures="conv4-8:3,resnet10:2", zoo__num_models=5))

@@ -215,6 +215,8 @@ def make_benchmark(config, loader=None, imported=None, network=None,
         config.seed, config.zoo.num_models, ways, train_table, first=first_model))
     mean = train_images.reshape(-1, 3).mean(0) / 255.0
     std = train_images.reshape(-1, 3).std(0) / 255.0
+    # Out-of-domain models' images follow the benchmark's (after its statistics).
+    zoo_tasks, train_images = contamination.out_of_domain(config, zoo_tasks, train_images)
   else:
     if train_images.shape[1:3] != (manifest["image_size"],) * 2:
       raise ConfigError(

@@ -28,6 +28,7 @@ import numpy as np
 from dfl2l_jax import metrics
 from dfl2l_jax import sharding as sharding_lib
 from dfl2l_jax.errors import ConfigError
+from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import store
 from dfl2l_jax.zoo import trainer
 
@@ -81,6 +82,11 @@ def validate(config):
   if parse(config) and config.zoo.get("source", ""):
     raise ConfigError("config.zoo.architectures trains a zoo, and config.zoo.source names "
                       "one to import: set one of them")
+  trained = contamination.training_spec(config)
+  if parse(config) and trained:
+    raise ConfigError(f"config.zoo.contamination={trained!r} changes how models are trained, "
+                      "and applies to a zoo of one architecture, not to "
+                      "config.zoo.architectures")
 
 
 def group_config(config, arch, count):
