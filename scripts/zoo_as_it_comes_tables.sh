@@ -1,6 +1,6 @@
 #!/bin/bash
 # The runs behind results/zoo_as_it_comes.md: a zoo of two architectures (30 Conv4-32 and 10
-# narrow ResNet-10s, our trainer) against the Conv4-only zoo of the same size and seed (40
+# ResNet-10s of widths 8-16-32-64, our trainer) against the Conv4-only zoo of the same size and seed (40
 # Conv4-32; model m has the same task, its classes and images, in both), both read as zoo
 # folders, so every model normalises with its own BatchNorm statistics in both.
 #
@@ -31,7 +31,7 @@ case "$step" in
     python -m launch.offline "${common[@]}" --workdir="$root/conv4_zoo_s$seed" \
         --config.methods=va "${run[@]}"
     python -m launch.pretrain "${common[@]}" --workdir="$root/mixed_zoo_s$seed" \
-        --config.zoo.architectures=conv4-32:30,resnet10-16-32-64-128:10 ;;
+        --config.zoo.architectures=conv4-32:30,resnet10-8-16-32-64:10 ;;
   features)
     python -m launch.offline "${common[@]}" "${conv4[@]}" --workdir="$root/conv4_s$seed" \
         --config.methods=va,zoo_features "${run[@]}"

@@ -128,6 +128,11 @@ def test_only_kinds_made_while_training_are_part_of_the_trained_zoo():
     spec = {"benchmark": "b"}
   spec = lambda c: zoo_lib.zoo_spec(helpers.fewshot_config(zoo__contamination=c), _B)["zoo"]
   assert "contamination" not in spec("") and "contamination" not in spec("fake=0.3")
+  # Where the out-of-domain data lies is not the zoo (a zoo trained before the field
+  # existed is still the same zoo); the kind and fraction are.
+  assert "out_of_domain_dir" not in spec("") and "out_of_domain_dir" not in spec(
+      "out_of_domain=0.25")
+  assert spec("out_of_domain=0.25")["contamination"] == "out_of_domain=0.25"
   assert spec("fake=0.3,shuffled_labels=0.25")["contamination"] == "shuffled_labels=0.25"
   with pytest.raises(ConfigError, match="shuffled_labels changes how models are trained"):
     config_lib.validate(helpers.fewshot_config(zoo__contamination="shuffled_labels=0.3",

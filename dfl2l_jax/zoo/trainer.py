@@ -24,6 +24,7 @@ def zoo_settings(config):
   `architectures`, so specs of earlier workdirs stay valid."""
   settings = config.zoo.to_dict()
   settings.pop("source", None)
+  settings.pop("out_of_domain_dir", None)  # where the data is, as data.manual_dir: not the zoo
   for field in ("contamination", "architectures"):  # added later; "" = as before
     if not settings.get(field, "x"):
       settings.pop(field)
