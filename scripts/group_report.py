@@ -6,8 +6,9 @@ and the group as zoo_features' ensemble (issue 29: what a group adds, or why not
 
 For each shot count, on `--tasks` episodes of the benchmark's meta-validation classes
 (never the test tasks; the episodes of zoo_features' selection), each group's models are
-scored alone (nearest class centroid of the model's own unit-length features, its own
-BatchNorm statistics) and together (the group's features concatenated, as zoo_features
+scored alone (nearest class centroid of the model's own unit-length features, BatchNorm
+by its own statistics, or the support set's where the zoo carries none, as zoo_features
+does) and together (the group's features concatenated, as zoo_features
 with only that group); a zoo of several groups adds every model together. Prints one table
 per shot count; `--out FILE` also writes the numbers as JSON.
 """
@@ -48,8 +49,10 @@ def scores(benchmark, groups, shots, tasks):
   score = lambda state, fn: np.asarray(adaptation.score_learner(
       base.Learner(state, fn, None), episodes, batch_size=16, gather_fn=gather, data=data))
   nets = tuple(store.network(g.architecture, head=False) for g in groups)
-  states = [{"zoo": jax.tree.map(jnp.asarray, g.params),
-             "running_stats": jax.tree.map(jnp.asarray, g.bn_stats)} for g in groups]
+  states = [{"zoo": jax.tree.map(jnp.asarray, g.params)} for g in groups]
+  for g, state in zip(groups, states):
+    if g.bn_stats is not None:  # else BatchNorm by the support set's statistics
+      state["running_stats"] = jax.tree.map(jnp.asarray, g.bn_stats)
   out = {}
   for g, net, state in zip(groups, nets, states):
     out[g.name] = (score(state, zf._per_model_scorer(net, ways)),  # pylint: disable=protected-access
@@ -71,9 +74,6 @@ def main(argv):
   except Dfl2lError as e:
     sys.exit(f"error: {e}")
   zoo = benchmark.imported_zoo
-  if zoo.manifest["batch_norm"] != "running":
-    sys.exit(f"error: {zoo.directory}: its models carry no BatchNorm statistics "
-             "(batch_norm is not 'running'); this report scores models as they compute")
   if benchmark.validation_episodes is None:
     sys.exit("error: the benchmark has no meta-validation classes")
   report = {"zoo": zoo.directory, "tasks": FLAGS.tasks, "shots": {}}

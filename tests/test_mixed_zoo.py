@@ -286,9 +286,10 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
     inverted_images.invert_zoo(dataclasses.replace(ctx, benchmark=benchmark))
 
 
-def test_the_group_report_scores_each_group_alone_and_together(data, tmp_path):
+@pytest.mark.parametrize("batch_norm", ["running", "batch"])
+def test_the_group_report_scores_each_group_alone_and_together(data, tmp_path, batch_norm):
   from scripts import group_report  # pylint: disable=g-import-not-at-top
-  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"), batch_norm=batch_norm)
   config = _config(data, zoo_dir)
   benchmark = pipeline.prepare(config)
   groups = benchmark.imported_zoo.groups
