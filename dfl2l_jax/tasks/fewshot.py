@@ -239,6 +239,11 @@ def make_benchmark(config, loader=None, imported=None, network=None,
                       f"got {config.model.bn_impl!r}")
   net = network or models.Conv4(ways=ways, filters=config.model.filters,
                                 conv_impl=conv_impl, bn_impl=config.model.bn_impl)
+  if network is not None and config.zoo.member_loop == "auto":
+    # A ResNet has XLA's convolutions (no patches): inside lax.map's loop their gradients
+    # lose XLA's fast CPU path (13x slower than one model at a time), so its members are
+    # vmapped everywhere (docs/implementation.md, "member_loop").
+    member_loop = "vmap"
   batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
   n_ref = min(config.zoo.bn_reference, n_train)
 
