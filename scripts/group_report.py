@@ -13,6 +13,7 @@ with only that group); a zoo of several groups adds every model together. Prints
 per shot count; `--out FILE` also writes the numbers as JSON.
 """
 
+import functools
 import sys
 
 from absl import app
@@ -55,12 +56,19 @@ def scores(benchmark, groups, shots, tasks):
       state["running_stats"] = jax.tree.map(jnp.asarray, g.bn_stats)
   out = {}
   for g, net, state in zip(groups, nets, states):
-    out[g.name] = (score(state, zf._per_model_scorer(net, ways)),  # pylint: disable=protected-access
-                   score(state, zf._centroid_scorer((net,), ways))[:, None])  # pylint: disable=protected-access
+    out[g.name] = (score(state, functools.partial(zf.per_model_accuracy, net, ways)),
+                   score(state, functools.partial(together, (net,), ways))[:, None])
   if len(groups) > 1:
     every = dict(states[0], others=states[1:])
-    out["all"] = score(every, zf._centroid_scorer(nets, ways, 1.0))[:, None]  # pylint: disable=protected-access
+    out["all"] = score(every, functools.partial(together, nets, ways))[:, None]
   return out
+
+
+def together(nets, ways, state, support, query):
+  """zoo_features' nearest-centroid accuracy of one task, every model of `nets`' groups
+  weighing the same."""
+  f_s, f_q = zf.support_query_features(nets, state, support, query)
+  return zf.centroid_accuracy(f_s, support["y"], f_q, query["y"], ways)
 
 
 def main(argv):

@@ -1,8 +1,8 @@
 #!/bin/bash
-# The runs behind results/zoo_as_it_comes.md: a zoo of two architectures (30 Conv4-32 and 10
-# ResNet-10s of widths 8-16-32-64, our trainer) against the Conv4-only zoo of the same size and seed (40
-# Conv4-32; model m has the same task, its classes and images, in both), both read as zoo
-# folders, so every model normalises with its own BatchNorm statistics in both.
+# The runs behind results/zoo_as_it_comes.md: a zoo of two architectures (30 Conv4-32 and
+# 10 ResNet-10s of widths 8-16-32-64, our trainer) against the Conv4-only zoo of the same
+# size and seed (40 Conv4-32; model m has the same task, its classes and images, in both),
+# both read as the zoo folders our trainer writes (BatchNorm by each task's support set).
 #
 #   DATA=/path/to/mini-imagenet bash scripts/zoo_as_it_comes_tables.sh STEP SEED
 #
