@@ -183,6 +183,8 @@ def zoo_distill_images(ctx: base.MethodContext):
   spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec, "inversion": ctx.config.inversion.to_dict(),
           "pseudo_inputs": "inverted images"}
+  if others:  # a checkpoint of fewer teachers is another distillation
+    spec["teachers"] = zoo_source.every_model_note(ctx.benchmark.imported_zoo)
   state = ctx.run_loop(
       "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, pool, targets, key, length=length))
