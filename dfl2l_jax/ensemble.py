@@ -70,8 +70,10 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
     batch_fn: `(task, key, data) -> batch` for one member; `task` is one slice
       of `tasks` along the model axis; `data` is shared by all members (for
       example the image array the tasks index into; None for the sinusoid).
-    member_loop: "vmap" (all members at once) or "map" (`lax.map`, one member
-      after another inside the same compiled program). Same results. On a
+    member_loop: "vmap" (all members at once), "map" (`lax.map`, one member
+      after another inside the same compiled program) or "loop" (one member after
+      another from Python, each the vmapped chunk of that member alone: no grouped
+      convolutions and no loop around them; one device only). Same results. On a
       mesh, "map" runs each device's own members one after another. Which is
       faster where: docs/implementation.md, "member_loop".
     mesh: a 1-D mesh (sharding.make_mesh) to split the members across, or None
@@ -100,8 +102,23 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
 
     return jax.lax.scan(body, state, None, length=length)
 
-  if member_loop not in ("vmap", "map"):
-    raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
+  if member_loop not in ("vmap", "map", "loop"):
+    raise ValueError(f"member_loop must be 'vmap', 'map' or 'loop', got {member_loop!r}")
+  if member_loop == "loop":
+    if mesh is not None and sharding_lib.num_shards(mesh) > 1:
+      raise ValueError("member_loop 'loop' runs on one device; use 'vmap' or 'map' on a mesh")
+    one = jax.jit(chunk, static_argnames="length")  # the vmapped chunk of one member
+
+    def looped(state, tasks, member_keys, data, length):
+      rows = lambda tree, m: jax.tree.map(lambda x: x[m:m + 1], tree)
+      outs = [one(EnsembleState(rows(state.params, m), rows(state.opt_state, m), state.step),
+                  rows(tasks, m), member_keys[m:m + 1], data, length=length)
+              for m in range(member_keys.shape[0])]
+      stack = lambda trees: jax.tree.map(lambda *x: jnp.concatenate(x), *trees)
+      return (EnsembleState(stack([o[0].params for o in outs]),
+                            stack([o[0].opt_state for o in outs]), outs[0][0].step),
+              jnp.concatenate([o[1] for o in outs], axis=1))
+    return looped
   if mesh is None:
     return jax.jit(chunk, static_argnames="length", donate_argnums=0)
   members = sharding_lib.leading(mesh)

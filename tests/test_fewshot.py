@@ -128,10 +128,15 @@ def test_member_loops_give_the_same_zoo(bench):
   step = ensemble.make_member_step(bench.loss_fn, opt)
   tasks = jax.tree.map(jnp.asarray, bench.zoo_tasks)
   out = []
-  for loop in ("vmap", "map"):
+  losses = []
+  for loop in ("vmap", "map", "loop"):
     chunk = ensemble.make_ensemble_chunk(step, bench.batch_fn, loop)
     state = ensemble.init_ensemble(zoo_lib.initial_params(config, bench), opt)
-    state, _ = chunk(state, tasks, zoo_lib.member_keys(config), bench.data, length=3)
+    state, loss = chunk(state, tasks, zoo_lib.member_keys(config), bench.data, length=3)
     out.append(state.params)
-  for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    losses.append(loss)
+    assert int(state.step) == 3
+  for other, other_loss in zip(out[1:], losses[1:]):
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(other)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(losses[0], other_loss, rtol=1e-4, atol=1e-5)

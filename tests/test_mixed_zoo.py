@@ -399,13 +399,13 @@ def test_bad_architectures_are_refused_in_one_line(bad, match):
         zoo__num_models=5, zoo__architectures="conv4-8:3,resnet10:2", zoo__source="zoos/x"))
 
 
-def test_a_resnet_groups_members_are_vmapped_where_conv4s_are_mapped():
+def test_a_resnet_groups_members_train_one_after_another_on_cpu_where_conv4s_are_mapped():
   from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
   config = helpers.fewshot_config()  # member_loop "auto"; this test runs on the CPU
   conv4 = fewshot.make_benchmark(config, helpers.synthetic_image_loader())
   resnet = fewshot.make_benchmark(config, helpers.synthetic_image_loader(),
                                   network=store.network(dict(RESNET, ways=3)))
-  assert (conv4.member_loop, resnet.member_loop) == ("map", "vmap")
+  assert (conv4.member_loop, resnet.member_loop) == ("map", "loop")
   pinned = fewshot.make_benchmark(helpers.fewshot_config(zoo__member_loop="map"),
                                   helpers.synthetic_image_loader(),
                                   network=store.network(dict(RESNET, ways=3)))
