@@ -72,8 +72,8 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
       example the image array the tasks index into; None for the sinusoid).
     member_loop: "vmap" (all members at once), "map" (`lax.map`, one member
       after another inside the same compiled program) or "loop" (one member after
-      another from Python, each the vmapped chunk of that member alone: no grouped
-      convolutions and no loop around them; one device only). Same results. On a
+      another from Python, each `make_member_trainer`'s scan of that member alone:
+      no member axis, so no grouped convolutions; one device only). Same results. On a
       mesh, "map" runs each device's own members one after another. Which is
       faster where: docs/implementation.md, "member_loop".
     mesh: a 1-D mesh (sharding.make_mesh) to split the members across, or None
@@ -107,17 +107,17 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
   if member_loop == "loop":
     if mesh is not None and sharding_lib.num_shards(mesh) > 1:
       raise ValueError("member_loop 'loop' runs on one device; use 'vmap' or 'map' on a mesh")
-    one = jax.jit(chunk, static_argnames="length")  # the vmapped chunk of one member
+    train = make_member_trainer(member_step, batch_fn)  # one member, no member axis
 
     def looped(state, tasks, member_keys, data, length):
-      rows = lambda tree, m: jax.tree.map(lambda x: x[m:m + 1], tree)
-      outs = [one(EnsembleState(rows(state.params, m), rows(state.opt_state, m), state.step),
-                  rows(tasks, m), member_keys[m:m + 1], data, length=length)
+      row = lambda tree, m: jax.tree.map(lambda x: x[m], tree)
+      outs = [train(row(state.params, m), row(state.opt_state, m), row(tasks, m),
+                    member_keys[m], data, state.step, length=length)
               for m in range(member_keys.shape[0])]
-      stack = lambda trees: jax.tree.map(lambda *x: jnp.concatenate(x), *trees)
-      return (EnsembleState(stack([o[0].params for o in outs]),
-                            stack([o[0].opt_state for o in outs]), outs[0][0].step),
-              jnp.concatenate([o[1] for o in outs], axis=1))
+      stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+      return (EnsembleState(stack([o[0] for o in outs]), stack([o[1] for o in outs]),
+                            state.step + length),
+              jnp.stack([o[2] for o in outs], axis=1))
     return looped
   if mesh is None:
     return jax.jit(chunk, static_argnames="length", donate_argnums=0)
