@@ -71,9 +71,10 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
       of `tasks` along the model axis; `data` is shared by all members (for
       example the image array the tasks index into; None for the sinusoid).
     member_loop: "vmap" (all members at once), "map" (`lax.map`, one member
-      after another inside the same compiled program) or "loop" (one member after
-      another from Python, each `make_member_trainer`'s scan of that member alone:
-      no member axis, so no grouped convolutions; one device only). Same results. On a
+      after another inside the same compiled program) or "loop" (one step of one
+      member per compiled call, members and steps looped from Python: no member axis
+      and no compiled loop around the step, which XLA's CPU convolutions need to stay
+      fast; one device only). Same results. On a
       mesh, "map" runs each device's own members one after another. Which is
       faster where: docs/implementation.md, "member_loop".
     mesh: a 1-D mesh (sharding.make_mesh) to split the members across, or None
@@ -107,17 +108,22 @@ def make_ensemble_chunk(member_step: Callable, batch_fn: Callable, member_loop: 
   if member_loop == "loop":
     if mesh is not None and sharding_lib.num_shards(mesh) > 1:
       raise ValueError("member_loop 'loop' runs on one device; use 'vmap' or 'map' on a mesh")
-    train = make_member_trainer(member_step, batch_fn)  # one member, no member axis
+    one_step = jax.jit(one_member)  # one member, one step: no member axis, no loop
 
     def looped(state, tasks, member_keys, data, length):
       row = lambda tree, m: jax.tree.map(lambda x: x[m], tree)
-      outs = [train(row(state.params, m), row(state.opt_state, m), row(tasks, m),
-                    member_keys[m], data, state.step, length=length)
-              for m in range(member_keys.shape[0])]
+      params, opt_states, losses = [], [], []
+      for m in range(member_keys.shape[0]):
+        p, o, task, loss = row(state.params, m), row(state.opt_state, m), row(tasks, m), []
+        for t in range(length):
+          p, o, l = one_step(p, o, task, member_keys[m], state.step + t, data)
+          loss.append(l)
+        params.append(p)
+        opt_states.append(o)
+        losses.append(jnp.stack(loss))
       stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
-      return (EnsembleState(stack([o[0] for o in outs]), stack([o[1] for o in outs]),
-                            state.step + length),
-              jnp.stack([o[2] for o in outs], axis=1))
+      return (EnsembleState(stack(params), stack(opt_states), state.step + length),
+              jnp.stack(losses, axis=1))
     return looped
   if mesh is None:
     return jax.jit(chunk, static_argnames="length", donate_argnums=0)

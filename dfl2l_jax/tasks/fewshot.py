@@ -240,10 +240,10 @@ def make_benchmark(config, loader=None, imported=None, network=None,
   net = network or models.Conv4(ways=ways, filters=config.model.filters,
                                 conv_impl=conv_impl, bn_impl=config.model.bn_impl)
   if network is not None and config.zoo.member_loop == "auto":
-    # A ResNet has XLA's convolutions (no patches). On CPU their gradients are 13x slower
-    # inside lax.map's loop than for one model alone, and vmapped members (each its own
-    # images) make grouped convolutions: one member after another from Python there,
-    # vmapped elsewhere (docs/implementation.md, "member_loop").
+    # A ResNet has XLA's convolutions (no patches). On CPU they are 12x slower inside any
+    # compiled loop (scan, lax.map) than called alone, and vmapped members (each its own
+    # images) make grouped convolutions: one step of one member per call there, vmapped
+    # elsewhere (docs/implementation.md, "member_loop").
     member_loop = "loop" if jax.default_backend() == "cpu" else "vmap"
   batch_size, n_train = config.zoo.batch_size, zoo_tasks["train_idx"].shape[-1]
   n_ref = min(config.zoo.bn_reference, n_train)
