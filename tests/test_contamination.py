@@ -208,6 +208,22 @@ def test_out_of_domain_models_are_trained_on_other_characters_than_their_listed_
   os.makedirs(tmp_path / "empty")
   with pytest.raises(DataError, match="holds no PNG drawings"):
     contamination.out_of_domain_images(str(tmp_path / "empty"), 16)
+  # A damaged member (bad CRC) or a file that is not an image: one line naming it.
+  import zipfile  # pylint: disable=g-import-not-at-top
+  broken = tmp_path / "broken"
+  os.makedirs(broken)
+  with zipfile.ZipFile(os.path.join(omniglot, "images_background_small1.zip")) as z:
+    first = next(n for n in z.namelist() if n.endswith(".png"))
+    data = z.read(first)
+  with zipfile.ZipFile(broken / "set.zip", "w", zipfile.ZIP_STORED) as z:
+    z.writestr(first, data)
+    z.writestr("set/Alpha9/character01/not_an_image.png", b"<html>")
+  raw = bytearray((broken / "set.zip").read_bytes())
+  at = raw.index(data[:16]) + 20
+  raw[at] ^= 0xFF
+  (broken / "set.zip").write_bytes(bytes(raw))
+  with pytest.raises(DataError, match=r"set.zip:.*\.png: not a readable image"):
+    contamination.out_of_domain_images(str(broken), 16)
   with pytest.raises(ConfigError, match="applies to a zoo of one architecture"):
     config_lib.validate(helpers.fewshot_config(
         zoo__contamination="out_of_domain=0.3", zoo__out_of_domain_dir=omniglot,

@@ -178,17 +178,17 @@ def out_of_domain_images(directory, size):
   try:
     for c, (_, members) in enumerate(classes):
       for archive, name in members:
-        if archive is None:
-          with open(name, "rb") as f:
-            raw = f.read()
-        else:
-          if archive not in archives:
-            archives[archive] = zipfile.ZipFile(archive)
-          raw = archives[archive].read(name)
         try:
+          if archive is None:
+            with open(name, "rb") as f:
+              raw = f.read()
+          else:
+            if archive not in archives:
+              archives[archive] = zipfile.ZipFile(archive)
+            raw = archives[archive].read(name)
           with Image.open(io.BytesIO(raw)) as im:
             grey = im.convert("L").resize((size, size), Image.BICUBIC)
-        except OSError as e:
+        except (OSError, zipfile.BadZipFile, Image.DecompressionBombError) as e:
           raise DataError(f"config.zoo.out_of_domain_dir: {archive or ''}"
                           f"{':' if archive else ''}{name}: not a readable image "
                           f"({e})") from None
