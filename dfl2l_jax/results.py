@@ -436,7 +436,9 @@ def to_markdown(results, json_sha256=None):
                        for i, v in enumerate(s["scores"]))
     lines += ["", f"{method} screen ({s['summary']}; a model is kept if its meta-validation "
               f"accuracy beats {s['bar']:.1f}, the best untrained network's): dropped "
-              f"{s['dropped']}; scores {scores}."]
+              f"{s['dropped']}; scores {scores}"
+              + ("; untrained networks " + ", ".join(f"{v:.1f}" for v in s["untrained_scores"])
+                 if s.get("untrained_scores") else "") + "."]
   if any(r.get("uses_task_data") for r in results["rows"]):
     lines += ["", "\\* read the zoo tasks' training data (not data-free)."]
   lines += ["", "Test-time cost: networks a learner holds, and forward and backward passes "

@@ -116,6 +116,9 @@ def test_what_a_method_noted_is_shown_beside_its_rows():
           "beats 30.2, the best untrained network's): dropped [1]; scores 0: 40.0, 1: 29.5, "
           "2: n/a.") in md
   assert "(config.zoo.contamination=fake=0.3): fake models [1]." in md
+  screen["untrained_scores"] = [30.25, 21.0]  # recorded since; earlier records lack them
+  md = results.to_markdown(rec)
+  assert "2: n/a; untrained networks 30.2, 21.0." in md
 
 
 def test_files_of_the_earlier_layout_are_upgraded_on_load(tmp_path):

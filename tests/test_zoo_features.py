@@ -259,6 +259,7 @@ def test_the_untrained_screen_keeps_models_that_beat_every_untrained_network(mon
   keep, record = zf.screen(ctx, bench.model, {"zoo": zoo})
   assert list(keep) == [0, 2, 4] and record["dropped"] == [1, 3]
   assert record["scores"] == [50.0, 0.0, 40.0, None, 30.0] and record["bar"] == 0.0
+  assert len(record["untrained_scores"]) == 4 and max(record["untrained_scores"]) == 0.0
   zoo["Dense_0"]["bias"] = jnp.zeros_like(zoo["Dense_0"]["bias"]).at[0].set(9.0)
   with pytest.raises(ZooError, match=r"keeps 1 of 5 models \(at least 2 needed\).*0: 9\.0"):
     zf.screen(ctx, bench.model, {"zoo": zoo})

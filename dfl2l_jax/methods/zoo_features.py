@@ -55,8 +55,8 @@ model of the run's group, and `screen_references` random initialisations of its 
 `screen_shots`-shot episodes of the meta-validation classes, and keeps the models that beat
 every untrained network: a model whose features are no better than random ones is
 dropped. The rule is fixed in advance (nothing tuned); the test tasks are never read. Each
-model's score and what was done with it are logged and recorded with the rows
-(`notes.screen`). A model with a non-finite score is dropped and named; fewer than 2
+model's score and what was done with it, and the untrained networks' scores, are logged
+and recorded with the rows (`notes.screen`). A model with a non-finite score is dropped and named; fewer than 2
 models kept stops the method with the scores. A mixed zoo's other groups are not
 screened (all kept).
 
@@ -412,11 +412,13 @@ def screen(ctx, net, state):
   dropped = [int(i) for i in np.setdiff1d(np.arange(len(scores)), keep)]
   metrics.log.info("zoo_features.screen: %d of %d models kept (their %d-shot accuracy on %d "
                    "meta-validation episodes beats %.1f, the best of %d untrained networks); "
-                   "dropped %s; scores %s", len(keep), len(scores), shots, int(zc.screen_tasks),
-                   bar, int(zc.screen_references), dropped, shown)
+                   "dropped %s; scores %s; untrained networks %s", len(keep), len(scores),
+                   shots, int(zc.screen_tasks), bar, int(zc.screen_references), dropped, shown,
+                   ", ".join(f"{s:.1f}" for s in reference))
   record = {"summary": f"kept {len(keep)} of {len(scores)}",
             "kept": [int(i) for i in keep], "dropped": dropped, "bar": round(bar, 3),
-            "scores": [None if not np.isfinite(s) else round(float(s), 3) for s in scores]}
+            "scores": [None if not np.isfinite(s) else round(float(s), 3) for s in scores],
+            "untrained_scores": [round(float(s), 3) for s in reference]}
   return keep, record
 
 
