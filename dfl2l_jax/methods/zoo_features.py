@@ -56,9 +56,9 @@ model of the run's group, and `screen_references` random initialisations of its 
 every untrained network: a model whose features are no better than random ones is
 dropped. The rule is fixed in advance (nothing tuned); the test tasks are never read. Each
 model's score and what was done with it, and the untrained networks' scores, are logged
-and recorded with the rows (`notes.screen`). A model with a non-finite score is dropped and named; fewer than 2
-models kept stops the method with the scores. A mixed zoo's other groups are not
-screened (all kept).
+and recorded with the rows (`notes.screen`). A model with a non-finite score is dropped
+and named; fewer than 2 models kept stops the method with the scores. A mixed zoo's other
+groups are not screened (all kept).
 
 Weighing the groups of a mixed zoo (`zoo_features.group_weight`, default 1): each model of
 the other architectures' groups weighs that many times a model of the run's group, its
