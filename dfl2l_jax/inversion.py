@@ -129,18 +129,20 @@ def init_images(key, num_models, ways, hp: InversionHParams, image_shape):
 
 @functools.lru_cache(maxsize=8)
 def make_chunk(model, ways, hp: InversionHParams, member_loop: str = "vmap"):
-  """Returns (jitted `chunk(state, zoo, bn_stats, ids, key, length)`, optimizer).
+  """Returns (`chunk(state, zoo, bn_stats, ids, key, length)`, optimizer).
 
-  One step updates every model's images (one compiled step over the model axis):
-  `member_loop` "vmap" computes all models' gradients at once, "map" one model after
-  another inside the step (`lax.map`; faster on CPU, as for the zoo trainer:
-  docs/implementation.md, "member_loop"); the Adam update is elementwise either way.
-  Model `ids[m]` draws its augmentations at step t from fold_in(fold_in(key, t), ids[m]),
-  so results depend neither on where chunks are cut nor on which models are inverted
-  together.
+  One step updates every model's images: `member_loop` "vmap" computes all models'
+  gradients at once in one compiled step, "map" one model after another inside it
+  (`lax.map`), "loop" one model's gradient per compiled call, models and steps looped
+  from Python (no model axis and no compiled loop around a model's step, which XLA's
+  CPU convolutions need to stay fast: docs/implementation.md, "member_loop"). The Adam
+  update is elementwise and the same in every form; so are the results (up to float
+  rounding). Model `ids[m]` draws its augmentations at step t from
+  fold_in(fold_in(key, t), ids[m]), so results depend neither on where chunks are cut
+  nor on which models are inverted together.
   """
-  if member_loop not in ("vmap", "map"):
-    raise ValueError(f"member_loop must be 'vmap' or 'map', got {member_loop!r}")
+  if member_loop not in ("vmap", "map", "loop"):
+    raise ValueError(f"member_loop must be 'vmap', 'map' or 'loop', got {member_loop!r}")
   optimizer = optax.adam(hp.lr)
   y = labels(ways, hp.images_per_class)
 
@@ -155,17 +157,38 @@ def make_chunk(model, ways, hp: InversionHParams, member_loop: str = "vmap"):
       return jax.lax.map(lambda a: one_model(*a), (zoo, bn_stats, images, keys))
     return jax.vmap(one_model)(zoo, bn_stats, images, keys)
 
+  def model_keys(key, step, ids):
+    k_step = jax.random.fold_in(key, step)
+    return jax.vmap(lambda i: jax.random.fold_in(k_step, i))(ids)
+
+  def update(st, grads, parts):
+    updates, opt_state = optimizer.update(grads, st.opt_state)
+    images = optax.apply_updates(st.images, updates)
+    summary = {"loss_mean": parts["loss"].mean(), "ce_mean": parts["ce"].mean(),
+               "bn_mean": parts["bn"].mean()}
+    return InversionState(images, opt_state, st.step + 1), summary
+
+  if member_loop == "loop":
+    grad_of_one, update_all = jax.jit(one_model), jax.jit(update)
+    keys_of, row = jax.jit(model_keys), lambda tree, m: jax.tree.map(lambda x: x[m], tree)
+
+    def looped(state, zoo, bn_stats, ids, key, *, length):
+      summaries = []
+      for _ in range(length):
+        keys = keys_of(key, state.step, ids)
+        out = [grad_of_one(row(zoo, m), row(bn_stats, m), state.images[m], keys[m])
+               for m in range(ids.shape[0])]
+        grads, parts = jax.tree.map(lambda *x: jnp.stack(x), *out)
+        state, summary = update_all(state, grads, parts)
+        summaries.append(summary)
+      return state, jax.tree.map(lambda *x: jnp.stack(x), *summaries)
+    return looped, optimizer
+
   @functools.partial(jax.jit, static_argnames=("length",))
   def chunk(state, zoo, bn_stats, ids, key, *, length):
     def step(st, _):
-      k_step = jax.random.fold_in(key, st.step)
-      keys = jax.vmap(lambda i: jax.random.fold_in(k_step, i))(ids)
-      grads, parts = every_model(zoo, bn_stats, st.images, keys)
-      updates, opt_state = optimizer.update(grads, st.opt_state)
-      images = optax.apply_updates(st.images, updates)
-      summary = {"loss_mean": parts["loss"].mean(), "ce_mean": parts["ce"].mean(),
-                 "bn_mean": parts["bn"].mean()}
-      return InversionState(images, opt_state, st.step + 1), summary
+      grads, parts = every_model(zoo, bn_stats, st.images, model_keys(key, st.step, ids))
+      return update(st, grads, parts)
     return jax.lax.scan(step, state, None, length=length)
   return chunk, optimizer
 

@@ -271,7 +271,8 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
   images = inverted_images.invert_zoo(ctx)
   resnets = source.other_groups(benchmark.imported_zoo, config)[0]
   hp = inverted_images.hparams(config)
-  chunk, optimizer = inversion.make_chunk(store.network(resnets.architecture), WAYS, hp)
+  net = store.network(resnets.architecture)  # inverted as the run does (one model per call)
+  chunk, optimizer = inversion.make_chunk(net, WAYS, hp, inverted_images.member_loop(net))
   start = inversion.init_images(jax.random.fold_in(inverted_images.init_key(config.seed), 1),
                                 3, WAYS, hp, images.shape[2:])
   alone, _ = chunk(inversion.InversionState(start, optimizer.init(start), jnp.int32(0)),
@@ -410,3 +411,7 @@ def test_a_resnet_groups_members_train_one_after_another_on_cpu_where_conv4s_are
                                   helpers.synthetic_image_loader(),
                                   network=store.network(dict(RESNET, ways=3)))
   assert pinned.member_loop == "map"  # a choice in the config is kept
+  # Their inversion: the same, one model per compiled call for the ResNet on CPU.
+  from dfl2l_jax.methods import inverted_images  # pylint: disable=g-import-not-at-top
+  assert inverted_images.member_loop(conv4.model) == "vmap"
+  assert inverted_images.member_loop(store.network(dict(RESNET, ways=3))) == "loop"

@@ -20,6 +20,7 @@ from dfl2l_jax import checks
 from dfl2l_jax import inversion
 from dfl2l_jax import loops
 from dfl2l_jax import metrics
+from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax import zoo as zoo_lib
 from dfl2l_jax.methods import base
@@ -93,7 +94,7 @@ def _invert_group(ctx, name, net, zoo, stats, init, first):
   bench = ctx.benchmark
   ways, hp = int(bench.spec["ways"]), hparams(ctx.config)
   n = inversion.zoo_size(zoo)
-  chunk, optimizer = inversion.make_chunk(net, ways, hp)
+  chunk, optimizer = inversion.make_chunk(net, ways, hp, member_loop(net))
   images = inversion.init_images(init, n, ways, hp, bench.example_input.shape[1:])
   state = inversion.InversionState(images, optimizer.init(images), jnp.int32(0))
   zoo, stats = jax.device_put(zoo), jax.device_put(stats)
@@ -116,6 +117,18 @@ def _invert_group(ctx, name, net, zoo, stats, init, first):
   metrics.log.info("%s: the zoo classifies its own inverted images %.1f%% correctly "
                    "(mean over %d models; min %.1f%%)", name, acc.mean(), n, acc.min())
   return images, np.asarray(acc)
+
+
+def member_loop(net):
+  """How a group's inversion steps over its models (inversion.make_chunk): a network with
+  XLA's convolutions (not a Conv4, whose patches convolution is fast in a compiled loop)
+  one model per compiled call on CPU, where XLA's convolutions are slower vmapped or
+  inside a compiled loop (about 2x for ResNet-10 8-16-32-64: results/performance.md);
+  vmapped otherwise. The same images either way (up to float rounding), so it is not part
+  of the loop's spec."""
+  if isinstance(net, models.Conv4) or jax.default_backend() != "cpu":
+    return "vmap"
+  return "loop"
 
 
 def _write_outputs(workdir, images, acc, ways, per_class):
