@@ -27,7 +27,8 @@ HP = inversion.InversionHParams(images_per_class=3, lr=0.1, bn_weight=1.0, tv_we
 
 
 def _config(**overrides):
-  base = dict(zoo__num_models=3, inversion_maml__first_order=True, inversion__steps=6, inversion__chunk_steps=3, inversion__images_per_class=3,
+  base = dict(zoo__num_models=3, inversion_maml__first_order=True, inversion__steps=6,
+              inversion__chunk_steps=3, inversion__images_per_class=3,
               maml__meta_steps=2, maml__chunk_steps=1, maml__meta_batch_size=2,
               maml__support_size=6, maml__query_size=6)
   return helpers.fewshot_config(**dict(base, **overrides))
