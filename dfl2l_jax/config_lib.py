@@ -126,7 +126,7 @@ _BEFORE_FIELD_EXISTED = {("metatest", "step_bound"): 0.0, ("fusion", "rate_halvi
                          ("zoo", "source"): "", ("zoo", "group"): "",
                          ("zoo", "contamination"): "", ("zoo", "architectures"): "",
                          ("zoo", "out_of_domain_dir"): "",
-                         ("zoo_features", "screen"): "off",
+                         ("zoo_features", "screen"): "off", ("zoo_distill", "screen"): "off",
                          ("zoo_features", "screen_shots"): 5,
                          ("zoo_features", "screen_tasks"): 50,
                          ("zoo_features", "screen_references"): 8,

@@ -253,6 +253,32 @@ def test_zoo_distill_on_images_is_data_free_and_resumes(image_zoo, tmp_path):
     methods.METHODS["zoo_distill"].validate(_config(zoo_distill__lr=0.0))
 
 
+def test_a_screened_distillation_learns_from_the_kept_models_alone(image_zoo, tmp_path,
+                                                                   monkeypatch):
+  from dfl2l_jax.methods import zoo_features as zf  # pylint: disable=g-import-not-at-top
+  bench, zoo, stats = image_zoo
+  config = _config(zoo_distill__steps=2, zoo_distill__chunk_steps=2, zoo_distill__batch_size=8,
+                   zoo_distill__screen="untrained")
+  ctx = _ctx(bench, zoo, stats, config, tmp_path, method=methods.METHODS["zoo_distill"])
+  record = {"summary": "kept 2 of 3", "kept": [0, 2], "dropped": [1]}
+  monkeypatch.setattr(zf, "screen", lambda c, net, state: (np.array([0, 2]), record))
+  seen, real = [], zd.teacher_logits
+  monkeypatch.setattr(zd, "teacher_logits", lambda model, z, s, pool: seen.append(
+      (z, s, pool)) or real(model, z, s, pool))
+  methods.METHODS["zoo_distill"].make_init(ctx)
+  assert ctx.notes["screen"] is record
+  (teachers, teacher_stats, pool), = seen
+  images = inverted_images.invert_zoo(ctx)   # every model's, from the shared checkpoint
+  np.testing.assert_array_equal(pool, images[np.array([0, 2])].reshape(pool.shape))
+  for got, want in ((teachers, zoo), (teacher_stats, stats)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b[np.array([0, 2])])
+  with open(tmp_path / "fusion" / "zoo_distill" / "spec.json") as f:
+    assert json.load(f)["screened_teachers"] == [0, 2]   # fewer teachers: another loop
+  with pytest.raises(ConfigError, match="zoo_distill.screen"):
+    methods.METHODS["zoo_distill"].validate(_config(zoo_distill__screen="often"))
+
+
 @pytest.mark.parametrize("arch", [
     {"name": "conv4", "filters": 8, "ways": 3},
     {"name": "resnet10", "ways": 3, "widths": [4, 8, 16, 32]},

@@ -33,6 +33,15 @@ group's inverted images; the student is the run's group's network (config.zoo.gr
 body from that group's average; the head of a teacher of another architecture starts as
 the mean of the run's group's heads.
 
+Untrusted models (`zoo_distill.screen`, images; off by default): "untrained" applies
+zoo_features' screen (its rule and its `zoo_features.screen_*` settings: a model is kept if
+its own features beat every untrained network of its architecture on meta-validation
+episodes; never the test tasks) to the run's group, and only the models it keeps are
+teachers: their inverted images, their logits, their heads, their average as the body's
+start (a mixed zoo's other groups stay, as in zoo_features). The images are the shared
+inversion of every model (methods/inverted_images.py), of which the kept models' are used.
+Each model's score and fate are recorded with the rows (`notes.screen`).
+
 Start: the body from the zoo's average (VA), head i from model i's own output layer.
 Adam (`zoo_distill.lr`) for `zoo_distill.steps` steps of `zoo_distill.batch_size`
 inputs shared by all heads, in one compiled `lax.scan` per chunk of
@@ -49,9 +58,10 @@ import optax
 
 from dfl2l_jax import checks
 from dfl2l_jax import models
-from dfl2l_jax.errors import NotApplicable
+from dfl2l_jax.errors import ConfigError, NotApplicable
 from dfl2l_jax.methods import base
 from dfl2l_jax.methods import inverted_images
+from dfl2l_jax.methods import zoo_features
 from dfl2l_jax.zoo import source as zoo_source
 from dfl2l_jax.zoo import store
 
@@ -165,10 +175,15 @@ def zoo_distill_images(ctx: base.MethodContext):
                         f"{type(ctx.benchmark.model).__name__}")
   dc = ctx.config.zoo_distill
   images = inverted_images.invert_zoo(ctx)                  # (N, R * P, H, W, C)
+  zoo, bn_stats, keep = ctx.zoo, ctx.zoo_bn_stats, screened(ctx)
+  if keep is not None:  # the kept models of the run's group, then every other group's
+    n = jax.tree.leaves(zoo)[0].shape[0]
+    images = jnp.concatenate([images[keep], images[n:]])
+    zoo, bn_stats = jax.tree.map(lambda x: x[keep], (zoo, bn_stats))
   pool = images.reshape((-1,) + images.shape[2:])
-  targets = teacher_logits(ctx.benchmark.model, jax.device_put(ctx.zoo),
-                           jax.device_put(ctx.zoo_bn_stats), pool)
-  body, heads, last = split_heads(ctx.zoo)
+  targets = teacher_logits(ctx.benchmark.model, jax.device_put(zoo),
+                           jax.device_put(bn_stats), pool)
+  body, heads, last = split_heads(zoo)
   others = zoo_source.other_groups(ctx.benchmark.imported_zoo, ctx.config)
   if others:  # a mixed zoo: every model a teacher; its head starts as the mean head
     targets = jnp.concatenate([targets] + [teacher_logits(
@@ -180,15 +195,31 @@ def zoo_distill_images(ctx: base.MethodContext):
   chunk, optimizer = make_image_chunk(ctx.benchmark.model, int(dc.batch_size), float(dc.lr))
   state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
   key = jax.random.fold_in(ctx.key, 1)
-  spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
+  settings = {k: v for k, v in dc.to_dict().items() if k != "screen"}  # as before it existed
+  spec = {"method": "zoo_distill", "zoo_distill": settings, "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec, "inversion": ctx.config.inversion.to_dict(),
           "pseudo_inputs": "inverted images"}
   if others:  # a checkpoint of fewer teachers is another distillation
     spec["teachers"] = zoo_source.every_model_note(ctx.benchmark.imported_zoo)
+  if keep is not None:
+    spec["screened_teachers"] = [int(i) for i in keep]
   state = ctx.run_loop(
       "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, pool, targets, key, length=length))
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
+
+
+def screened(ctx):
+  """The indices of the run's group's models that `zoo_distill.screen` keeps (noted in
+  ctx.notes["screen"]), or None when it is off."""
+  if ctx.config.zoo_distill.get("screen", "off") == "off":
+    return None
+  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
+  if ctx.zoo_running_stats is not None:
+    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
+  keep, record = zoo_features.screen(ctx, ctx.benchmark.model.clone(head=False), state)
+  ctx.notes["screen"] = record
+  return jnp.asarray(keep)
 
 
 def zoo_distill(ctx: base.MethodContext):
@@ -205,8 +236,9 @@ def zoo_distill(ctx: base.MethodContext):
   state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
   zoo = jax.device_put(ctx.zoo)
   key = jax.random.fold_in(ctx.key, 1)
-  spec = {"method": "zoo_distill", "zoo_distill": dc.to_dict(), "seed": ctx.config.seed,
-          "benchmark": ctx.benchmark.spec}
+  spec = {"method": "zoo_distill", "zoo_distill": {k: v for k, v in dc.to_dict().items()
+                                                    if k != "screen"},
+          "seed": ctx.config.seed, "benchmark": ctx.benchmark.spec}
   state = ctx.run_loop(
       "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, zoo, key, length=length))
@@ -220,17 +252,22 @@ def defaults():
   z.batch_size = 64                     # pseudo-inputs per step, shared by every head
   z.lr = 1e-3
   z.chunk_steps = 500                   # steps per compiled chunk (and checkpoint)
+  z.screen = "off"                      # off | untrained: zoo_features' screen (module doc)
   return z
 
 
 FIELDS = {"zoo_distill.steps": checks.POSITIVE_INT,
           "zoo_distill.batch_size": checks.POSITIVE_INT,
           "zoo_distill.chunk_steps": checks.POSITIVE_INT,
-          "zoo_distill.lr": checks.POSITIVE_REAL}
+          "zoo_distill.lr": checks.POSITIVE_REAL,
+          "zoo_distill.screen": checks.one_of(("off", "untrained"))}
 
 
 def validate(config):
   checks.check(config, FIELDS)
+  if config.benchmark == "sinusoid" and config.zoo_distill.get("screen", "off") != "off":
+    raise ConfigError("zoo_distill.screen scores a classifier zoo on meta-validation "
+                      "classes; a regression zoo has none: leave it off")
   inverted_images.validate_inversion(config)              # the pseudo-inputs of images
 
 
