@@ -12,8 +12,12 @@ Data-free meta-learning for image zoos in two phases, neither reading the zoo ta
    of `config.maml`, on pseudo episodes: one zoo model's R classes, its labels permuted
    by one of `inversion_maml.label_perms` fixed random permutations per model (so no
    class keeps one output unit), support and query batches drawn from that model's
-   synthetic images. Starts from the zoo's average (`start = "va"`) or the benchmark's
-   random initialisation (`"random"`).
+   synthetic images: `config.zoo.batch_size` images each (the zoo trainer's batch, as
+   for `maml`), cut to `maml.support_size` / `maml.query_size` where those are set. The
+   MAML's cost grows with it: a run with `--config.zoo.batch_size=128` (how our CPU zoos
+   of results/imported_zoo.md were trained) took 7x as long per step as one with the
+   default 16. Starts from the zoo's average (`start = "va"`) or the benchmark's random
+   initialisation (`"random"`).
 
 A zoo of several architectures: every group is inverted by its own network (phase 1), so
 the pseudo episodes come from every model; the network meta-trained, and its start, are
