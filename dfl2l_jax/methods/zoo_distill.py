@@ -195,8 +195,7 @@ def zoo_distill_images(ctx: base.MethodContext):
   chunk, optimizer = make_image_chunk(ctx.benchmark.model, int(dc.batch_size), float(dc.lr))
   state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
   key = jax.random.fold_in(ctx.key, 1)
-  settings = {k: v for k, v in dc.to_dict().items() if k != "screen"}  # as before it existed
-  spec = {"method": "zoo_distill", "zoo_distill": settings, "seed": ctx.config.seed,
+  spec = {"method": "zoo_distill", "zoo_distill": loop_settings(dc), "seed": ctx.config.seed,
           "benchmark": ctx.benchmark.spec, "inversion": ctx.config.inversion.to_dict(),
           "pseudo_inputs": "inverted images"}
   if others:  # a checkpoint of fewer teachers is another distillation
@@ -207,6 +206,12 @@ def zoo_distill_images(ctx: base.MethodContext):
       "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, pool, targets, key, length=length))
   return {**state.body, last: jax.tree.map(lambda x: x.mean(0), state.heads)}
+
+
+def loop_settings(dc):
+  """config.zoo_distill as its loop's spec records it: without `screen` (the teachers it
+  keeps are recorded instead), so that workdirs from before the field existed resume."""
+  return {k: v for k, v in dc.to_dict().items() if k != "screen"}
 
 
 def screened(ctx):
@@ -236,9 +241,8 @@ def zoo_distill(ctx: base.MethodContext):
   state = DistillState(body, heads, optimizer.init((body, heads)), jnp.int32(0))
   zoo = jax.device_put(ctx.zoo)
   key = jax.random.fold_in(ctx.key, 1)
-  spec = {"method": "zoo_distill", "zoo_distill": {k: v for k, v in dc.to_dict().items()
-                                                    if k != "screen"},
-          "seed": ctx.config.seed, "benchmark": ctx.benchmark.spec}
+  spec = {"method": "zoo_distill", "zoo_distill": loop_settings(dc), "seed": ctx.config.seed,
+          "benchmark": ctx.benchmark.spec}
   state = ctx.run_loop(
       "zoo_distill", spec, state, total_steps=dc.steps, chunk_steps=dc.chunk_steps,
       run_chunk=lambda st, start, length: chunk(st, zoo, key, length=length))
