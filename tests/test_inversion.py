@@ -261,7 +261,7 @@ def test_a_screened_distillation_learns_from_the_kept_models_alone(image_zoo, tm
                    zoo_distill__screen="untrained")
   ctx = _ctx(bench, zoo, stats, config, tmp_path, method=methods.METHODS["zoo_distill"])
   record = {"summary": "kept 2 of 3", "kept": [0, 2], "dropped": [1]}
-  monkeypatch.setattr(zf, "screen", lambda c, net, state: (np.array([0, 2]), record))
+  monkeypatch.setattr(zf, "screen", lambda c, net, state, option: (np.array([0, 2]), record))
   seen, real = [], zd.teacher_logits
   monkeypatch.setattr(zd, "teacher_logits", lambda model, z, s, pool: seen.append(
       (z, s, pool)) or real(model, z, s, pool))

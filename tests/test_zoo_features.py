@@ -263,6 +263,8 @@ def test_the_untrained_screen_keeps_models_that_beat_every_untrained_network(mon
   zoo["Dense_0"]["bias"] = jnp.zeros_like(zoo["Dense_0"]["bias"]).at[0].set(9.0)
   with pytest.raises(ZooError, match=r"keeps 1 of 5 models \(at least 2 needed\).*0: 9\.0"):
     zf.screen(ctx, bench.model, {"zoo": zoo})
+  with pytest.raises(ZooError, match=r"^zoo_distill.screen keeps 1 of 5"):  # who asked
+    zf.screen(ctx, bench.model, {"zoo": zoo}, option="zoo_distill.screen")
   monkeypatch.undo()
 
   # The real scorer end to end: each untrained reference equals a model given its

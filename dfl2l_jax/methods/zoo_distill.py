@@ -222,7 +222,8 @@ def screened(ctx):
   state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
   if ctx.zoo_running_stats is not None:
     state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
-  keep, record = zoo_features.screen(ctx, ctx.benchmark.model.clone(head=False), state)
+  keep, record = zoo_features.screen(ctx, ctx.benchmark.model.clone(head=False), state,
+                                     option="zoo_distill.screen")
   ctx.notes["screen"] = record
   return jnp.asarray(keep)
 

@@ -377,15 +377,16 @@ def untrained_references(ctx, state, count):
   return refs
 
 
-def screen(ctx, net, state):
+def screen(ctx, net, state, option="zoo_features.screen"):
   """(kept model indices of the run's group, record): the "untrained" screen (module
   doc, "screen"). Every model and `screen_references` untrained networks of the same
   architecture are scored by their own nearest-centroid accuracy on `screen_tasks`
   `screen_shots`-shot episodes of the meta-validation classes; a model is kept if its
-  mean beats every untrained network's. Never the test tasks."""
+  mean beats every untrained network's. Never the test tasks. `option`: the config
+  option that asked for it, which its errors and log lines name."""
   zc, bench = ctx.config.zoo_features, ctx.benchmark
   if bench.validation_episodes is None:
-    raise NotApplicable("zoo_features.screen needs the benchmark's meta-validation "
+    raise NotApplicable(f"{option} needs the benchmark's meta-validation "
                         "classes, and this benchmark has none")
   ways, shots = int(bench.spec["ways"]), int(zc.screen_shots)
   episodes, data, gather = bench.validation_episodes(shots, int(zc.screen_tasks))
@@ -395,7 +396,7 @@ def screen(ctx, net, state):
   acc = score(state)  # (tasks, N)
   reference = score(untrained_references(ctx, state, int(zc.screen_references))).mean(0)
   if not np.all(np.isfinite(reference)):
-    raise FloatingPointError("zoo_features.screen: an untrained network gave a non-finite "
+    raise FloatingPointError(f"{option}: an untrained network gave a non-finite "
                              "meta-validation accuracy")
   finite = np.all(np.isfinite(acc), 0)
   scores = np.where(finite, acc.mean(0), np.nan)
@@ -403,16 +404,16 @@ def screen(ctx, net, state):
   keep = np.flatnonzero(finite & (scores > bar))
   shown = ", ".join(f"{i}: {s:.1f}" for i, s in enumerate(scores))
   if len(keep) < 2:
-    raise ZooError(f"zoo_features.screen keeps {len(keep)} of {len(scores)} models (at least "
+    raise ZooError(f"{option} keeps {len(keep)} of {len(scores)} models (at least "
                    f"2 needed): meta-validation accuracy to beat {bar:.1f} (untrained); "
                    f"models {shown}")
   for i in np.flatnonzero(~finite):
-    metrics.log.warning("zoo_features.screen: model %d gave a non-finite accuracy on the "
-                        "meta-validation episodes: excluded", i)
+    metrics.log.warning("%s: model %d gave a non-finite accuracy on the "
+                        "meta-validation episodes: excluded", option, i)
   dropped = [int(i) for i in np.setdiff1d(np.arange(len(scores)), keep)]
-  metrics.log.info("zoo_features.screen: %d of %d models kept (their %d-shot accuracy on %d "
+  metrics.log.info("%s: %d of %d models kept (their %d-shot accuracy on %d "
                    "meta-validation episodes beats %.1f, the best of %d untrained networks); "
-                   "dropped %s; scores %s; untrained networks %s", len(keep), len(scores),
+                   "dropped %s; scores %s; untrained networks %s", option, len(keep), len(scores),
                    shots, int(zc.screen_tasks), bar, int(zc.screen_references), dropped, shown,
                    ", ".join(f"{s:.1f}" for s in reference))
   record = {"summary": f"kept {len(keep)} of {len(scores)}",
