@@ -123,9 +123,9 @@ def member_loop(net):
   """How a group's inversion steps over its models (inversion.make_chunk): a network with
   XLA's convolutions (not a Conv4, whose patches convolution is fast in a compiled loop)
   one model per compiled call on CPU, where XLA's convolutions are slower vmapped or
-  inside a compiled loop (about 2x for ResNet-10 8-16-32-64: results/performance.md);
-  vmapped otherwise. The same images either way (up to float rounding), so it is not part
-  of the loop's spec."""
+  inside a compiled loop (looped, 3.8x the vmapped step's speed for ResNet-10 8-16-32-64:
+  results/performance.md); vmapped otherwise. The same images either way (up to float
+  rounding), so it is not part of the loop's spec."""
   if isinstance(net, models.Conv4) or jax.default_backend() != "cpu":
     return "vmap"
   return "loop"

@@ -219,11 +219,8 @@ def screened(ctx):
   ctx.notes["screen"]), or None when it is off."""
   if ctx.config.zoo_distill.get("screen", "off") == "off":
     return None
-  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
-  if ctx.zoo_running_stats is not None:
-    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
-  keep, record = zoo_features.screen(ctx, ctx.benchmark.model.clone(head=False), state,
-                                     option="zoo_distill.screen")
+  keep, record = zoo_features.screen(ctx, ctx.benchmark.model.clone(head=False),
+                                     zoo_features.group_state(ctx), option="zoo_distill.screen")
   ctx.notes["screen"] = record
   return jnp.asarray(keep)
 

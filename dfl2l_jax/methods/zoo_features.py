@@ -277,15 +277,22 @@ def _candidates_scorer(nets, ways, c, steps, candidates):
   return functools.partial(_candidates_score, nets, ways, c, steps, candidates)
 
 
+def group_state(ctx):
+  """The run's group as a learner state: its models ("zoo") and, where the zoo carries
+  them, their BatchNorm statistics ("running_stats")."""
+  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
+  if ctx.zoo_running_stats is not None:
+    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
+  return state
+
+
 def zoo_groups(ctx, net):
   """(nets, state, n): the feature networks (head=False) of every group of the zoo, the
   learner's state holding their models, and how many models that is. The run's group
   (ctx.zoo, ctx.zoo_running_stats) first; a mixed imported zoo adds its other groups
   (zoo/source.py), each with its own network and BatchNorm statistics."""
   nets = [net.clone(head=False)]
-  state = {"zoo": jax.tree.map(jnp.asarray, ctx.zoo)}
-  if ctx.zoo_running_stats is not None:
-    state["running_stats"] = jax.tree.map(jnp.asarray, ctx.zoo_running_stats)
+  state = group_state(ctx)
   n = jax.tree.leaves(ctx.zoo)[0].shape[0]
   imported = ctx.benchmark.imported_zoo
   if imported is not None and imported.mixed:
