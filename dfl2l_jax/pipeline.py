@@ -213,6 +213,23 @@ def zoo_bn_stats(run: RunContext, zoo, running, chosen):
                           None if contamination.spec_of(run.config) else run.workdir)
 
 
+def group_bn_stats(run: RunContext, chosen):
+  """{group name: BatchNorm population statistics} of the other groups of a mixed
+  imported zoo whose models normalise with a batch's statistics (batch_norm "batch", as
+  our trainer's), computed from images of each model's classes for the methods that
+  need them (the groups of a zoo with running statistics carry their own); None else."""
+  imported = run.benchmark.imported_zoo
+  if (not any(m.needs_bn_stats for m in chosen) or imported is None
+      or not imported.mixed or imported.manifest["batch_norm"] != "batch"):
+    return None
+  out = {}
+  for g in zoo_source.other_groups(imported, run.config):
+    out[g.name] = run.benchmark.group_bn_stats_fn(g)
+    log.info("BatchNorm population statistics of the zoo's group %s (%d models), from "
+             "images of each model's classes", g.name, len(g.indices))
+  return out
+
+
 def method_key(config, name):
   return jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
@@ -357,9 +374,11 @@ def _run_methods(run: RunContext, chosen):
   split = zoo_lib.split(config)
   episodes = {s: benchmark.make_episodes(s) for s in config.shots}
   bn_stats = zoo_bn_stats(run, zoo, running, chosen)
+  groups_stats = group_bn_stats(run, chosen)
   rows, inits, diverged = [], {}, []
   for method in chosen:
-    ctx = method_context(run, method, zoo, split, bn_stats, running_stats=running)
+    ctx = method_context(run, method, zoo, split, bn_stats, running_stats=running,
+                         group_stats=groups_stats)
     try:
       theta_init = method.make_init(ctx)
     except NotApplicable as e:
@@ -385,11 +404,13 @@ def _run_methods(run: RunContext, chosen):
   return _finish(run, rows, quality, split, previous, inits, diverged)
 
 
-def method_context(run: RunContext, method, zoo, split, bn_stats=None, running_stats=None):
+def method_context(run: RunContext, method, zoo, split, bn_stats=None, running_stats=None,
+                   group_stats=None):
   """What `method` may use of the run, the zoo and its `split` (S indices, Q indices); a
   data-free method gets the benchmark without the zoo tasks' data
   (methods.base.DataFreeBenchmark), so reading it raises. `running_stats`: the BatchNorm
-  statistics the zoo's models normalise with, if they carry them."""
+  statistics the zoo's models normalise with, if they carry them; `group_stats`: the
+  population statistics of a mixed zoo's other groups (group_bn_stats)."""
   config, benchmark = run.config, run.benchmark
   note = zoo_source.group_note(benchmark.imported_zoo, config)
   if not methods_lib.base.uses_task_data(method, config):
@@ -400,6 +421,7 @@ def method_context(run: RunContext, method, zoo, split, bn_stats=None, running_s
       key=run.key(method.name), workdir=run.workdir, writer=run.writer, hooks=run.hooks,
       zoo_bn_stats=bn_stats if method.needs_bn_stats else None, mesh=run.models_mesh,
       zoo_running_stats=running_stats,
+      group_bn_stats=group_stats if method.needs_bn_stats else None,
       # A zoo of several architectures: each row names the models it used (a method that
       # reads every group, zoo_features, says so instead).
       notes={"zoo_models": note} if note else {})
@@ -478,7 +500,7 @@ def _evaluate_locked(run: RunContext):
     inits[name] = jax.device_put(theta_init)
   for method in learners:
     ctx = method_context(run, method, zoo, split, zoo_bn_stats(run, zoo, running, [method]),
-                         running_stats=running)
+                         running_stats=running, group_stats=group_bn_stats(run, [method]))
     try:
       inits[method.name] = method.make_init(ctx)
     except NotApplicable as e:

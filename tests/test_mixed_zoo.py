@@ -244,9 +244,8 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
   from dfl2l_jax.methods import inverted_images  # pylint: disable=g-import-not-at-top
   from dfl2l_jax.methods import zoo_distill  # pylint: disable=g-import-not-at-top
   zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
-  config = helpers.override(_config(data, zoo_dir, methods="zoo_distill,inversion_maml"),
-                            shots=(2,), zoo_distill__steps=2, zoo_distill__chunk_steps=2,
-                            maml__meta_steps=2)
+  config = helpers.override(_config(data, zoo_dir, methods="zoo_distill"), shots=(2,),
+                            zoo_distill__steps=2, zoo_distill__chunk_steps=2)
   teachers, real = [], zoo_distill.teacher_logits
   monkeypatch.setattr(zoo_distill, "teacher_logits", lambda net, zoo, stats, pool: (
       teachers.append((type(net).__name__, inversion.zoo_size(zoo), pool.shape[0]))
@@ -287,7 +286,61 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
     inverted_images.invert_zoo(dataclasses.replace(ctx, benchmark=benchmark))
 
 
-@pytest.mark.parametrize("batch_norm", ["running", "batch"])
+def test_a_batch_zoos_other_groups_get_population_statistics_of_their_own_classes(data,
+                                                                                 tmp_path):
+  from dfl2l_jax.data import load  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.methods import zoo_distill  # pylint: disable=g-import-not-at-top
+  from dfl2l_jax.tasks import fewshot  # pylint: disable=g-import-not-at-top
+  zoo_dir = mixed_zoo(str(tmp_path / "zoo"), batch_norm="batch")
+  config = _config(data, zoo_dir, methods="zoo_distill")
+  benchmark = pipeline.prepare(config)
+  run = pipeline.RunContext.start(config, benchmark)
+  assert pipeline.group_bn_stats(run, [zf.ZOO_FEATURES]) is None  # no method needs them
+  stats = pipeline.group_bn_stats(run, [zoo_distill.ZOO_DISTILL])
+  resnets = source.other_groups(benchmark.imported_zoo, config)[0]
+  assert list(stats) == [resnets.name] and resnets.bn_stats is None
+  # Each ResNet's statistics are those of one batch of every training image of its own
+  # classes (fewer than zoo.batch_size: one batch) through its own network in train mode.
+  manifest = benchmark.imported_zoo.manifest
+  train_names = benchmark.spec["train_classes"]
+  classes = [[train_names.index(manifest["class_names"][c]) for c in manifest["models"][i]
+              ["classes"]] for i in resnets.indices]
+  _, labels, _ = load.load_split(config.data.dataset, data_dir=config.data.data_dir,
+                                 manual_dir=config.data.manual_dir, strict=False, split="train")
+  table = fewshot.class_table(np.asarray(labels), len(train_names))
+  images = benchmark.data["train_images"]
+  tasks = fewshot.sample_zoo_tasks(config.seed, 3, WAYS, table, classes)
+  assert tasks["train_idx"][0].size < config.zoo.batch_size
+  net = store.network(RESNET)
+  for j in range(3):
+    x = fewshot.normalise(images[tasks["train_idx"][j].reshape(-1)],
+                          benchmark.data["mean"], benchmark.data["std"])
+    _, want = net.apply({"params": jax.tree.map(lambda p: p[j], resnets.params)}, x,
+                        train=True, mutable=["batch_stats"])
+    got = jax.tree.map(lambda s: s[j], stats[resnets.name])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 got, want["batch_stats"])
+  # With them, the methods that invert run on the batch zoo, every group a teacher; each
+  # row names the models it used.
+  config = helpers.override(_config(data, zoo_dir, methods="va,zoo_features,zoo_distill"),
+                            shots=(2,), zoo_distill__steps=2, zoo_distill__chunk_steps=2)
+  workdir = str(tmp_path / "w")
+  results = pipeline.run(config, workdir, "offline")
+  rows = {(r["method"], r["shots"]): r for r in results["rows"]}
+  assert all(r["mean"] is not None for r in rows.values())
+  assert rows[("va", 2)]["notes"]["zoo_models"] == "conv4-8: 4 of 7 models"
+  for method in ("zoo_features", "zoo_distill"):
+    assert rows[(method, 2)]["notes"]["zoo_models"] == "all 7: conv4-8 x4, resnet10-4-8-16-32 x3"
+  assert rows[("zoo_features", 2)]["cost"]["networks"] == 7
+  assert os.path.isdir(os.path.join(workdir, "fusion", "inversion_resnet10-4-8-16-32"))
+  assert results["zoo_source"]["groups"] == {"conv4-8": 4, "resnet10-4-8-16-32": 3}
+  assert results["split"] == {"n_s": 3, "n_q": 1}  # the Conv4 group's 4 models
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "zoo_models=conv4-8: 4 of 7 models" in f.read()
+
+
+# The batch zoo's report (the reference-normalised path) runs with the slow tests.
+@pytest.mark.parametrize("batch_norm", ["running", pytest.param("batch", marks=pytest.mark.slow)])
 def test_the_group_report_scores_each_group_alone_and_together(data, tmp_path, batch_norm):
   from scripts import group_report  # pylint: disable=g-import-not-at-top
   zoo_dir = mixed_zoo(str(tmp_path / "zoo"), batch_norm=batch_norm)
@@ -305,21 +358,6 @@ def test_the_group_report_scores_each_group_alone_and_together(data, tmp_path, b
     want = adaptation.score_learner(learner, val, batch_size=4, gather_fn=gather, data=val_data)
     got = table[name][1] if name == "conv4-8" else table[name]
     np.testing.assert_allclose(got[:, 0], want, atol=1e-4)
-
-
-def test_a_run_on_a_mixed_zoo_names_the_models_each_row_used(data, tmp_path):
-  zoo_dir = mixed_zoo(str(tmp_path / "zoo"))
-  results = pipeline.run(_config(data, zoo_dir), str(tmp_path / "w"), "offline")
-  rows = {(r["method"], r["shots"]): r for r in results["rows"]}
-  assert rows[("va", 2)]["notes"]["zoo_models"] == "conv4-8: 4 of 7 models"
-  assert rows[("zoo_features", 2)]["notes"]["zoo_models"].startswith("all 7:")
-  assert rows[("zoo_features", 2)]["cost"]["networks"] == 7
-  assert rows[("va", 2)]["mean"] is not None
-  assert results["zoo_source"]["groups"] == {"conv4-8": 4, "resnet10-4-8-16-32": 3}
-  assert results["split"] == {"n_s": 3, "n_q": 1}  # the Conv4 group's 4 models
-  with open(tmp_path / "w" / "results.md") as f:
-    text = f.read()
-  assert "zoo_models=conv4-8: 4 of 7 models" in text
 
 
 def test_groups_that_cannot_be_the_runs_zoo_are_refused(data, tmp_path):

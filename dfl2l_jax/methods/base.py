@@ -51,6 +51,10 @@ class MethodContext:
       same pytree as zoo_bn_stats; None for zoos whose models normalise with the
       statistics of the batch they are given (our trainer's). Methods that use the zoo's
       models as functions (features, logits) must use them where given.
+    group_bn_stats: {group name: BatchNorm population statistics} of the other groups of
+      a mixed zoo whose models normalise with a batch's statistics (computed by the
+      pipeline, as zoo_bn_stats for the run's group); given to methods with
+      `needs_bn_stats`, else None. `group_stats` reads a group's.
     mesh: the run's "models" mesh (built once by the pipeline), which splits the model
       axis (zoo rows, fusion working sets); None: one device, nothing split.
     notes: what the method decided while running that a reader of its rows needs
@@ -68,6 +72,7 @@ class MethodContext:
   hooks: Optional[Callable] = None
   zoo_bn_stats: Any = None
   zoo_running_stats: Any = None
+  group_bn_stats: Any = None
   mesh: Any = None
   notes: dict = dataclasses.field(default_factory=dict)
 
@@ -82,6 +87,14 @@ class MethodContext:
   @property
   def template(self):
     return jax.tree.map(lambda x: x[0], self.zoo)
+
+  def group_stats(self, group):
+    """The BatchNorm population statistics of `group`, another group of a mixed zoo:
+    those it carries (batch_norm "running"), or those the pipeline computed for it; None
+    where neither exists."""
+    if group.bn_stats is not None:
+      return group.bn_stats
+    return (self.group_bn_stats or {}).get(group.name)
 
   def checkpointer(self, name, spec):
     """A Checkpointer in workdir/fusion/<name>, after checking its spec.

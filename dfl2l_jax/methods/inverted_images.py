@@ -61,7 +61,7 @@ def invert_zoo(ctx: base.MethodContext):
     raise NotApplicable("model inversion synthesises images for a classifier zoo; a "
                         "regression zoo is queried at inputs of its domain (zoo_maml)")
   groups = [(None, bench.model, ctx.zoo, ctx.zoo_bn_stats)] + [
-      (g, store.network(g.architecture), g.params, g.bn_stats)
+      (g, store.network(g.architecture), g.params, ctx.group_stats(g))
       for g in zoo_source.other_groups(bench.imported_zoo, ctx.config)]
   images, acc, first = [], [], 0
   for i, (group, net, zoo, stats) in enumerate(groups):
@@ -70,7 +70,8 @@ def invert_zoo(ctx: base.MethodContext):
           "model inversion needs the zoo's BatchNorm population statistics, and "
           + ("this zoo has none (a network without BatchNorm, or a context built without "
              "them: methods that invert declare needs_bn_stats=True)" if group is None else
-             f"the zoo's group {group.name} carries none (its manifest's batch_norm)"))
+             f"the zoo's group {group.name} carries none (its manifest's batch_norm) and "
+           "none were computed for it (methods that invert declare needs_bn_stats=True)"))
     name = "inversion" if group is None else f"inversion_{group.name}"
     key = init_key(ctx.config.seed) if group is None else jax.random.fold_in(
         init_key(ctx.config.seed), i)

@@ -51,6 +51,10 @@ class Benchmark:
       meta-test ones) in the form `gather_fn(episode, data)` reads, for choices a
       method makes before the meta-test; never the test tasks. None where the
       benchmark has no meta-validation classes.
+    group_bn_stats_fn: `(group) -> batch_stats` for a group (zoo.store.ZooGroup) of a
+      mixed imported zoo other than the run's: its models' BatchNorm population
+      statistics over images of their own classes, for a zoo whose models normalise
+      with a batch's statistics; None where the zoo has one architecture.
     imported_zoo: the zoo read from config.zoo.source (zoo.store.LoadedZoo: its
       manifest, parameters and BatchNorm statistics), which the pipeline uses instead
       of training one; None: the zoo is trained from the config.
@@ -73,6 +77,7 @@ class Benchmark:
   zoo_bn_stats_fn: Callable = None
   validation_episodes: Callable = None
   imported_zoo: Any = None
+  group_bn_stats_fn: Callable = None
 
   def __post_init__(self):
     if self.gather_episode is None:

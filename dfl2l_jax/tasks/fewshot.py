@@ -26,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from dfl2l_jax import models
 from dfl2l_jax.errors import ConfigError, DataError, ZooError
 from dfl2l_jax.tasks import base
 from dfl2l_jax.zoo import contamination
 from dfl2l_jax.zoo import source as zoo_source
+from dfl2l_jax.zoo import store
 
 # Ways the images of a class are split for each zoo model (paper 5.3).
 TRAIN_FRACTION, VAL_FRACTION = 0.6, 0.2
@@ -277,24 +279,18 @@ def make_benchmark(config, loader=None, imported=None, network=None,
                                            img(task["train_idx"][:, :n_ref]))
     return accuracy(logits, labels)
 
-  def zoo_bn_stats_fn(params, task, data):
-    """Population statistics of each BatchNorm input over the model's training images:
-    the mean over training batches (classes interleaved, `zoo.batch_size` images, the
-    remainder dropped) of the batch means, and of the batch second moments minus the
-    squared population mean; each batch normalised by its own statistics, as in training."""
-    idx = task["train_idx"].T.reshape(-1)  # position-major: every batch mixes the classes
-    size = min(batch_size, idx.shape[0])
-    batches = idx[:(idx.shape[0] // size) * size].reshape(-1, size)
+  zoo_bn_stats_fn = functools.partial(population_stats, net, batch_size)
 
-    def one(b):
-      x = normalise(data["train_images"][b], data["mean"], data["std"])
-      _, state = net.apply({"params": params}, x, train=True, mutable=["batch_stats"])
-      st = state["batch_stats"]
-      return {k: {"mean": v["mean"], "sq": v["var"] + v["mean"] ** 2} for k, v in st.items()}
-
-    moments = jax.tree.map(lambda a: a.mean(0), jax.lax.map(one, batches))
-    return {k: {"mean": v["mean"], "var": jnp.maximum(v["sq"] - v["mean"] ** 2, 0.0)}
-            for k, v in moments.items()}
+  def group_bn_stats_fn(group):
+    """The BatchNorm population statistics of `group`, a group of the imported zoo other
+    than the run's, whose models normalise with a batch's statistics (batch_norm
+    "batch"): each model's over images of its own classes (the zoo tasks such a group
+    would have as the run's), by its own network, as zoo_bn_stats_fn gives the run's."""
+    tasks = sample_zoo_tasks(config.seed, len(group.indices), ways, train_table,
+                             imported_zoo_classes(imported, train_names, test_names,
+                                                  group.indices))
+    return group_population_stats(store.network(group.architecture), batch_size,
+                                  group.params, tasks, data)
 
   def gather_episode(ep, data):
     return _gather(ep, data, "test_images")
@@ -334,7 +330,50 @@ def make_benchmark(config, loader=None, imported=None, network=None,
             **({"imported_zoo_group": group.name}
                if imported is not None and imported.mixed else {})},
       data=data, gather_episode=gather_episode, member_loop=member_loop, imported_zoo=imported,
-      zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes)
+      zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes,
+      group_bn_stats_fn=group_bn_stats_fn if imported is not None and imported.mixed else None)
+
+
+def population_stats(net, batch_size, params, task, data):
+  """Population statistics of each BatchNorm input of `net` over a zoo model's training
+  images: the mean over training batches (classes interleaved, `batch_size` images, the
+  remainder dropped) of the batch means, and of the batch second moments minus the
+  squared population mean; each batch normalised by its own statistics, as in training."""
+  idx = task["train_idx"].T.reshape(-1)  # position-major: every batch mixes the classes
+  size = min(batch_size, idx.shape[0])
+  batches = idx[:(idx.shape[0] // size) * size].reshape(-1, size)
+
+  def one(b):  # per layer ("Block_0/BN1": a ResNet's nest) its (mean, second moment)
+    x = normalise(data["train_images"][b], data["mean"], data["std"])
+    _, state = net.apply({"params": params}, x, train=True, mutable=["batch_stats"])
+    st = traverse_util.flatten_dict(state["batch_stats"], sep="/")
+    layers = [k[:-len("/mean")] for k in st if k.endswith("/mean")]
+    return {k: (st[k + "/mean"], st[k + "/var"] + st[k + "/mean"] ** 2) for k in layers}
+
+  moments = jax.tree.map(lambda a: a.mean(0), jax.lax.map(one, batches))
+  stats = {}
+  for layer, (mean, sq) in moments.items():
+    stats[layer + "/mean"], stats[layer + "/var"] = mean, jnp.maximum(sq - mean ** 2, 0.0)
+  return traverse_util.unflatten_dict(stats, sep="/")
+
+
+def group_population_stats(net, batch_size, params, tasks, data):
+  """population_stats of every model of a group (`params` and `tasks` stacked on a
+  leading model axis), as host arrays. A Conv4 group in one compiled call over the
+  models; a ResNet's on CPU one model per call (XLA's CPU convolutions are 12x slower
+  inside a compiled loop: docs/implementation.md, "member_loop")."""
+  tasks = jax.tree.map(jnp.asarray, tasks)
+  if isinstance(net, models.Conv4) or jax.default_backend() != "cpu":
+    stats = jax.jit(lambda p, t, d: jax.lax.map(
+        lambda a: population_stats(net, batch_size, a[0], a[1], d), (p, t)))(
+            params, tasks, data)
+  else:
+    one = jax.jit(functools.partial(population_stats, net, batch_size))
+    n = jax.tree.leaves(params)[0].shape[0]
+    stats = jax.tree.map(lambda *s: jnp.stack(s), *[
+        one(jax.tree.map(lambda x: x[m], params), jax.tree.map(lambda x: x[m], tasks), data)
+        for m in range(n)])
+  return jax.tree.map(np.asarray, stats)
 
 
 def _reversed_channels(images, labels, names):
