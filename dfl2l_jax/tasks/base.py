@@ -1,9 +1,11 @@
 """What a benchmark provides to the pipeline, the methods and the meta-test."""
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import numpy as np
 
 
@@ -84,7 +86,7 @@ class Benchmark:
       object.__setattr__(self, "gather_episode", gather_arrays)
 
   def init_params(self, key):
-    return self.model.init(key, self.example_input)["params"]
+    return _init_params(self.model, key, self.example_input)
 
   def apply(self, params, x):
     return self.model.apply({"params": params}, x)
@@ -92,6 +94,13 @@ class Benchmark:
   @property
   def lower_is_better(self):
     return self.metric == "mse"
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(model, key, example_input):
+  """A network's initial parameters, compiled once per network and input shape: flax's
+  init run op by op (and vmapped over a zoo's keys) costs seconds of small compilations."""
+  return model.init(key, example_input)["params"]
 
 
 def gather_arrays(episode, data):
