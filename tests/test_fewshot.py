@@ -81,6 +81,7 @@ def test_query_examples_do_not_influence_each_other(bench):
   assert not np.allclose(moved, one)
 
 
+@pytest.mark.slow  # trains a zoo
 def test_cnn_zoo_trainer_improves_accuracy(bench):
   config = helpers.fewshot_config()
   opt = optax.adam(3e-3)
@@ -120,6 +121,7 @@ def test_patch_convolution_equals_xla_convolution():
                              models.apply_train_mode(patches, params, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # trains a zoo three ways
 def test_member_loops_give_the_same_zoo(bench):
   # SGD, not Adam: a conv bias before BatchNorm has a zero gradient up to rounding,
   # which Adam would blow up to +-lr in either direction.

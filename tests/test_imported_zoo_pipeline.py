@@ -6,14 +6,12 @@ zoo, a meta-test class in the zoo and a class the dataset lacks are refused; the
 initialisation exports back to the field's layout.
 """
 
-import json
 import os
 import shutil
 
 import numpy as np
 import pytest
 
-from dfl2l_jax import checkpointing
 from dfl2l_jax import inits
 from dfl2l_jax import pipeline
 from dfl2l_jax.errors import CheckpointError, ConfigError, ZooError
@@ -140,6 +138,7 @@ def test_an_imported_teacher_zoo_runs_and_exports(data, tmp_path):
     pipeline.run(_config(data, methods="va"), workdir, "offline")
 
 
+@pytest.mark.slow  # a second pipeline run
 def test_a_contaminated_run_records_its_models_and_shares_the_trained_zoo(data, trained,
                                                                          tmp_path):
   workdir, clean = trained

@@ -126,6 +126,7 @@ def _ctx(bench, zoo, stats, config, tmp_path, method=im.INVERSION_MAML):
       workdir=str(tmp_path), zoo_bn_stats=stats)
 
 
+@pytest.mark.slow  # a whole inversion and MAML twice
 def test_inversion_maml_runs_without_the_zoo_tasks_data_and_resumes(image_zoo, tmp_path):
   bench, zoo, stats = image_zoo
   config = _config()

@@ -49,7 +49,10 @@ def test_reshape_pool_known_answer_and_bad_impl():
     models.max_pool_2x2(x, "avg")
 
 
-@pytest.mark.parametrize("conv_impl,pool_impl", [("patches", "reshape"), ("xla", "reshape")])
+# The patch form compiles slowly: with the slow tests (its convolution alone:
+# test_patch_conv_equals_xla_conv_values_and_gradients).
+@pytest.mark.parametrize("conv_impl,pool_impl", [
+    pytest.param("patches", "reshape", marks=pytest.mark.slow), ("xla", "reshape")])
 def test_conv4_variants_match_the_plain_form(conv_impl, pool_impl):
   x = jax.random.normal(jax.random.key(4), (4, 18, 18, 3))  # 18 -> 9 -> 4: odd sizes too
   y = jnp.array([0, 1, 2, 0])
@@ -144,6 +147,7 @@ def test_fused_batch_norm_conv4_equals_flax_batch_norm():
     models.Conv4(bn_impl="cudnn").init(jax.random.key(0), x)
 
 
+@pytest.mark.slow  # compiles a vmapped Conv4 gradient; the patch convolution itself: test_patch_conv_*
 def test_vmapped_patch_conv4_equals_member_by_member():
   net = models.Conv4(ways=3, filters=4, conv_impl="patches", bn=False)
   xs = jax.random.normal(jax.random.key(6), (2, 2, 16, 16, 3))

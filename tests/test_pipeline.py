@@ -193,6 +193,7 @@ def test_launcher_runs_end_to_end(tmp_path):
   assert "dfl2l_online" in out.stdout and "results.md" in out.stdout  # the summary
 
 
+@pytest.mark.slow  # two launcher processes
 def test_pretrain_then_evaluate_without_inits_fails_cleanly(tmp_path):
   workdir = str(tmp_path / "w")
   short = ("--config=configs/sinusoid.py:smoke", "--config.zoo.steps=20",

@@ -26,7 +26,9 @@ def _dry_run(*args):
   return _run(*args, DRY_RUN="1")
 
 
-@pytest.mark.parametrize("setting", ["cf5", "cf10", "mi5", "mi10"])
+@pytest.mark.parametrize("setting", [  # each a new process: the 10-shot ones with the slow
+    "cf5", pytest.param("cf10", marks=pytest.mark.slow), "mi5",
+    pytest.param("mi10", marks=pytest.mark.slow)])
 def test_image_tables_overrides_name_config_fields(setting):
   out = _dry_run(setting, "3", "va", "maml")
   assert out.returncode == 0, out.stderr
