@@ -147,7 +147,8 @@ def test_fused_batch_norm_conv4_equals_flax_batch_norm():
     models.Conv4(bn_impl="cudnn").init(jax.random.key(0), x)
 
 
-@pytest.mark.slow  # compiles a vmapped Conv4 gradient; the patch convolution itself: test_patch_conv_*
+# Compiles a vmapped Conv4 gradient (slow); the patch convolution itself: test_patch_conv_*.
+@pytest.mark.slow
 def test_vmapped_patch_conv4_equals_member_by_member():
   net = models.Conv4(ways=3, filters=4, conv_impl="patches", bn=False)
   xs = jax.random.normal(jax.random.key(6), (2, 2, 16, 16, 3))

@@ -71,7 +71,7 @@ def invert_zoo(ctx: base.MethodContext):
           + ("this zoo has none (a network without BatchNorm, or a context built without "
              "them: methods that invert declare needs_bn_stats=True)" if group is None else
              f"the zoo's group {group.name} carries none (its manifest's batch_norm) and "
-           "none were computed for it (methods that invert declare needs_bn_stats=True)"))
+             "none were computed for it (methods that invert declare needs_bn_stats=True)"))
     name = "inversion" if group is None else f"inversion_{group.name}"
     key = init_key(ctx.config.seed) if group is None else jax.random.fold_in(
         init_key(ctx.config.seed), i)

@@ -187,8 +187,8 @@ def zoo_distill_images(ctx: base.MethodContext):
   others = zoo_source.other_groups(ctx.benchmark.imported_zoo, ctx.config)
   if others:  # a mixed zoo: every model a teacher; its head starts as the mean head
     targets = jnp.concatenate([targets] + [teacher_logits(
-        store.network(g.architecture), jax.device_put(g.params), jax.device_put(ctx.group_stats(g)),
-        pool) for g in others])
+        store.network(g.architecture), jax.device_put(g.params),
+        jax.device_put(ctx.group_stats(g)), pool) for g in others])
     count = sum(len(g.indices) for g in others)
     heads = jax.tree.map(lambda h: jnp.concatenate(
         [h, jnp.broadcast_to(h.mean(0), (count,) + h.shape[1:])]), heads)
