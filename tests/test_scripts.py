@@ -110,3 +110,20 @@ def test_compare_inits_names_a_missing_method_or_a_shape_mismatch(tmp_path):
     script.main([str(tmp_path)])
   with pytest.raises(SystemExit, match="exactly two names"):
     script.main(["--methods", "va", str(tmp_path)])
+
+
+def test_zoo_agreement_cka_is_the_feature_space_formula_and_ignores_rotation():
+  cka = helpers.load_script("zoo_agreement").linear_cka
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(2, 12, 6))
+  rotation, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  f = np.stack([a, 3.0 * a @ rotation, b]).astype(np.float32)
+  got = np.asarray(cka(f))
+  centred = f - f.mean(1, keepdims=True)
+  # Kornblith et al. (2019), eq. 5 in feature space: |Y^T X|^2 / (|X^T X| |Y^T Y|).
+  ref = np.array([[np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) *
+                                                   np.linalg.norm(y.T @ y))
+                   for y in centred] for x in centred])
+  np.testing.assert_allclose(got, ref, rtol=1e-4)
+  np.testing.assert_allclose(got[0, 1], 1.0, rtol=1e-5)
+  assert got[0, 2] < 0.9
