@@ -8,14 +8,15 @@
 #
 # STEP: zoos (train both zoos of seed SEED, resumable), features (va and zoo_features on
 # both; zoo_features on the mixed zoo with every model equal, with the Conv4 group alone and
-# with the group weight chosen on meta-validation episodes), distill (zoo_distill on both).
+# with the group weight chosen on meta-validation episodes), distill (zoo_distill on both),
+# inversion (inversion_maml on both).
 # Then the paired tables:
 #
 #   python scripts/paired_runs.py --before WORKROOT/conv4_s* --after WORKROOT/mixed_s*
 #
 # Environment: DATA (required), WORKROOT (default workdirs/mixed), EXTRA (more flags).
 set -euo pipefail
-if [[ $# -lt 1 ]]; then sed -n '2,16p' "$0" >&2; exit 2; fi
+if [[ $# -lt 1 ]]; then sed -n '2,17p' "$0" >&2; exit 2; fi
 step=$1; seed=${2:-1}
 root=${WORKROOT:-workdirs/mixed}
 mkdir -p "$root"
@@ -47,5 +48,10 @@ case "$step" in
         --config.methods=zoo_distill "${run[@]}"
     python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_s$seed" \
         --config.methods=zoo_distill "${run[@]}" ;;
+  inversion)
+    python -m launch.offline "${common[@]}" "${conv4[@]}" --workdir="$root/conv4_s$seed" \
+        --config.methods=inversion_maml "${run[@]}"
+    python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_s$seed" \
+        --config.methods=inversion_maml "${run[@]}" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
