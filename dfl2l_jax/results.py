@@ -414,9 +414,13 @@ def to_markdown(results, json_sha256=None):
   src = results.get("zoo_source")
   if src:
     producer = (src.get("producer") or {}).get("name", "unknown producer")
-    lines += ["", f"Zoo: imported ({src['num_models']} {src['architecture']['name']} models "
-              f"of width {src['architecture']['filters']}, BatchNorm {src['batch_norm']}, "
-              f"from {producer}; manifest digest {src['digest'][:12]})."]
+    arch = src["architecture"]
+    models = (f"{src['num_models']} models: "
+              + ", ".join(f"{g} x{n}" for g, n in src["groups"].items())
+              + f"; the run's network: {src['group']}" if src.get("groups") else
+              f"{src['num_models']} {arch['name']} models of width {arch['filters']}")
+    lines += ["", f"Zoo: imported ({models}, BatchNorm {src['batch_norm']}, from {producer}; "
+              f"manifest digest {src['digest'][:12]})."]
   if q:
     where = ("on the benchmark's images of its classes, which may include its training "
              "images" if src else "on its own task")

@@ -336,7 +336,10 @@ def test_a_batch_zoos_other_groups_get_population_statistics_of_their_own_classe
   assert results["zoo_source"]["groups"] == {"conv4-8": 4, "resnet10-4-8-16-32": 3}
   assert results["split"] == {"n_s": 3, "n_q": 1}  # the Conv4 group's 4 models
   with open(os.path.join(workdir, "results.md")) as f:
-    assert "zoo_models=conv4-8: 4 of 7 models" in f.read()
+    text = f.read()
+  assert "zoo_models=conv4-8: 4 of 7 models" in text
+  assert ("Zoo: imported (7 models: conv4-8 x4, resnet10-4-8-16-32 x3; the run's network: "
+          "conv4-8, BatchNorm batch") in text
 
 
 # The batch zoo's report (the reference-normalised path) runs with the slow tests.
