@@ -415,10 +415,12 @@ def to_markdown(results, json_sha256=None):
   if src:
     producer = (src.get("producer") or {}).get("name", "unknown producer")
     arch = src["architecture"]
-    models = (f"{src['num_models']} models: "
-              + ", ".join(f"{g} x{n}" for g, n in src["groups"].items())
-              + f"; the run's network: {src['group']}" if src.get("groups") else
-              f"{src['num_models']} {arch['name']} models of width {arch['filters']}")
+    if src.get("groups"):  # a zoo of several architectures
+      models = (f"{src['num_models']} models: "
+                + ", ".join(f"{g} x{n}" for g, n in src["groups"].items())
+                + f"; the run's network: {src['group']}")
+    else:
+      models = f"{src['num_models']} {arch['name']} models of width {arch['filters']}"
     lines += ["", f"Zoo: imported ({models}, BatchNorm {src['batch_norm']}, from {producer}; "
               f"manifest digest {src['digest'][:12]})."]
   if q:
