@@ -73,7 +73,10 @@ def load_zoo(workdir, manual_dir):
   """(config, benchmark, zoo, running, bad kinds {kind: indices}) of the run in workdir."""
   path = os.path.join(workdir, "results.json")
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
+    results = json.load(f)
+  if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+    raise Dfl2lError(f"{path} holds no run config: not the results.json of a finished run")
+  config = ml_collections.ConfigDict(results["config"])
   spec = contamination.spec_of(config)
   if not config.zoo.get("source", ""):
     config.zoo.source = os.path.join(workdir, zoo_source.TRAINED_ZOO)
@@ -101,7 +104,7 @@ def main(argv):
     sys.exit("error: --workdir is required")
   try:
     config, benchmark, zoo, running, bad = load_zoo(FLAGS.workdir, FLAGS.manual_dir)
-  except (Dfl2lError, OSError, KeyError) as e:
+  except (Dfl2lError, OSError, KeyError, ValueError) as e:  # ValueError: not JSON
     sys.exit(f"error: {FLAGS.workdir}: {e}")
   if benchmark.validation_episodes is None:
     sys.exit("error: the benchmark has no meta-validation classes")
