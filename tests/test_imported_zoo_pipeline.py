@@ -48,7 +48,6 @@ def trained(data, tmp_path_factory):
   return workdir, pipeline.run(_config(data), workdir, "offline")
 
 
-@pytest.mark.slow  # two pipeline runs: the one that trains the zoo, one on its folder
 def test_a_run_on_the_trained_zoo_folder_equals_the_training_run(data, trained, tmp_path):
   workdir, first = trained
   folder = os.path.join(workdir, "zoo_models")

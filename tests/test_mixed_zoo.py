@@ -238,7 +238,6 @@ def test_group_weights_weigh_the_other_architectures_chosen_on_meta_validation(d
     _mixed_learner(data, conv4_only, group_weight=0.5)
 
 
-@pytest.mark.slow  # a pipeline run that inverts both groups, then one group again alone
 def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, tmp_path,
                                                                         monkeypatch):
   from dfl2l_jax import inversion  # pylint: disable=g-import-not-at-top

@@ -446,7 +446,6 @@ def test_a_changed_method_setting_adds_rows_and_a_saved_init_keeps_its_own(finis
   assert spec["settings"] == dfl2l[0]["settings"]
 
 
-@pytest.mark.slow  # a second pipeline run, every data-free method
 def test_every_data_free_method_runs_without_the_zoo_tasks_data(finished_run, tmp_path):
   """The data-free contract: a method not declared to read the zoo tasks' data gets a
   benchmark whose zoo_tasks, batch_fn, zoo_eval_fn and data raise; every such method must
