@@ -191,9 +191,13 @@ def obtain_zoo(run: RunContext):
   if imported is not None or record is not None:
     quality = zoo_lib.zoo_quality(zoo, benchmark, running)
   if imported is not None:
+    models = zoo_source.group_note(imported, config)  # a mixed zoo: the run's group only
+    if models:
+      quality["models"] = models
     log.info("imported zoo quality (%s on the benchmark's images of each model's classes, "
-             "which may include its training images): mean %.4f min %.4f max %.4f",
-             quality["metric"], quality["mean"], quality["min"], quality["max"])
+             "which may include its training images%s): mean %.4f min %.4f max %.4f",
+             quality["metric"], f"; the models of {models}" if models else "",
+             quality["mean"], quality["min"], quality["max"])
   if record is not None:
     quality["contamination"] = record
     log.info("zoo contaminated (%s): %s", record["spec"], "; ".join(

@@ -426,7 +426,8 @@ def to_markdown(results, json_sha256=None):
   if q:
     where = ("on the benchmark's images of its classes, which may include its training "
              "images" if src else "on its own task")
-    lines += ["", f"Zoo quality ({q['metric']} of each model {where}): "
+    of = f" of {q['models']}" if q.get("models") else ""  # a mixed zoo: the run's group
+    lines += ["", f"Zoo quality ({q['metric']} of each model{of} {where}): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
   if q and q.get("contamination"):
     c = q["contamination"]

@@ -340,6 +340,10 @@ def test_a_batch_zoos_other_groups_get_population_statistics_of_their_own_classe
   assert "zoo_models=conv4-8: 4 of 7 models" in text
   assert ("Zoo: imported (7 models: conv4-8 x4, resnet10-4-8-16-32 x3; the run's network: "
           "conv4-8, BatchNorm batch") in text
+  # The zoo's quality is its Conv4 group's, and says so.
+  assert results["zoo_quality"]["models"] == "conv4-8: 4 of 7 models"
+  assert len(results["zoo_quality"]["per_model"]) == 4
+  assert "Zoo quality (accuracy of each model of conv4-8: 4 of 7 models on the" in text
 
 
 # The batch zoo's report (the reference-normalised path) runs with the slow tests.
