@@ -12,13 +12,19 @@ from dfl2l_jax.tasks import fewshot
 from tests import helpers
 
 
+def _normal(seed, shape, dtype=np.float32):
+  """Standard normal test inputs drawn with numpy: a `jax.random.normal` of each new shape
+  compiles a program of its own (about 2 s here)."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
 def _close(a, b, tol=1e-4):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
 
 
 def test_patch_conv_equals_xla_conv_values_and_gradients():
-  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  x = _normal(0, (2, 7, 6, 3))
   xla = nn.Conv(5, (3, 3), padding="SAME")
   params = xla.init(jax.random.key(1), x)
   params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias
@@ -33,11 +39,11 @@ def test_patch_conv_equals_xla_conv_values_and_gradients():
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 21, 21, 2), (3, 5, 4, 1)])
 def test_reshape_pool_equals_window_pool(shape):
-  x = jax.random.normal(jax.random.key(2), shape)  # no ties: gradients agree too
+  x = _normal(2, shape)  # no ties: gradients agree too
   window = lambda x: models.max_pool_2x2(x, "window")
   reshape = lambda x: models.max_pool_2x2(x, "reshape")
   np.testing.assert_array_equal(window(x), reshape(x))
-  w = jax.random.normal(jax.random.key(3), window(x).shape)
+  w = _normal(3, window(x).shape)
   g = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * w)))(x)
   np.testing.assert_array_equal(g(window), g(reshape))
 
@@ -54,7 +60,7 @@ def test_reshape_pool_known_answer_and_bad_impl():
 @pytest.mark.parametrize("conv_impl,pool_impl", [
     pytest.param("patches", "reshape", marks=pytest.mark.slow), ("xla", "reshape")])
 def test_conv4_variants_match_the_plain_form(conv_impl, pool_impl):
-  x = jax.random.normal(jax.random.key(4), (4, 18, 18, 3))  # 18 -> 9 -> 4: odd sizes too
+  x = _normal(4, (4, 18, 18, 3))  # 18 -> 9 -> 4: odd sizes too
   y = jnp.array([0, 1, 2, 0])
   plain = models.Conv4(ways=3, filters=4, conv_impl="xla", pool_impl="window")
   other = models.Conv4(ways=3, filters=4, conv_impl=conv_impl, pool_impl=pool_impl)
@@ -98,11 +104,11 @@ def _plain_batch_norm(x, scale, bias, epsilon=1e-5):
 def test_batch_norm_train_backward_equals_autodiff(constant_channel):
   """All three outputs (y, mean, var) carry cotangents; float64 so only the formula differs."""
   with jax.enable_x64(True):
-    x = 2.0 * jax.random.normal(jax.random.key(10), (3, 5, 4, 3), jnp.float64) + 1.0
+    x = 2.0 * _normal(10, (3, 5, 4, 3), np.float64) + 1.0
     if constant_channel:  # variance 0 up to rounding: gradients stay finite and equal
       x = x.at[..., 1].set(0.7)
     scale, bias = jnp.array([0.5, 1.0, 1.5]), jnp.array([0.0, -1.0, 2.0])
-    weights = [jax.random.normal(jax.random.key(11 + i), s, jnp.float64)
+    weights = [_normal(11 + i, s, np.float64)
                for i, s in enumerate([x.shape, (3,), (3,)])]
 
     def loss(fn):
@@ -120,13 +126,13 @@ def test_batch_norm_train_backward_equals_autodiff(constant_channel):
 
 def test_fused_batch_norm_conv4_equals_flax_batch_norm():
   """Same variables, same outputs (train mode and with a reference batch), same gradients."""
-  x = jax.random.normal(jax.random.key(12), (6, 16, 16, 3))
+  x = _normal(12, (6, 16, 16, 3))
   flax_bn = models.Conv4(ways=3, filters=4, conv_impl="patches")
   fused = models.Conv4(ways=3, filters=4, conv_impl="patches", bn_impl="fused")
   variables = jax.jit(flax_bn.init)(jax.random.key(13), x)
   assert jax.tree.map(jnp.shape, jax.eval_shape(fused.init, jax.random.key(13), x)) == (
       jax.tree.map(jnp.shape, variables))
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(14), p.shape),
+  params = jax.tree.map(lambda p: p + 0.1 * _normal(14, p.shape),
                         variables["params"])
   loss = lambda net: lambda p: jnp.sum(jnp.sin(models.apply_train_mode(net, p, x)))
 
