@@ -9,14 +9,15 @@
 # STEP: zoos (train both zoos of seed SEED, resumable), features (va and zoo_features on
 # both; zoo_features on the mixed zoo with every model equal, with the Conv4 group alone and
 # with the group weight chosen on meta-validation episodes), distill (zoo_distill on both),
-# inversion (inversion_maml on both).
+# inversion (inversion_maml on both), group (the mixed zoo's 30 Conv4s as a zoo of their own:
+# its manifest without the ResNets, the same files; va, zoo_features and zoo_distill on it).
 # Then the paired tables:
 #
 #   python scripts/paired_runs.py --before WORKROOT/conv4_s* --after WORKROOT/mixed_s*
 #
 # Environment: DATA (required), WORKROOT (default workdirs/mixed), EXTRA (more flags).
 set -euo pipefail
-if [[ $# -lt 1 ]]; then sed -n '2,17p' "$0" >&2; exit 2; fi
+if [[ $# -lt 1 ]]; then sed -n '2,18p' "$0" >&2; exit 2; fi
 step=$1; seed=${2:-1}
 root=${WORKROOT:-workdirs/mixed}
 mkdir -p "$root"
@@ -55,5 +56,24 @@ case "$step" in
         --config.methods=inversion_maml "${small[@]}" "${run[@]}"
     python -m launch.offline "${common[@]}" "${mixed[@]}" --workdir="$root/mixed_s$seed" \
         --config.methods=inversion_maml "${small[@]}" "${run[@]}" ;;
+  group)
+    python - "$root/mixed_zoo_s$seed/zoo_models" "$root/conv4_group_zoo_s$seed" <<'PY'
+import json, os, sys
+src, dst = (os.path.abspath(d) for d in sys.argv[1:])
+with open(os.path.join(src, "zoo.json")) as f:
+  manifest = json.load(f)
+# A model of the manifest's own architecture carries no "architecture" entry.
+manifest["models"] = [m for m in manifest["models"] if "architecture" not in m]
+os.makedirs(dst, exist_ok=True)
+for m in manifest["models"]:
+  if not os.path.exists(os.path.join(dst, m["file"])):
+    os.symlink(os.path.join(src, m["file"]), os.path.join(dst, m["file"]))
+with open(os.path.join(dst, "zoo.json"), "w") as f:
+  json.dump(manifest, f, indent=1)
+print(f"{dst}: {len(manifest['models'])} models")
+PY
+    python -m launch.offline "${common[@]}" --config.zoo.source="$root/conv4_group_zoo_s$seed" \
+        --workdir="$root/conv4_group_s$seed" --config.methods=va,zoo_features,zoo_distill \
+        "${run[@]}" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
