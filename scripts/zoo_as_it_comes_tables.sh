@@ -59,16 +59,16 @@ case "$step" in
   group)
     python - "$root/mixed_zoo_s$seed/zoo_models" "$root/conv4_group_zoo_s$seed" <<'PY'
 import json, os, sys
+from dfl2l_jax.zoo import store
 src, dst = (os.path.abspath(d) for d in sys.argv[1:])
-with open(os.path.join(src, "zoo.json")) as f:
-  manifest = json.load(f)
-# A model of the manifest's own architecture carries no "architecture" entry.
-manifest["models"] = [m for m in manifest["models"] if "architecture" not in m]
+manifest = store.read_manifest(src)
+manifest["models"] = [m for i, m in enumerate(manifest["models"])  # the zoo's own architecture
+                      if store.model_architecture(manifest, i) == manifest["architecture"]]
 os.makedirs(dst, exist_ok=True)
 for m in manifest["models"]:
   if not os.path.exists(os.path.join(dst, m["file"])):
     os.symlink(os.path.join(src, m["file"]), os.path.join(dst, m["file"]))
-with open(os.path.join(dst, "zoo.json"), "w") as f:
+with open(os.path.join(dst, store.MANIFEST), "w") as f:
   json.dump(manifest, f, indent=1)
 print(f"{dst}: {len(manifest['models'])} models")
 PY
