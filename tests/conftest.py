@@ -3,6 +3,13 @@
 Also a persistent compilation cache for this session only: the pipeline tests run
 the same small programs many times through freshly built `jit`s (and the launcher
 tests in fresh processes), and XLA compilation dominates their time.
+
+And JAX's threefry random numbers in their non-partitionable form unless
+JAX_THREEFRY_PARTITIONABLE says otherwise: on this CPU the partitionable form (JAX's
+default) takes about ten times as long to compile (2.7 s against 0.25 s for one
+`jax.random.normal`), and draws and initialisations were a fifth of the suite's compile
+time. The numbers drawn differ, not what is tested; `.ci/run` runs the slow tests with
+JAX's default, the form the launchers use.
 """
 
 import atexit
@@ -11,9 +18,14 @@ import shutil
 import sys
 import tempfile
 
-import jax
+# Before JAX reads its flags; the launchers the tests start as subprocesses inherit it.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_threefry_partitionable",
+                  os.environ["JAX_THREEFRY_PARTITIONABLE"].lower() in ("1", "true"))
 
 _CACHE = tempfile.mkdtemp(prefix="dfl2l_test_xla_cache_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
