@@ -155,11 +155,12 @@ def test_zoo_features_reads_every_group_as_a_loop_over_the_models_would(data, tm
   feats_s, feats_q = [], []
   for g in loaded.groups:
     net = store.network(g.architecture, head=False)
+    apply = jax.jit(net.apply, static_argnames="train")  # op by op: 200 small compilations
     for row in range(len(g.indices)):
-      variables = {"params": jax.tree.map(lambda x: x[row], g.params),
-                   "batch_stats": jax.tree.map(lambda x: x[row], g.bn_stats)}
+      variables = {"params": jax.tree.map(lambda x: np.asarray(x)[row], g.params),
+                   "batch_stats": jax.tree.map(lambda x: np.asarray(x)[row], g.bn_stats)}
       for x, out in ((support["x"], feats_s), (query["x"], feats_q)):
-        f = np.asarray(net.apply(variables, x, train=False), np.float64)
+        f = np.asarray(apply(variables, x, train=False), np.float64)
         out.append(f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8))
   f_s, f_q = np.concatenate(feats_s, 1), np.concatenate(feats_q, 1)
   y_s = np.asarray(support["y"])
