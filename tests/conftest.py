@@ -55,4 +55,4 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
