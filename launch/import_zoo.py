@@ -7,8 +7,10 @@ r"""Imports teachers trained elsewhere into a zoo folder that every launcher rea
       --config.zoo.source=zoos/mine --config.data.manual_dir=/path/to/mini-imagenet
 
 Formats: dfml (FREE / TGR / PURER-Plus teacher files), dfml_bare (PURER's bare state dicts,
-with --model_classes), l2l (learn2learn CNN4 state dicts, with --model_classes), safetensors
-(a folder with a zoo.json the user writes). docs/zoo_format.md has the details.
+with --model_classes), l2l (learn2learn CNN4 / ResNet12 state dicts, with --model_classes),
+safetensors (a folder with a zoo.json the user writes). A folder may mix architectures
+(Conv4s of several widths, the field's ResNets): each file's network is the one whose names
+it holds. docs/zoo_format.md has the details.
 """
 
 import sys
@@ -20,6 +22,7 @@ from absl import logging
 from dfl2l_jax import metrics
 from dfl2l_jax.errors import Dfl2lError
 from dfl2l_jax.zoo import importer
+from dfl2l_jax.zoo import store
 
 FORMAT = flags.DEFINE_enum("format", None, importer.FORMATS, "How the teachers are saved.")
 SRC = flags.DEFINE_string("src", None, "The folder holding the teacher files.")
@@ -79,9 +82,10 @@ def main(argv):
         model_classes=per_model, channel_order=CHANNEL_ORDER.value)
   except Dfl2lError as e:
     fail(e)
-  arch = manifest["architecture"]
-  print(f"{OUT.value}: {len(manifest['models'])} {arch['name']} models (width "
-        f"{arch['filters']}, {arch['ways']}-way, BatchNorm {manifest['batch_norm']}); use it "
+  groups = ", ".join(f"{store.group_name(arch)} x{len(indices)}"
+                     for arch, indices in store.group_indices(manifest))
+  print(f"{OUT.value}: {len(manifest['models'])} models ({groups}; "
+        f"{manifest['architecture']['ways']}-way, BatchNorm {manifest['batch_norm']}); use it "
         f"with --config.zoo.source={OUT.value}", file=sys.stdout)
 
 

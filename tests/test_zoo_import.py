@@ -207,9 +207,14 @@ def test_bad_zoos_are_refused(tmp_path):
   _refused(tmp_path, "at least 2 models")
   write_dfml(str(src), n=2)
   rng = np.random.default_rng(9)
-  pth.save({"teacher": torch_style_state_dict(rng, width=16), "specific": [0, 1, 2, 3, 4]},
-           str(src / "model_specific_2.pth"))
-  assert "model_specific_2.pth" in _refused(tmp_path, "width 16.*one architecture")
+  for sd, match in ((torch_style_state_dict(rng, ways=7), "7-way network, unlike "
+                     "model_specific_0.pth \\(5-way\\)"),
+                    (torch_style_state_dict(rng, running=False), "statistics absent, unlike"),
+                    ({"fc.weight": np.zeros((5, 8), np.float32)},
+                     "names no network of the dfml layout \\(conv4: trunk.0.C.weight and "
+                     "trunk.5.weight; resnet10: trunk.0.weight and trunk.8.weight")):
+    pth.save({"teacher": sd, "specific": [0, 1, 2, 3, 4]}, str(src / "model_specific_2.pth"))
+    assert "model_specific_2.pth" in _refused(tmp_path, match)
   os.remove(src / "model_specific_2.pth")
   _refused(tmp_path, "is --image_size right", image_size=84)
   _refused(tmp_path, "do not carry --mean", mean=None)
@@ -321,6 +326,38 @@ def test_import_zoo_launcher(tmp_path):
   assert good.returncode == 0, good.stderr
   assert f"--config.zoo.source={tmp_path / 'zoo'}" in good.stdout
   assert store.load(str(tmp_path / "zoo")).num_models == 2
+
+
+def test_teachers_of_several_architectures_import_as_a_mixed_zoo(tmp_path):
+  from tests import test_resnet_layouts as resnets  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  src = tmp_path / "src"
+  os.makedirs(src)
+  # Files 0 and 3: Conv4-8; 1: a ResNet-10 of widths 4-8-12-16; 2: a Conv4-16.
+  sds = [torch_style_state_dict(rng), resnets.closerlook_state_dict(rng, "resnet10"),
+         torch_style_state_dict(rng, width=16), torch_style_state_dict(rng)]
+  for i, sd in enumerate(sds):
+    pth.save({"teacher": sd, "specific": [i, i + 1, i + 2, i + 3, i + 4]},
+             str(src / f"model_specific_{i}.pth"))
+  manifest = import_dfml(str(src), str(tmp_path / "zoo"))
+  resnet = {"name": "resnet10", "ways": WAYS, "widths": list(resnets.WIDTHS)}
+  assert manifest["architecture"] == {"name": "conv4", "filters": WIDTH, "ways": WAYS}
+  assert [m.get("architecture") for m in manifest["models"]] == [
+      None, resnet, {"name": "conv4", "filters": 16, "ways": WAYS}, None]
+  zoo = store.load(str(tmp_path / "zoo"))
+  assert [(g.name, list(g.indices)) for g in zoo.groups] == [
+      ("conv4-8", [0, 3]), ("resnet10-4-8-12-16", [1]), ("conv4-16", [2])]
+  assert [m["classes"] for m in zoo.manifest["models"]][1] == [1, 2, 3, 4, 5]
+  x = rng.normal(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+  for g in zoo.groups:
+    net = store.network(g.architecture)
+    for row, i in enumerate(g.indices):
+      ours = net.apply({"params": one(g.params, row), "batch_stats": one(g.bn_stats, row)}, x,
+                       train=False)
+      ref = (resnets.reference_forward(sds[i], x.transpose(0, 3, 1, 2), "resnet10") if i == 1
+             else reference_forward(sds[i], x.transpose(0, 3, 1, 2)))
+      np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5,
+                                 atol=1e-5 * np.abs(ref).max())
 
 
 def test_dfml_bare_state_dicts_with_a_classes_file(tmp_path):

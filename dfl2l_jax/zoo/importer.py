@@ -4,22 +4,26 @@ Formats (`FORMATS`; docs/zoo_format.md has an example of each):
 
   dfml         FREE / TGR / PURER-Plus / BiDf-MKD / Trustworthy-DFML teacher files,
                `model_specific_{i}.pth` = {'teacher': state_dict, 'specific': [class
-               indices]}, the CloserLook ConvNet (layouts.py "dfml"); the indices point
-               into the list the user passes as class_names (the meta-training classes
-               in order of first appearance in the split file)
+               indices]}, the CloserLook ConvNet or ResNet-10/18 (layouts.py "dfml");
+               the indices point into the list the user passes as class_names (the
+               meta-training classes in order of first appearance in the split file)
   dfml_bare    PURER's bare state dicts `model_{i}.pth` of the same network; each model's
                classes from `model_classes` (a file, line i: model i's class indices)
-  l2l          learn2learn `CNN4` / `MiniImagenetCNN` state dicts, `*.pth` in name order,
-               classes from `model_classes`
+  l2l          learn2learn `CNN4` / `MiniImagenetCNN` / `ResNet12` state dicts, `*.pth` in
+               name order, classes from `model_classes`
   safetensors  a folder of `.safetensors` files and a `zoo.json` the user writes: our
                manifest (store.py) whose models may omit "sha256", with an optional
                top-level "layout" ("ours", "dfml" or "l2l") naming the files' tensor names
 
 `.pth` files are read by pth.py (no torch, nothing unpickled but tensors and plain
-containers). Every model must fit one Conv4 of the layout (the first file fixes width and
-ways; a mixed zoo is refused naming the file); NaN/Inf, a wrong shape, a missing or an
-unexpected name refuse the zoo naming the file. The folder is written only when every
-model has been read and checked.
+containers). Each file's network is the one of the layout whose name table it fits
+(layouts.identify: a Conv4 of any width; for dfml also the field's ResNet-10/18, for l2l
+learn2learn's ResNet12), with its sizes read from its tensors; files of several
+architectures make a mixed zoo (a model not of the first file's architecture names its own
+in the manifest; the zoo is read as one group per architecture). Every model has the first
+file's ways and BatchNorm statistics (stored or not), else the zoo is refused naming the
+file; NaN/Inf, a wrong shape, a missing or an unexpected name refuse the zoo naming the
+file. The folder is written only when every model has been read and checked.
 """
 
 import json
@@ -110,12 +114,17 @@ def _state_dict(fmt, path):
   return sd, classes
 
 
-def _check_sizes(path, sizes, first):
-  if first is not None and sizes != first[0]:
-    raise ZooError(f"{path}: a Conv4 of width {sizes[0]}, {sizes[1]}-way, BatchNorm "
-                   f"statistics {'stored' if sizes[2] else 'absent'}, unlike {first[1]} "
-                   f"(width {first[0][0]}, {first[0][1]}-way): a zoo of one architecture is "
-                   "needed")
+def _check_like_first(path, arch, running, first):
+  """A zoo's models may differ in architecture (a mixed zoo), not in ways nor in how
+  their BatchNorm normalises."""
+  first_arch, first_running, first_file = first
+  if arch["ways"] != first_arch["ways"]:
+    raise ZooError(f"{path}: a {arch['ways']}-way network, unlike {first_file} "
+                   f"({first_arch['ways']}-way): every model of a zoo has the same ways")
+  if running != first_running:
+    stored = lambda r: "stored" if r else "absent"
+    raise ZooError(f"{path}: BatchNorm statistics {stored(running)}, unlike {first_file} "
+                   f"({stored(first_running)}): every model of a zoo normalises alike")
 
 
 def _model_entry(path, src, classes, ways, n_names, where):
@@ -139,30 +148,35 @@ def import_pth(fmt, src, out, *, class_names, image_size, mean, std, model_class
     raise ZooError(f"--model_classes gives {len(model_classes)} lines, {src} holds "
                    f"{len(files)} model files")
   layout = _LAYOUT[fmt]
-  first, flats, entries, expected = None, [], [], None
+  first, manifest, flats, entries, expected = None, None, [], [], {}
   for i, path in enumerate(files):
     sd, classes = _state_dict(fmt, path)
-    sizes = layouts.infer_conv4(path, sd, layout, image_size)
-    _check_sizes(path, sizes, first)
+    arch, running = layouts.identify(path, sd, layout, image_size)
     if first is None:
-      first = (sizes, os.path.basename(path))
-      manifest = _manifest(sizes, image_size, channel_order, mean, std, class_names,
+      first = (arch, running, os.path.basename(path))
+      manifest = _manifest(arch, running, image_size, channel_order, mean, std, class_names,
                            [], {"name": "dfl2l_jax.zoo.importer", "format": fmt})
-      expected = store.expected_shapes(manifest)
+    _check_like_first(path, arch, running, first)
+    key = json.dumps(arch, sort_keys=True)
+    if key not in expected:
+      expected[key] = store.expected_shapes(manifest, arch)
     if classes is None and model_classes is not None:
       classes = model_classes[i]
-    entries.append(_model_entry(path, src, classes, sizes[1], len(class_names), src))
-    flat = layouts.import_state_dict(path, sd, layout, expected, image_size)
-    store.check_tensors(path, flat, expected)
+    entry = _model_entry(path, src, classes, arch["ways"], len(class_names), src)
+    if arch != manifest["architecture"]:  # a mixed zoo: the model names its own
+      entry["architecture"] = arch
+    entries.append(entry)
+    flat = layouts.import_state_dict(path, sd, layout, expected[key], image_size,
+                                     arch["name"])
+    store.check_tensors(path, flat, expected[key])
     flats.append(flat)
   manifest["models"] = entries
   return _write(out, manifest, flats)
 
 
-def _manifest(sizes, image_size, channel_order, mean, std, class_names, entries, producer):
-  filters, ways, running = sizes
-  return {"format": store.FORMAT, "version": store.VERSION,
-          "architecture": {"name": "conv4", "filters": int(filters), "ways": int(ways)},
+def _manifest(arch, running, image_size, channel_order, mean, std, class_names, entries,
+              producer):
+  return {"format": store.FORMAT, "version": store.VERSION, "architecture": arch,
           "image_size": int(image_size), "channel_order": channel_order,
           "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
           "batch_norm": "running" if running else "batch", "class_names": list(class_names),

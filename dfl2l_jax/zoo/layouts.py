@@ -278,6 +278,35 @@ def infer_resnet(where, state_dict, layout, arch):
   return widths, int(shapes[head][0]), running_name in state_dict
 
 
+def identify(where, state_dict, layout, image_size):
+  """(architecture, running_stats) of the network of `layout` a state dict holds: the
+  architecture of ARCH_LAYOUTS whose table names both its first tensor and its head in the
+  dict (no two tables of a layout name both alike), with its sizes read from the dict
+  (infer_conv4, infer_resnet): {"name": "conv4", "filters", "ways"} or {"name", "ways",
+  "widths"}. import_state_dict then matches the whole table. ZooError naming `where` when
+  the dict names no network of the layout."""
+  archs = [a for a in ARCHS if layout in ARCH_LAYOUTS[a]]
+  marks = {}
+  for arch in archs:
+    rows = table(layout, False, arch)
+    marks[arch] = (rows[0].theirs[0], rows[-2].theirs[0])  # first conv, head weight
+  fits = [a for a in archs if all(name in state_dict for name in marks[a])]
+  if not fits:
+    if "conv4" in archs and marks["conv4"][0] in state_dict:
+      fits = ["conv4"]  # a Conv4 without its head: infer_conv4 says which name is missing
+    else:
+      near = sorted(state_dict)[:8]
+      known = "; ".join(f"{a}: {' and '.join(marks[a])}" for a in archs)
+      raise ZooError(f"{where}: names no network of the {layout} layout ({known}); the "
+                     f"file's first names: {near}; is --format right?")
+  arch = fits[0]
+  if arch == "conv4":
+    filters, ways, running = infer_conv4(where, state_dict, layout, image_size)
+    return {"name": "conv4", "filters": filters, "ways": ways}, running
+  widths, ways, running = infer_resnet(where, state_dict, layout, arch)
+  return {"name": arch, "ways": ways, "widths": list(widths)}, running
+
+
 def _check_image_size(where, layout, arch, image_size):
   """learn2learn's ResNet12 pools its last map with a fixed 5x5 window: the same function
   as ours (a global average) only where that map is 5x5."""
