@@ -131,6 +131,14 @@ def test_init_is_the_fields():
     assert model.trunk[b].trunk[0] is model.trunk[b].C
     assert abs(float(w.detach().std()) - (2.0 / (9 * 32)) ** 0.5) < 0.01
     assert torch.equal(model.trunk[b].BN.weight, torch.ones(32))
+  resnet = script.ResNet("resnet10")  # the field's widths, 64-128-256-512
+  block = resnet.trunk[3]  # the first of stage 2: a 1x1 conv shortcut
+  for conv, k in ((resnet.trunk[0], 9), (block.C1, 9), (block.C2, 9), (block.shortcut, 1)):
+    want = (2.0 / (k * conv.out_channels)) ** 0.5
+    assert abs(float(conv.weight.detach().std()) / want - 1) < 0.05
+  for bn in (resnet.trunk[1], block.BN1, block.BN2, block.BNshortcut):
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+    assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
 
 
 def test_command_line_reads_the_train_split(zoo, tmp_path, monkeypatch):
@@ -179,3 +187,56 @@ def test_unreadable_file_is_trained_again_and_other_network_refused(zoo, tmp_pat
   with pytest.raises(ValueError, match="another network"):
     script.train_teachers(images, labels, CLASSES, str(tmp_path), num_teachers=2, epochs=1,
                           seed=0, width=16, log=lines.append)
+
+
+def test_a_mixed_zoo_keeps_each_teachers_task_and_imports_with_torchs_logits(zoo, tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  from dfl2l_jax.zoo import importer  # pylint: disable=import-outside-toplevel
+  from dfl2l_jax.zoo import store  # pylint: disable=import-outside-toplevel
+  script, images, labels, out, content, _ = zoo
+  src = str(tmp_path / "teachers")
+  mixed = script.train_teachers(images, labels, CLASSES, src, num_teachers=3, epochs=1,
+                                seed=0, architectures="conv4-32:2,resnet10-4-8-12-16:1",
+                                log=lambda line: None)
+  # Teachers 0 and 1 are the Conv4 zoo's, tensor for tensor; teacher 2 is a ResNet-10 with
+  # the classes teacher 2 of a Conv4 zoo gets.
+  for i in range(2):
+    a = torch.load(os.path.join(out, f"model_specific_{i}.pth"), weights_only=True)
+    b = torch.load(os.path.join(src, f"model_specific_{i}.pth"), weights_only=True)
+    assert a["specific"] == b["specific"]
+    assert all(torch.equal(v, b["teacher"][k]) for k, v in a["teacher"].items())
+  assert [t.get("architecture") for t in mixed["teachers"]] == [
+      "conv4-32", "conv4-32", "resnet10-4-8-12-16"]
+  drawn = np.random.default_rng([0, 2]).choice(len(CLASSES), 5, replace=False)
+  assert mixed["teachers"][2]["specific"] == [int(c) for c in drawn]
+  resnet = torch.load(os.path.join(src, "model_specific_2.pth"), weights_only=True)["teacher"]
+  assert list(resnet) == list(script.ResNet("resnet10", (4, 8, 12, 16)).state_dict())
+  # Imported: one group per architecture, each model computing as in torch's eval mode.
+  settings = mixed["settings"]
+  manifest = importer.import_zoo("dfml", src, str(tmp_path / "zoo"), class_names=CLASSES,
+                                 image_size=32, mean=settings["mean"], std=settings["std"])
+  assert manifest["models"][2]["architecture"] == {"name": "resnet10", "ways": 5,
+                                                   "widths": [4, 8, 12, 16]}
+  loaded = store.load(str(tmp_path / "zoo"))
+  assert [(g.name, list(g.indices)) for g in loaded.groups] == [
+      ("conv4-32", [0, 1]), ("resnet10-4-8-12-16", [2])]
+  x = script.to_inputs(images[:6], 32, settings["mean"], settings["std"])
+  for g in loaded.groups:
+    net = store.network(g.architecture)
+    for row, i in enumerate(g.indices):
+      model = script.build(mixed["teachers"][i]["architecture"], 32)
+      model.load_state_dict(torch.load(os.path.join(src, f"model_specific_{i}.pth"),
+                                       weights_only=True)["teacher"])
+      with torch.no_grad():
+        theirs = model.eval()(x).numpy()
+      ours = net.apply({"params": jax.tree.map(lambda a, r=row: a[r], g.params),
+                        "batch_stats": jax.tree.map(lambda a, r=row: a[r], g.bn_stats)},
+                       x.numpy().transpose(0, 2, 3, 1), train=False)
+      np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4,
+                                 atol=1e-4 * np.abs(theirs).max())
+  for bad, match in (("conv4-32:2,resnet12:1", "is not NAME:COUNT"),
+                     ("conv4-32:2,resnet10:2", "counts 4 teachers"),
+                     ("conv4-32:2,resnet10-4-8-8-16:1", "two stages of one width")):
+    with pytest.raises(ValueError, match=match):
+      script.train_teachers(images, labels, CLASSES, str(tmp_path / "bad"), num_teachers=3,
+                            epochs=1, seed=0, architectures=bad, log=lambda line: None)
