@@ -10,14 +10,18 @@
 # both; zoo_features on the mixed zoo with every model equal, with the Conv4 group alone and
 # with the group weight chosen on meta-validation episodes), distill (zoo_distill on both),
 # inversion (inversion_maml on both), group (the mixed zoo's 30 Conv4s as a zoo of their own:
-# its manifest without the ResNets, the same files; va, zoo_features and zoo_distill on it).
+# its manifest without the ResNets, the same files; va, zoo_features and zoo_distill on it),
+# torch_zoos (the same design trained in PyTorch by scripts/torch_zoo.py, the field's recipe
+# at 15 epochs: 30 Conv4-32 and 10 ResNet-10-8-16-32-64 teachers, and 40 Conv4-32, the first
+# 30 shared; both imported with launch.import_zoo; torch needed), torch_features (va and
+# zoo_features on both imported zoos, and the group weight chosen on meta-validation).
 # Then the paired tables:
 #
 #   python scripts/paired_runs.py --before WORKROOT/conv4_s* --after WORKROOT/mixed_s*
 #
 # Environment: DATA (required), WORKROOT (default workdirs/mixed), EXTRA (more flags).
 set -euo pipefail
-if [[ $# -lt 1 ]]; then sed -n '2,18p' "$0" >&2; exit 2; fi
+if [[ $# -lt 1 ]]; then sed -n '2,22p' "$0" >&2; exit 2; fi
 step=$1; seed=${2:-1}
 root=${WORKROOT:-workdirs/mixed}
 mkdir -p "$root"
@@ -75,5 +79,32 @@ PY
     python -m launch.offline "${common[@]}" --config.zoo.source="$root/conv4_group_zoo_s$seed" \
         --workdir="$root/conv4_group_s$seed" --config.methods=va,zoo_features,zoo_distill \
         "${run[@]}" ;;
+  torch_zoos)
+    mixed_src="$root/torch_mixed_teachers_s$seed" conv4_src="$root/torch_conv4_teachers_s$seed"
+    python scripts/torch_zoo.py --dataset=mini_imagenet32 --manual_dir="$DATA" --epochs=15 \
+        --seed="$seed" --out="$mixed_src" --architectures=conv4-32:30,resnet10-8-16-32-64:10
+    # Teacher i depends only on the seed and i (same machine, same thread count): the Conv4
+    # zoo's first 30 are the mixed zoo's, copied; the script trains the 10 others.
+    mkdir -p "$conv4_src"
+    for i in $(seq 0 29); do
+      [[ -e "$conv4_src/model_specific_$i.pth" ]] ||
+        cp "$mixed_src/model_specific_$i.pth" "$conv4_src/"
+    done
+    python scripts/torch_zoo.py --dataset=mini_imagenet32 --manual_dir="$DATA" --epochs=15 \
+        --seed="$seed" --out="$conv4_src" --num_teachers=40
+    for kind in mixed conv4; do
+      [[ -e "$root/torch_${kind}_zoo_s$seed" ]] || python -m launch.import_zoo --format=dfml \
+          --src="$root/torch_${kind}_teachers_s$seed" --out="$root/torch_${kind}_zoo_s$seed" \
+          --class_names="$mixed_src/class_names.txt" --image_size=32 \
+          --mean=0.5071,0.4867,0.4408 --std=0.2675,0.2565,0.2761
+    done ;;
+  torch_features)
+    for kind in conv4 mixed; do
+      python -m launch.offline "${common[@]}" --config.zoo.source="$root/torch_${kind}_zoo_s$seed" \
+          --workdir="$root/torch_${kind}_s$seed" --config.methods=va,zoo_features "${run[@]}"
+    done
+    python -m launch.offline "${common[@]}" --config.zoo.source="$root/torch_mixed_zoo_s$seed" \
+        --workdir="$root/torch_mixed_grid_s$seed" --config.methods=zoo_features "${run[@]}" \
+        --config.zoo_features.group_weight_grid=0,0.25,0.5,1,2,4,16 ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
