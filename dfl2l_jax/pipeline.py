@@ -198,6 +198,8 @@ def obtain_zoo(run: RunContext):
              "which may include its training images%s): mean %.4f min %.4f max %.4f",
              quality["metric"], f"; the models of {models}" if models else "",
              quality["mean"], quality["min"], quality["max"])
+    if imported.mixed:  # the other groups, by the same measure: what the zoo holds
+      quality["other_groups"] = other_groups_quality(run)
   if record is not None:
     quality["contamination"] = record
     log.info("zoo contaminated (%s): %s", record["spec"], "; ".join(
@@ -215,6 +217,22 @@ def zoo_bn_stats(run: RunContext, zoo, running, chosen):
     return running
   return zoo_lib.bn_stats(run.config, run.benchmark, zoo,
                           None if contamination.spec_of(run.config) else run.workdir)
+
+
+def other_groups_quality(run: RunContext):
+  """{group name: {"indices", "mean", "min", "max", "per_model"}}: zoo_quality's measure
+  of each group of a mixed imported zoo other than the run's (each model by its own
+  network, on the benchmark's images of its classes), logged."""
+  out = {}
+  for g in zoo_source.other_groups(run.benchmark.imported_zoo, run.config):
+    values = run.benchmark.group_quality_fn(g)
+    out[g.name] = {"indices": [int(i) for i in g.indices], "mean": float(np.mean(values)),
+                   "min": float(np.min(values)), "max": float(np.max(values)),
+                   "per_model": values}
+    log.info("imported zoo quality of its group %s (%d models, the same measure): mean %.4f "
+             "min %.4f max %.4f", g.name, len(values), out[g.name]["mean"],
+             out[g.name]["min"], out[g.name]["max"])
+  return out
 
 
 def group_bn_stats(run: RunContext, chosen):

@@ -429,6 +429,10 @@ def to_markdown(results, json_sha256=None):
     of = f" of {q['models']}" if q.get("models") else ""  # a mixed zoo: the run's group
     lines += ["", f"Zoo quality ({q['metric']} of each model{of} {where}): "
               f"mean {q['mean']:.4f}, min {q['min']:.4f}, max {q['max']:.4f}."]
+    if q.get("other_groups"):  # a mixed zoo's other architectures, the same measure
+      lines += ["", "Its other groups, the same measure: " + "; ".join(
+          f"{name} ({len(g['per_model'])} models) mean {g['mean']:.4f}, min {g['min']:.4f}, "
+          f"max {g['max']:.4f}" for name, g in q["other_groups"].items()) + "."]
   if q and q.get("contamination"):
     c = q["contamination"]
     lines += ["", f"Zoo contaminated for an experiment (config.zoo.contamination={c['spec']}): "

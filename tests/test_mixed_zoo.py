@@ -258,6 +258,13 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
     assert row["mean"] is not None
   pool = 7 * WAYS * int(config.inversion.images_per_class)  # every model's images
   assert teachers == [("Conv4", 4, pool), ("ResNet", 3, pool)]
+  # The zoo's quality: the run's group, and each other group by the same measure.
+  other = results["zoo_quality"]["other_groups"]
+  assert list(other) == ["resnet10-4-8-16-32"] and other["resnet10-4-8-16-32"]["indices"] == [
+      1, 4, 6]
+  assert len(other["resnet10-4-8-16-32"]["per_model"]) == 3
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "Its other groups, the same measure: resnet10-4-8-16-32 (3 models) mean" in f.read()
   with open(os.path.join(workdir, "fusion", "inversion", "summary.json")) as f:
     assert len(json.load(f)["own_accuracy_per_model"]) == 7
   # The ResNet group's images are its own inversion, by its network and statistics, as if
@@ -265,6 +272,10 @@ def test_the_methods_that_invert_use_every_group_each_by_its_own_network(data, t
   assert os.path.isdir(os.path.join(workdir, "fusion", "inversion_resnet10-4-8-16-32"))
   benchmark = pipeline.prepare(config)
   main = source.main_group(benchmark.imported_zoo)
+  # group_quality_fn measures a group as the run measures its own: on the run's group it
+  # gives the run's per-model quality.
+  assert benchmark.group_quality_fn(main) == pytest.approx(
+      results["zoo_quality"]["per_model"], abs=1e-6)
   ctx = pipeline.method_context(pipeline.RunContext.start(config, benchmark),
                                 zoo_distill.ZOO_DISTILL, jax.tree.map(jnp.asarray, main.params),
                                 (np.arange(3), np.arange(3, 4)), bn_stats=main.bn_stats)

@@ -57,6 +57,9 @@ class Benchmark:
       mixed imported zoo other than the run's: its models' BatchNorm population
       statistics over images of their own classes, for a zoo whose models normalise
       with a batch's statistics; None where the zoo has one architecture.
+    group_quality_fn: `(group) -> [metric per model]` for such a group: each model's
+      zoo_eval_fn measure by its own network on images of its own classes; None where
+      the zoo has one architecture.
     imported_zoo: the zoo read from config.zoo.source (zoo.store.LoadedZoo: its
       manifest, parameters and BatchNorm statistics), which the pipeline uses instead
       of training one; None: the zoo is trained from the config.
@@ -80,6 +83,7 @@ class Benchmark:
   validation_episodes: Callable = None
   imported_zoo: Any = None
   group_bn_stats_fn: Callable = None
+  group_quality_fn: Callable = None
 
   def __post_init__(self):
     if self.gather_episode is None:

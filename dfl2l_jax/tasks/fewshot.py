@@ -264,33 +264,51 @@ def make_benchmark(config, loader=None, imported=None, network=None,
     return accuracy(models.apply_with_reference(net, params, query["x"], support["x"]),
                     query["y"])
 
-  def zoo_eval_fn(params, task, data, bn_stats=None):
-    """Accuracy on the task's test images; BatchNorm from `bn_stats` (a zoo that carries
-    running statistics) or from `bn_reference` training images per class."""
+  def evaluate(network, params, task, data, bn_stats=None):
+    """Accuracy of `network` on the task's test images; BatchNorm from `bn_stats` (a zoo
+    that carries running statistics) or from `bn_reference` training images per class."""
     img = lambda idx: normalise(data["train_images"][idx.reshape(-1)], data["mean"],
                                 data["std"])
     test_idx = task["test_idx"]
     labels = jnp.repeat(jnp.arange(ways), test_idx.shape[1])
     if bn_stats is not None:
-      logits = net.apply({"params": params, "batch_stats": bn_stats}, img(test_idx),
-                         train=False)
+      logits = network.apply({"params": params, "batch_stats": bn_stats}, img(test_idx),
+                             train=False)
     else:
-      logits = models.apply_with_reference(net, params, img(test_idx),
+      logits = models.apply_with_reference(network, params, img(test_idx),
                                            img(task["train_idx"][:, :n_ref]))
     return accuracy(logits, labels)
 
+  zoo_eval_fn = functools.partial(evaluate, net)
   zoo_bn_stats_fn = functools.partial(population_stats, net, batch_size)
+
+  def group_tasks(group):
+    """The zoo tasks of `group`, a group of the imported zoo other than the run's: those
+    it would have as the run's group (images of its models' own classes)."""
+    return sample_zoo_tasks(config.seed, len(group.indices), ways, train_table,
+                            imported_zoo_classes(imported, train_names, test_names,
+                                                 group.indices))
 
   def group_bn_stats_fn(group):
     """The BatchNorm population statistics of `group`, a group of the imported zoo other
     than the run's, whose models normalise with a batch's statistics (batch_norm
-    "batch"): each model's over images of its own classes (the zoo tasks such a group
-    would have as the run's), by its own network, as zoo_bn_stats_fn gives the run's."""
-    tasks = sample_zoo_tasks(config.seed, len(group.indices), ways, train_table,
-                             imported_zoo_classes(imported, train_names, test_names,
-                                                  group.indices))
+    "batch"): each model's over images of its own classes (group_tasks), by its own
+    network, as zoo_bn_stats_fn gives the run's."""
     return group_population_stats(store.network(group.architecture), batch_size,
-                                  group.params, tasks, data)
+                                  group.params, group_tasks(group), data)
+
+  def group_quality_fn(group):
+    """Each model's zoo_eval_fn measure for `group`, a group of the imported zoo other
+    than the run's: by its own network on its group_tasks, with its stored BatchNorm
+    statistics where the zoo carries them; one model per compiled call (a ResNet's
+    convolutions are slow inside a compiled loop on CPU). A list, in the group's order."""
+    one = jax.jit(functools.partial(evaluate, store.network(group.architecture)))
+    tasks = jax.tree.map(jnp.asarray, group_tasks(group))
+    running = imported.manifest["batch_norm"] == "running"
+    take = lambda tree, m: jax.tree.map(lambda x: jnp.asarray(x[m]), tree)
+    return [float(one(take(group.params, m), take(tasks, m), data,
+                      take(group.bn_stats, m) if running else None))
+            for m in range(len(group.indices))]
 
   def gather_episode(ep, data):
     return _gather(ep, data, "test_images")
@@ -331,7 +349,8 @@ def make_benchmark(config, loader=None, imported=None, network=None,
                if imported is not None and imported.mixed else {})},
       data=data, gather_episode=gather_episode, member_loop=member_loop, imported_zoo=imported,
       zoo_bn_stats_fn=zoo_bn_stats_fn, validation_episodes=validation_episodes,
-      group_bn_stats_fn=group_bn_stats_fn if imported is not None and imported.mixed else None)
+      group_bn_stats_fn=group_bn_stats_fn if imported is not None and imported.mixed else None,
+      group_quality_fn=group_quality_fn if imported is not None and imported.mixed else None)
 
 
 def population_stats(net, batch_size, params, task, data):
