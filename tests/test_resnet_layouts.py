@@ -247,6 +247,31 @@ def test_a_state_dict_that_does_not_fit_is_refused_by_name(arch):
     imp(dict(sd, **{head: sd[head].T.copy()}))
 
 
+def test_identify_tells_every_network_of_a_layout_by_its_names():
+  from tests import test_zoo_import as conv4  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(8)
+  cases = [(state_dict(rng, a), LAYOUT[a], {"name": a, "ways": WAYS, "widths": list(WIDTHS)},
+            True) for a in ("resnet10", "resnet18", "resnet12")]
+  for layout in ("dfml", "l2l"):
+    cases.append((conv4.torch_style_state_dict(rng, layout, width=6, size=84), layout,
+                  {"name": "conv4", "filters": 6, "ways": 5}, True))
+  cases.append((conv4.torch_style_state_dict(rng, "dfml", width=6, size=84, running=False),
+                "dfml", {"name": "conv4", "filters": 6, "ways": 5}, False))
+  nobn = {k: v for k, v in state_dict(rng, "resnet10").items()
+          if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+  cases.append((nobn, "dfml", {"name": "resnet10", "ways": WAYS, "widths": list(WIDTHS)},
+                False))
+  for sd, layout, arch, running in cases:
+    assert layouts.identify("t.pth", sd, layout, 84) == (arch, running), arch
+  # Names of another layout's network: none of this one's.
+  with pytest.raises(ZooError, match=r"t\.pth: names no network of the dfml layout .*"
+                     r"resnet18: trunk\.0\.weight and trunk\.12\.weight\)"):
+    layouts.identify("t.pth", state_dict(rng, "resnet12"), "dfml", 84)
+  with pytest.raises(ZooError, match=r"names no network of the l2l layout \(conv4: "
+                     r"features\.0\.conv\.weight and classifier\.weight; resnet12:"):
+    layouts.identify("t.pth", state_dict(rng, "resnet10"), "l2l", 84)
+
+
 def test_layouts_refuse_what_they_do_not_hold():
   sd18 = state_dict(np.random.default_rng(5), "resnet18")
   with pytest.raises(ZooError, match=r"no trunk\.8\.weight for the dfml layout of resnet10"):
