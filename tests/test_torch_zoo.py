@@ -158,6 +158,10 @@ def test_command_line_reads_the_train_split(zoo, tmp_path, monkeypatch):
     content = json.load(f)
   assert content["dataset"] == "mini_imagenet"
   assert content["settings"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+  with pytest.raises(SystemExit, match=r"^error: --architectures='conv4-32:2,vgg:1': 'vgg:1'"):
+    script.main(["--dataset=mini_imagenet", "--architectures=conv4-32:2,vgg:1",
+                 f"--out={tmp_path / 'bad'}"])
+  assert not os.path.exists(tmp_path / "bad")
 
 
 def test_without_torch_one_line_error_and_exit_1():
