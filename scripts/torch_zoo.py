@@ -92,6 +92,18 @@ class Flatten(nn.Module):
     return x.view(x.size(0), -1)
 
 
+def _init_conv_bn(module):
+  """The field's init (FREE's `init_layer`): conv weights N(0, sqrt(2 / (k * k * out))),
+  BatchNorm scale 1 and shift 0."""
+  with torch.no_grad():
+    if isinstance(module, nn.Conv2d):
+      k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+      module.weight.normal_(0.0, math.sqrt(2.0 / k))
+    elif isinstance(module, nn.BatchNorm2d):
+      module.weight.fill_(1.0)
+      module.bias.fill_(0.0)
+
+
 class ConvBlock(nn.Module):
   """3x3 conv (bias, padding 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2).
 
@@ -105,12 +117,8 @@ class ConvBlock(nn.Module):
     self.BN = nn.BatchNorm2d(outdim)
     self.relu = nn.ReLU(inplace=True)
     self.pool = nn.MaxPool2d(2)
-    # The field's init: conv weights N(0, sqrt(2 / (k * k * out_channels))), BN scale 1
-    # and shift 0; conv biases keep PyTorch's default.
-    with torch.no_grad():
-      self.C.weight.normal_(0.0, math.sqrt(2.0 / (3 * 3 * outdim)))
-      self.BN.weight.fill_(1.0)
-      self.BN.bias.fill_(0.0)
+    _init_conv_bn(self.C)  # conv biases keep PyTorch's default
+    _init_conv_bn(self.BN)
     self.trunk = nn.Sequential(self.C, self.BN, self.relu, self.pool)
 
   def forward(self, x):
@@ -136,18 +144,6 @@ class ConvNet(nn.Module):
 
   def forward(self, x):
     return self.trunk(x)
-
-
-def _init_conv_bn(module):
-  """The field's init (FREE's `init_layer`): conv weights N(0, sqrt(2 / (k * k * out))),
-  BatchNorm scale 1 and shift 0."""
-  with torch.no_grad():
-    if isinstance(module, nn.Conv2d):
-      k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-      module.weight.normal_(0.0, math.sqrt(2.0 / k))
-    elif isinstance(module, nn.BatchNorm2d):
-      module.weight.fill_(1.0)
-      module.bias.fill_(0.0)
 
 
 class SimpleBlock(nn.Module):
