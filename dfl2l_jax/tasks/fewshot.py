@@ -300,15 +300,12 @@ def make_benchmark(config, loader=None, imported=None, network=None,
   def group_quality_fn(group):
     """Each model's zoo_eval_fn measure for `group`, a group of the imported zoo other
     than the run's: by its own network on its group_tasks, with its stored BatchNorm
-    statistics where the zoo carries them; one model per compiled call (a ResNet's
-    convolutions are slow inside a compiled loop on CPU). A list, in the group's order."""
-    one = jax.jit(functools.partial(evaluate, store.network(group.architecture)))
-    tasks = jax.tree.map(jnp.asarray, group_tasks(group))
-    running = imported.manifest["batch_norm"] == "running"
-    take = lambda tree, m: jax.tree.map(lambda x: jnp.asarray(x[m]), tree)
-    return [float(one(take(group.params, m), take(tasks, m), data,
-                      take(group.bn_stats, m) if running else None))
-            for m in range(len(group.indices))]
+    statistics where the zoo carries them (map_models). A list, in the group's order."""
+    gnet = store.network(group.architecture)
+    stats = group.bn_stats if imported.manifest["batch_norm"] == "running" else None
+    values = map_models(gnet, lambda p, t, s, d: evaluate(gnet, p, t, d, s),
+                        (group.params, group_tasks(group), stats), data)
+    return [float(v) for v in values]
 
   def gather_episode(ep, data):
     return _gather(ep, data, "test_images")
@@ -376,23 +373,28 @@ def population_stats(net, batch_size, params, task, data):
   return traverse_util.unflatten_dict(stats, sep="/")
 
 
+def map_models(net, fn, stacked, data):
+  """fn(*one model's slice of `stacked`, data) for every model of a group of network `net`
+  (`stacked`: pytrees with a leading model axis), stacked as host arrays. A Conv4 group
+  in one compiled call over the models; a ResNet's on CPU one model per call (XLA's CPU
+  convolutions are 12x slower inside a compiled loop: docs/implementation.md,
+  "member_loop")."""
+  stacked = jax.tree.map(jnp.asarray, stacked)
+  if isinstance(net, models.Conv4) or jax.default_backend() != "cpu":
+    out = jax.jit(lambda s, d: jax.lax.map(lambda a: fn(*a, d), s))(stacked, data)
+  else:
+    one = jax.jit(fn)
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    out = jax.tree.map(lambda *o: jnp.stack(o), *[
+        one(*jax.tree.map(lambda x, m=m: x[m], stacked), data) for m in range(n)])
+  return jax.tree.map(np.asarray, out)
+
+
 def group_population_stats(net, batch_size, params, tasks, data):
   """population_stats of every model of a group (`params` and `tasks` stacked on a
-  leading model axis), as host arrays. A Conv4 group in one compiled call over the
-  models; a ResNet's on CPU one model per call (XLA's CPU convolutions are 12x slower
-  inside a compiled loop: docs/implementation.md, "member_loop")."""
-  tasks = jax.tree.map(jnp.asarray, tasks)
-  if isinstance(net, models.Conv4) or jax.default_backend() != "cpu":
-    stats = jax.jit(lambda p, t, d: jax.lax.map(
-        lambda a: population_stats(net, batch_size, a[0], a[1], d), (p, t)))(
-            params, tasks, data)
-  else:
-    one = jax.jit(functools.partial(population_stats, net, batch_size))
-    n = jax.tree.leaves(params)[0].shape[0]
-    stats = jax.tree.map(lambda *s: jnp.stack(s), *[
-        one(jax.tree.map(lambda x: x[m], params), jax.tree.map(lambda x: x[m], tasks), data)
-        for m in range(n)])
-  return jax.tree.map(np.asarray, stats)
+  leading model axis), as host arrays (map_models)."""
+  return map_models(net, functools.partial(population_stats, net, batch_size),
+                    (params, tasks), data)
 
 
 def _reversed_channels(images, labels, names):
