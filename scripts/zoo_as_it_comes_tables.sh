@@ -14,14 +14,16 @@
 # torch_zoos (the same design trained in PyTorch by scripts/torch_zoo.py, the field's recipe
 # at 15 epochs: 30 Conv4-32 and 10 ResNet-10-8-16-32-64 teachers, and 40 Conv4-32, the first
 # 30 shared; both imported with launch.import_zoo; torch needed), torch_features (va and
-# zoo_features on both imported zoos, and the group weight chosen on meta-validation).
+# zoo_features on both imported zoos, zoo_features on the mixed one's Conv4 group alone, and
+# the group weight chosen on meta-validation), torch_distill (zoo_distill on both imported
+# zoos), torch_fusion (DFL2L and OTA on both: the mixed zoo's Conv4 group).
 # Then the paired tables:
 #
 #   python scripts/paired_runs.py --before WORKROOT/conv4_s* --after WORKROOT/mixed_s*
 #
 # Environment: DATA (required), WORKROOT (default workdirs/mixed), EXTRA (more flags).
 set -euo pipefail
-if [[ $# -lt 1 ]]; then sed -n '2,22p' "$0" >&2; exit 2; fi
+if [[ $# -lt 1 ]]; then sed -n '2,24p' "$0" >&2; exit 2; fi
 step=$1; seed=${2:-1}
 root=${WORKROOT:-workdirs/mixed}
 mkdir -p "$root"
@@ -104,7 +106,16 @@ PY
           --workdir="$root/torch_${kind}_s$seed" --config.methods=va,zoo_features "${run[@]}"
     done
     python -m launch.offline "${common[@]}" --config.zoo.source="$root/torch_mixed_zoo_s$seed" \
+        --workdir="$root/torch_mixed_w0_s$seed" --config.methods=zoo_features "${run[@]}" \
+        --config.zoo_features.group_weight=0
+    python -m launch.offline "${common[@]}" --config.zoo.source="$root/torch_mixed_zoo_s$seed" \
         --workdir="$root/torch_mixed_grid_s$seed" --config.methods=zoo_features "${run[@]}" \
         --config.zoo_features.group_weight_grid=0,0.25,0.5,1,2,4,16 ;;
+  torch_distill|torch_fusion)
+    methods=zoo_distill; [[ $step == torch_fusion ]] && methods=dfl2l,ota
+    for kind in conv4 mixed; do
+      python -m launch.offline "${common[@]}" --config.zoo.source="$root/torch_${kind}_zoo_s$seed" \
+          --workdir="$root/torch_${kind}_s$seed" --config.methods=$methods "${run[@]}"
+    done ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac
