@@ -62,10 +62,16 @@ def test_first_layer_population_statistics_are_the_moments_over_the_training_ima
   assert all(np.all(v["var"] >= 0) for v in stats.values())
 
 
-def _close_after_12_steps(a, b):
-  """Batched and single-model convolutions round differently, and 12 Adam steps amplify it
-  (2.3e-4 relative seen); a mixed-up model or key would differ by O(1)."""
-  np.testing.assert_allclose(a, b, rtol=5e-4, atol=5e-5)
+def _close_after_12_steps(a, b, start):
+  """Batched and single-model convolutions round differently, and 12 Adam steps amplify it:
+  a near tie (a max-pool, a gradient's sign, which Adam's first steps turn into a whole step)
+  that breaks the other way moves a few pixels apart. So the test is on the whole difference,
+  against how far the images moved from `start`: 4e-3 of it seen (an Intel Xeon, one model of
+  three; elsewhere 1e-5), where a mixed-up model or key differs by about 1.2-1.4 of it."""
+  a, b, start = (np.asarray(x, np.float64) for x in (a, b, start))
+  moved = np.linalg.norm(b - start)
+  assert moved > 0.1 * np.linalg.norm(start), (moved, np.linalg.norm(start))
+  assert np.linalg.norm(a - b) < 0.02 * moved, (np.linalg.norm(a - b), moved)
 
 
 def test_inversion_over_the_zoo_vmapped_mapped_or_looped_equals_one_model_at_a_time(image_zoo):
@@ -83,7 +89,7 @@ def test_inversion_over_the_zoo_vmapped_mapped_or_looped_equals_one_model_at_a_t
   together, hist = run(np.arange(3), 12)
   for m in range(3):
     alone, _ = run(np.array([m]), 12)
-    _close_after_12_steps(alone.images[0], together.images[m])
+    _close_after_12_steps(alone.images[0], together.images[m], images[m])
   loss = np.asarray(hist["loss_mean"])
   assert loss[-1] < 0.7 * loss[0], loss
   assert hist["bn_mean"][-1] < hist["bn_mean"][0]
@@ -95,7 +101,7 @@ def test_inversion_over_the_zoo_vmapped_mapped_or_looped_equals_one_model_at_a_t
   mapped, optimizer = inversion.make_chunk(bench.model, ways, HP, "map")
   state = inversion.InversionState(images, optimizer.init(images), jnp.int32(0))
   one_after_another, _ = mapped(state, zoo, stats, jnp.arange(3), key, length=12)
-  _close_after_12_steps(one_after_another.images, together.images)
+  _close_after_12_steps(one_after_another.images, together.images, images)
   # One model's step per compiled call, looped from Python, cut into chunks of 5 and 7
   # steps: the same images and the same per-step summary.
   looped, optimizer = inversion.make_chunk(bench.model, ways, HP, "loop")
@@ -103,7 +109,7 @@ def test_inversion_over_the_zoo_vmapped_mapped_or_looped_equals_one_model_at_a_t
   state, first = looped(state, zoo, stats, jnp.arange(3), key, length=5)
   state, second = looped(state, zoo, stats, jnp.arange(3), key, length=7)
   assert int(state.step) == 12 and first["loss_mean"].shape == (5,)
-  _close_after_12_steps(state.images, together.images)
+  _close_after_12_steps(state.images, together.images, images)
   np.testing.assert_allclose(np.concatenate([first["loss_mean"], second["loss_mean"]]),
                              hist["loss_mean"], rtol=1e-4)
   with pytest.raises(ValueError, match="member_loop"):
